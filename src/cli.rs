@@ -1,0 +1,333 @@
+//! The command line. clap's derive structs are the help text; each command
+//! turns them into calls on the library, and errors are returned to `main`,
+//! which prints them on one line and exits non-zero.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use burn::tensor::Device;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::imageio::{self, DEFAULT_MAX_PIXELS};
+use crate::latent::{Latent, Posterior};
+use crate::metrics;
+use crate::output::{same_file, Overwrite};
+use crate::Vae;
+
+/// Stable Diffusion VAE: images to latents and back, matching diffusers.
+///
+/// Exit codes: 0 success, 1 an input or output failed, 2 bad usage.
+#[derive(Debug, Parser)]
+#[command(name = "vae", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Print nothing on stderr but errors.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// Print the time of each stage (load, read, encode, decode, write) on stderr.
+    #[arg(long, global = true)]
+    timings: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Encode an image into a latent file (a 512x512 image gives [1, 4, 64, 64]).
+    Encode(EncodeArgs),
+    /// Decode a latent file into a PNG.
+    Decode(DecodeArgs),
+    /// Encode and decode images in memory and report PSNR, SSIM and max error.
+    Roundtrip(RoundtripArgs),
+}
+
+#[derive(Debug, Args)]
+struct ModelArgs {
+    /// VAE weights: a .safetensors file (diffusers, CompVis/LDM, or a full SD
+    /// checkpoint) or a diffusers folder. Default: $VAE_WEIGHTS, then ./weights/.
+    #[arg(short, long, value_name = "PATH")]
+    weights: Option<PathBuf>,
+    /// Latent scaling factor. Default: config.json's, else 0.18215 (SD 1.x/2.x).
+    #[arg(long, value_name = "F")]
+    scaling_factor: Option<f64>,
+    /// Where to compute.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    device: DeviceArg,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum DeviceArg {
+    /// The best device compiled in (this build: the CPU).
+    Auto,
+    /// The CPU (burn-flex backend).
+    Cpu,
+}
+
+#[derive(Debug, Args)]
+struct InputArgs {
+    /// Refuse images with more pixels than this, before decoding them.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_PIXELS)]
+    max_pixels: u64,
+    /// Draw the latent from the posterior instead of taking its mean.
+    #[arg(long)]
+    sample: bool,
+    /// Seed of the posterior draw (with --sample).
+    #[arg(long, value_name = "N", requires = "sample", default_value_t = 0)]
+    seed: u64,
+}
+
+#[derive(Debug, Args)]
+struct EncodeArgs {
+    /// Image to encode (PNG, JPEG, WebP, BMP, TIFF).
+    image: PathBuf,
+    /// Latent file to write. Default: the image's name with .safetensors.
+    #[arg(short, long, value_name = "PATH")]
+    output: Option<PathBuf>,
+    /// Replace the output file if it exists.
+    #[arg(short, long)]
+    force: bool,
+    #[command(flatten)]
+    input: InputArgs,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+#[derive(Debug, Args)]
+struct DecodeArgs {
+    /// Latent file: ours, or any safetensors file with one [C,h,w] or
+    /// [1,C,h,w] float tensor holding a scaled latent.
+    latent: PathBuf,
+    /// PNG to write. Default: the latent's name with .png.
+    #[arg(short, long, value_name = "PATH")]
+    output: Option<PathBuf>,
+    /// Replace the output file if it exists.
+    #[arg(short, long)]
+    force: bool,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+#[derive(Debug, Args)]
+struct RoundtripArgs {
+    /// Images to encode and decode.
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    /// Write the reconstruction here (with several images: an existing folder,
+    /// receiving NAME.recon.png for each).
+    #[arg(short, long, value_name = "PATH")]
+    output: Option<PathBuf>,
+    /// Write a grey map of the per-pixel max error (white = 32 levels or more)
+    /// here (with several images: a folder, receiving NAME.error.png).
+    #[arg(long, value_name = "PATH")]
+    error_map: Option<PathBuf>,
+    /// Print one JSON object per image on stdout instead of a table row.
+    #[arg(long)]
+    json: bool,
+    /// Replace output files that exist.
+    #[arg(short, long)]
+    force: bool,
+    #[command(flatten)]
+    input: InputArgs,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    let mut ctx = Session { quiet: cli.quiet, timings: cli.timings.then(Vec::new) };
+    let code = match cli.command {
+        Command::Encode(args) => encode(&mut ctx, args).map(|()| ExitCode::SUCCESS),
+        Command::Decode(args) => decode(&mut ctx, args).map(|()| ExitCode::SUCCESS),
+        Command::Roundtrip(args) => roundtrip(&mut ctx, args),
+    };
+    ctx.print_timings();
+    code
+}
+
+/// What every command shares: verbosity and the stage clock.
+struct Session {
+    quiet: bool,
+    timings: Option<Vec<(String, Duration)>>,
+}
+
+impl Session {
+    fn info(&self, message: impl std::fmt::Display) {
+        if !self.quiet {
+            eprintln!("{message}");
+        }
+    }
+
+    /// Runs `f` as the stage `name`, timing it when --timings is on.
+    fn stage<T>(&mut self, name: &str, f: impl FnOnce() -> T) -> T {
+        let start = Instant::now();
+        let out = f();
+        if let Some(t) = &mut self.timings {
+            t.push((name.to_owned(), start.elapsed()));
+        }
+        out
+    }
+
+    fn print_timings(&self) {
+        if let Some(t) = &self.timings {
+            let total: Duration = t.iter().map(|(_, d)| *d).sum();
+            let stages: Vec<String> = t.iter().map(|(n, d)| format!("{n} {:.3}s", d.as_secs_f64())).collect();
+            eprintln!("timings: {} (total {:.3}s)", stages.join(", "), total.as_secs_f64());
+        }
+    }
+
+    fn load(&mut self, args: &ModelArgs) -> Result<Vae> {
+        let device = match args.device {
+            DeviceArg::Auto | DeviceArg::Cpu => Device::flex(),
+        };
+        let source = crate::weights::resolve(args.weights.as_deref())?;
+        let vae = self.stage("load", || Vae::load(&source, &device, args.scaling_factor))?;
+        let cfg = &vae.model.config;
+        self.info(format_args!(
+            "weights: {} ({} layout, {}, {} latent channels, scaling {})",
+            vae.info.path.display(),
+            vae.info.layout,
+            vae.info.dtype,
+            cfg.latent_channels,
+            cfg.scaling_factor
+        ));
+        Ok(vae)
+    }
+}
+
+fn posterior(args: &InputArgs) -> Posterior {
+    if args.sample { Posterior::Sample { seed: args.seed } } else { Posterior::Mean }
+}
+
+fn overwrite(force: bool) -> Overwrite {
+    if force { Overwrite::Replace } else { Overwrite::Refuse }
+}
+
+/// Refuses an output path that names one of the inputs.
+fn check_distinct(output: &Path, inputs: &[&Path]) -> Result<()> {
+    if let Some(input) = inputs.iter().find(|i| same_file(output, i)) {
+        bail!("{}: output path is also an input; choose another output", input.display());
+    }
+    Ok(())
+}
+
+fn encode(ctx: &mut Session, args: EncodeArgs) -> Result<()> {
+    let output = args.output.clone().unwrap_or_else(|| args.image.with_extension("safetensors"));
+    check_distinct(&output, &[&args.image])?;
+    if !args.force && output.exists() {
+        bail!("{}: already exists (pass --force to replace it)", output.display());
+    }
+    let image = ctx.stage("read", || imageio::load(&args.image, args.input.max_pixels))?;
+    let vae = ctx.load(&args.model)?;
+    let latent = ctx.stage("encode", || vae.encode(&image, posterior(&args.input)));
+    ctx.stage("write", || latent.write(&output, overwrite(args.force)))?;
+    ctx.info(format_args!(
+        "wrote {} (latent [1, {}, {}, {}] from {}x{})",
+        output.display(),
+        latent.channels,
+        latent.height,
+        latent.width,
+        image.width,
+        image.height
+    ));
+    Ok(())
+}
+
+fn decode(ctx: &mut Session, args: DecodeArgs) -> Result<()> {
+    let output = args.output.clone().unwrap_or_else(|| args.latent.with_extension("png"));
+    check_distinct(&output, &[&args.latent])?;
+    if !args.force && output.exists() {
+        bail!("{}: already exists (pass --force to replace it)", output.display());
+    }
+    let latent = ctx.stage("read", || Latent::read(&args.latent))?;
+    let vae = ctx.load(&args.model)?;
+    let image = ctx.stage("decode", || vae.decode(&latent, &args.latent))?;
+    ctx.stage("write", || image.save_png(&output, overwrite(args.force)))?;
+    ctx.info(format_args!("wrote {} ({}x{})", output.display(), image.width, image.height));
+    Ok(())
+}
+
+fn roundtrip(ctx: &mut Session, args: RoundtripArgs) -> Result<ExitCode> {
+    let several = args.images.len() > 1;
+    let target = |dir_or_file: &Option<PathBuf>, image: &Path, suffix: &str| -> Result<Option<PathBuf>> {
+        let Some(path) = dir_or_file else { return Ok(None) };
+        if !several {
+            return Ok(Some(path.clone()));
+        }
+        if !path.is_dir() {
+            bail!("{}: with several images this must be an existing folder", path.display());
+        }
+        let stem = image.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        Ok(Some(path.join(format!("{stem}.{suffix}.png"))))
+    };
+    let inputs: Vec<&Path> = args.images.iter().map(PathBuf::as_path).collect();
+    let mut plans = Vec::new();
+    for image in &args.images {
+        let recon = target(&args.output, image, "recon")?;
+        let error_map = target(&args.error_map, image, "error")?;
+        for out in recon.iter().chain(&error_map) {
+            check_distinct(out, &inputs)?;
+            if !args.force && out.exists() {
+                bail!("{}: already exists (pass --force to replace it)", out.display());
+            }
+        }
+        plans.push((image, recon, error_map));
+    }
+    let vae = ctx.load(&args.model)?;
+    let mut failed = 0;
+    for (path, recon, error_map) in plans {
+        if let Err(err) = roundtrip_one(ctx, &vae, &args, path, recon.as_deref(), error_map.as_deref()) {
+            eprintln!("vae: error: {err:#}");
+            failed += 1;
+        }
+    }
+    if several && failed > 0 {
+        eprintln!("vae: {failed} of {} images failed", args.images.len());
+    }
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn roundtrip_one(ctx: &mut Session, vae: &Vae, args: &RoundtripArgs, path: &Path, recon: Option<&Path>, error_map: Option<&Path>) -> Result<()> {
+    let image = ctx.stage("read", || imageio::load(path, args.input.max_pixels))?;
+    let start = Instant::now();
+    let latent = ctx.stage("encode", || vae.encode(&image, posterior(&args.input)));
+    let encode_s = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let decoded = ctx.stage("decode", || vae.decode(&latent, path))?;
+    let decode_s = start.elapsed().as_secs_f64();
+    let (w, h) = (image.width, image.height);
+    let ssim = metrics::ssim(&image.rgb8, &decoded.rgb8, w, h).ok();
+    let psnr = metrics::psnr(&image.rgb8, &decoded.rgb8);
+    let max_err = metrics::max_abs_error(&image.rgb8, &decoded.rgb8);
+    if let Some(out) = recon {
+        ctx.stage("write", || decoded.save_png(out, overwrite(args.force)))?;
+    }
+    if let Some(out) = error_map {
+        let grey = metrics::error_map(&image.rgb8, &decoded.rgb8, w, h);
+        let rgb8 = grey.iter().flat_map(|&g| [g, g, g]).collect();
+        let map = imageio::OutputImage { width: w, height: h, rgb8 };
+        map.save_png(out, overwrite(args.force)).with_context(|| "writing the error map")?;
+    }
+    let finite = |v: f64| if v.is_finite() { serde_json::json!(v) } else { serde_json::Value::Null };
+    if args.json {
+        let row = serde_json::json!({
+            "image": path.display().to_string(),
+            "width": w,
+            "height": h,
+            "latent_shape": [1, latent.channels, latent.height, latent.width],
+            "psnr": finite(psnr),
+            "ssim": ssim.map(finite),
+            "max_abs_error": max_err,
+            "encode_seconds": encode_s,
+            "decode_seconds": decode_s,
+        });
+        println!("{row}");
+    } else {
+        let ssim = ssim.map_or("n/a (image under 11 px)".to_owned(), |s| format!("{s:.4}"));
+        println!(
+            "{}\t{w}x{h}\tPSNR {psnr:.2} dB\tSSIM {ssim}\tmax error {max_err}\tencode {encode_s:.2}s\tdecode {decode_s:.2}s",
+            path.display()
+        );
+    }
+    Ok(())
+}

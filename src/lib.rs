@@ -1,0 +1,19 @@
+//! `vae`: the Stable Diffusion VAE (diffusers' `AutoencoderKL`) in Rust, on
+//! burn. Images become latents and latents become images, matching diffusers.
+//!
+//! - [`model`]: the network, laid out as diffusers lays it out.
+//! - [`weights`]: safetensors files of every common layout, and their checks.
+//! - [`imageio`], [`latent`]: the files that go in and out.
+//! - [`vae`]: the encode/decode pipeline; [`metrics`]: PSNR and SSIM.
+//! - [`cli`]: the command line (the binary is a thin wrapper around it).
+
+pub mod cli;
+pub mod imageio;
+pub mod latent;
+pub mod metrics;
+pub mod model;
+pub mod output;
+pub mod vae;
+pub mod weights;
+
+pub use vae::Vae;

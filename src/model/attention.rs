@@ -1,0 +1,75 @@
+//! The single-head self-attention of the VAE mid block (diffusers `Attention`
+//! with `heads = 1`, `dim_head = C`, a GroupNorm in front and a residual).
+
+use burn::tensor::activation::softmax;
+use burn::tensor::Tensor;
+
+use super::layers::{GroupNorm, Linear};
+use crate::weights::ParamLoader;
+
+/// Upper bound on the elements of one block of attention scores. Queries are
+/// processed in row chunks so that a 1024x1024 image (16384 tokens) needs a
+/// 64 MiB score block instead of a 1 GiB one; the result is identical.
+const MAX_SCORE_ELEMENTS: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct Attention {
+    pub group_norm: GroupNorm,
+    pub to_q: Linear,
+    pub to_k: Linear,
+    pub to_v: Linear,
+    /// `to_out.0` in diffusers (`to_out.1` is a dropout).
+    pub to_out: Linear,
+}
+
+impl Attention {
+    pub fn load(p: &mut ParamLoader, name: &str, channels: usize, groups: usize) -> Self {
+        let linear = |p: &mut ParamLoader, part: &str| {
+            Linear::load(p, &format!("{name}.{part}"), channels, channels)
+        };
+        Self {
+            group_norm: GroupNorm::load(p, &format!("{name}.group_norm"), channels, groups),
+            to_q: linear(p, "to_q"),
+            to_k: linear(p, "to_k"),
+            to_v: linear(p, "to_v"),
+            to_out: linear(p, "to_out.0"),
+        }
+    }
+
+    /// `[B, C, H, W] -> [B, C, H, W]`
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let [b, c, h, w] = x.dims();
+        let n = h * w;
+        // [B, C, H, W] -> [B, N, C]: one token per pixel.
+        let tokens = self.group_norm.forward(x.clone()).reshape([b, c, n]).swap_dims(1, 2);
+        let outputs = (0..b)
+            .map(|i| {
+                let t = tokens.clone().narrow(0, i, 1).reshape([n, c]);
+                let attended = self.attend(t);
+                self.to_out.forward(attended).reshape([1, n, c])
+            })
+            .collect();
+        // [B, N, C] -> [B, C, H, W], plus the residual (rescale factor 1.0).
+        let out = Tensor::cat(outputs, 0).swap_dims(1, 2).reshape([b, c, h, w]);
+        out + x
+    }
+
+    /// `softmax(q k^T / sqrt(C)) v` for one image's tokens: `[N, C] -> [N, C]`.
+    fn attend(&self, tokens: Tensor<2>) -> Tensor<2> {
+        let [n, c] = tokens.dims();
+        let scale = (c as f64).sqrt().recip();
+        let q = self.to_q.forward(tokens.clone());
+        let k_t = self.to_k.forward(tokens.clone()).transpose(); // [C, N]
+        let v = self.to_v.forward(tokens);
+        let rows = (MAX_SCORE_ELEMENTS / n).max(1);
+        let chunks = (0..n)
+            .step_by(rows)
+            .map(|start| {
+                let q = q.clone().narrow(0, start, rows.min(n - start));
+                let scores = q.matmul(k_t.clone()) * scale; // [rows, N]
+                softmax(scores, 1).matmul(v.clone())
+            })
+            .collect();
+        Tensor::cat(chunks, 0)
+    }
+}

@@ -1,0 +1,73 @@
+//! diffusers `AutoencoderKL`: encoder + quant_conv, post_quant_conv + decoder.
+
+use burn::tensor::Tensor;
+
+use super::config::AutoencoderKlConfig;
+use super::decoder::Decoder;
+use super::encoder::Encoder;
+use super::layers::Conv2d;
+use crate::weights::ParamLoader;
+
+#[derive(Debug, Clone)]
+pub struct AutoencoderKl {
+    pub config: AutoencoderKlConfig,
+    pub encoder: Encoder,
+    pub decoder: Decoder,
+    pub quant_conv: Option<Conv2d>,
+    pub post_quant_conv: Option<Conv2d>,
+}
+
+impl AutoencoderKl {
+    /// Builds the model, pulling every parameter from `p` by its diffusers name.
+    pub fn load(p: &mut ParamLoader, config: &AutoencoderKlConfig) -> Self {
+        let moments = 2 * config.latent_channels;
+        let latent = config.latent_channels;
+        Self {
+            encoder: Encoder::load(p, "encoder", config),
+            decoder: Decoder::load(p, "decoder", config),
+            quant_conv: config.use_quant_conv.then(|| Conv2d::load(p, "quant_conv", moments, moments, 1)),
+            post_quant_conv: config.use_post_quant_conv.then(|| Conv2d::load(p, "post_quant_conv", latent, latent, 1)),
+            config: config.clone(),
+        }
+    }
+
+    /// Image in [-1, 1] `[B, 3, H, W]` (H, W multiples of 8) to the posterior.
+    pub fn encode(&self, x: Tensor<4>) -> DiagonalGaussian {
+        let h = self.encoder.forward(x);
+        let moments = match &self.quant_conv {
+            Some(conv) => conv.forward(h),
+            None => h,
+        };
+        DiagonalGaussian::from_moments(moments)
+    }
+
+    /// Unscaled latent `[B, C, h, w]` to image `[B, 3, 8h, 8w]`, about [-1, 1].
+    pub fn decode(&self, z: Tensor<4>) -> Tensor<4> {
+        let z = match &self.post_quant_conv {
+            Some(conv) => conv.forward(z),
+            None => z,
+        };
+        self.decoder.forward(z)
+    }
+}
+
+/// The encoder's posterior: a diagonal Gaussian per latent element.
+#[derive(Debug, Clone)]
+pub struct DiagonalGaussian {
+    pub mean: Tensor<4>,
+    /// Log-variance, clamped to [-30, 20] as diffusers does.
+    pub logvar: Tensor<4>,
+}
+
+impl DiagonalGaussian {
+    /// Splits `[B, 2C, h, w]` moments into mean and log-variance halves.
+    pub fn from_moments(moments: Tensor<4>) -> Self {
+        let [mean, logvar] = moments.chunk(2, 1).try_into().expect("chunk(2) of an even dim gives two halves");
+        Self { mean, logvar: logvar.clamp(-30.0, 20.0) }
+    }
+
+    /// `mean + exp(logvar / 2) * noise`, with `noise` drawn from N(0, 1).
+    pub fn sample(&self, noise: Tensor<4>) -> Tensor<4> {
+        self.mean.clone() + (self.logvar.clone() * 0.5).exp() * noise
+    }
+}

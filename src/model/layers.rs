@@ -1,0 +1,121 @@
+//! The three primitive layers of the VAE, holding plain tensors loaded from a
+//! weights file. Each mirrors the PyTorch module diffusers uses, with the same
+//! parameter names (`weight`, `bias`).
+
+use burn::tensor::activation::silu;
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::Tensor;
+
+use crate::weights::ParamLoader;
+
+/// `torch.nn.Conv2d` with square kernels, stride and per-side padding.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    pub weight: Tensor<4>,
+    pub bias: Tensor<1>,
+    options: ConvOptions<2>,
+}
+
+impl Conv2d {
+    /// A `kernel`x`kernel` convolution with stride 1 and "same" padding.
+    pub fn load(p: &mut ParamLoader, name: &str, c_in: usize, c_out: usize, kernel: usize) -> Self {
+        let pad = kernel / 2;
+        Self::load_with(p, name, c_in, c_out, kernel, 1, [(pad, pad), (pad, pad)])
+    }
+
+    /// Any stride, with `(begin, end)` padding per spatial dimension.
+    pub fn load_with(
+        p: &mut ParamLoader,
+        name: &str,
+        c_in: usize,
+        c_out: usize,
+        kernel: usize,
+        stride: usize,
+        padding: [(usize, usize); 2],
+    ) -> Self {
+        Self {
+            weight: p.tensor(&format!("{name}.weight"), [c_out, c_in, kernel, kernel]),
+            bias: p.tensor(&format!("{name}.bias"), [c_out]),
+            options: ConvOptions {
+                stride: [stride, stride],
+                padding,
+                dilation: [1, 1],
+                groups: 1,
+            },
+        }
+    }
+
+    /// `[B, C_in, H, W] -> [B, C_out, H', W']`
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        conv2d(x, self.weight.clone(), Some(self.bias.clone()), self.options.clone())
+    }
+}
+
+/// `torch.nn.GroupNorm` with affine parameters.
+///
+/// The VAE uses epsilon 1e-6 everywhere (burn's `GroupNormConfig` defaults to
+/// 1e-5, which would be a silent accuracy bug), so the epsilon is explicit here.
+/// Statistics are computed in f32: mean first, then the mean of centred squares,
+/// as PyTorch does, rather than the cancellation-prone E[x^2] - E[x]^2.
+#[derive(Debug, Clone)]
+pub struct GroupNorm {
+    pub weight: Tensor<1>,
+    pub bias: Tensor<1>,
+    groups: usize,
+    eps: f64,
+}
+
+/// The GroupNorm epsilon of every norm layer in diffusers' VAE blocks.
+pub const VAE_NORM_EPS: f64 = 1e-6;
+
+impl GroupNorm {
+    pub fn load(p: &mut ParamLoader, name: &str, channels: usize, groups: usize) -> Self {
+        Self {
+            weight: p.tensor(&format!("{name}.weight"), [channels]),
+            bias: p.tensor(&format!("{name}.bias"), [channels]),
+            groups,
+            eps: VAE_NORM_EPS,
+        }
+    }
+
+    /// `[B, C, H, W] -> [B, C, H, W]`
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let [b, c, h, w] = x.dims();
+        // [B, G, C/G * H * W]: statistics per (batch, group).
+        let grouped = x.reshape([b, self.groups, (c / self.groups) * h * w]);
+        let centred = grouped.clone() - grouped.mean_dim(2);
+        let var = centred.clone().square().mean_dim(2);
+        let normed = (centred / (var + self.eps).sqrt()).reshape([b, c, h, w]);
+        normed * self.weight.clone().reshape([1, c, 1, 1]) + self.bias.clone().reshape([1, c, 1, 1])
+    }
+
+    /// GroupNorm followed by SiLU, the pre-activation used before every conv.
+    pub fn forward_silu(&self, x: Tensor<4>) -> Tensor<4> {
+        silu(self.forward(x))
+    }
+}
+
+/// `torch.nn.Linear`. The file stores `weight` as `[out, in]`; it is kept
+/// transposed (`[in, out]`) so the forward pass is a plain matmul.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight_t: Tensor<2>,
+    bias: Tensor<2>,
+}
+
+impl Linear {
+    pub fn load(p: &mut ParamLoader, name: &str, d_in: usize, d_out: usize) -> Self {
+        let weight: Tensor<2> = p.tensor(&format!("{name}.weight"), [d_out, d_in]);
+        let bias: Tensor<1> = p.tensor(&format!("{name}.bias"), [d_out]);
+        Self {
+            weight_t: weight.transpose(),
+            bias: bias.reshape([1, d_out]),
+        }
+    }
+
+    /// `[N, D_in] -> [N, D_out]`
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        x.matmul(self.weight_t.clone()) + self.bias.clone()
+    }
+}

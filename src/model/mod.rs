@@ -1,0 +1,15 @@
+//! The Stable Diffusion VAE, laid out as diffusers lays it out so that a
+//! reader who knows `diffusers.AutoencoderKL` knows this code.
+
+mod attention;
+mod autoencoder;
+mod config;
+mod decoder;
+mod encoder;
+mod layers;
+mod resnet;
+mod sampling;
+
+pub use autoencoder::{AutoencoderKl, DiagonalGaussian};
+pub use config::{AutoencoderKlConfig, SD15_SCALING_FACTOR};
+pub use layers::VAE_NORM_EPS;

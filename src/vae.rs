@@ -1,0 +1,98 @@
+//! The VAE as the tool uses it: images in, scaled latents out, and back.
+
+use std::path::Path;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use rand::SeedableRng;
+use rand_distr::{Distribution, StandardNormal};
+
+use crate::imageio::{InputImage, OutputImage};
+use crate::latent::{Latent, LatentMeta, Posterior};
+use crate::model::AutoencoderKl;
+use crate::weights::{self, WeightsError, WeightsInfo, WeightsSource};
+
+/// Characters of the weights' SHA-256 recorded in latent metadata.
+const HASH_PREFIX: usize = 16;
+
+pub struct Vae {
+    pub model: AutoencoderKl,
+    pub info: WeightsInfo,
+    device: Device,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VaeError {
+    #[error("{}: latent has {found} channels but the weights expect {expected}", path.display())]
+    Channels { path: std::path::PathBuf, found: usize, expected: usize },
+}
+
+impl Vae {
+    pub fn load(source: &WeightsSource, device: &Device, scaling_factor: Option<f64>) -> Result<Self, WeightsError> {
+        let (model, info) = weights::load(source, device, scaling_factor)?;
+        Ok(Self { model, info, device: device.clone() })
+    }
+
+    /// Encodes an image to a scaled latent: `(z - shift) * scaling_factor`,
+    /// where `z` is the posterior mean or a seeded draw from the posterior.
+    pub fn encode(&self, image: &InputImage, posterior: Posterior) -> Latent {
+        let cfg = &self.model.config;
+        let x = image.to_tensor(cfg.downscale(), &self.device);
+        let dist = self.model.encode(x);
+        let z = match posterior {
+            Posterior::Mean => dist.mean,
+            Posterior::Sample { seed } => {
+                let noise = gaussian_noise(dist.mean.dims(), seed, &self.device);
+                dist.sample(noise)
+            }
+        };
+        let [_, channels, height, width] = z.dims();
+        let scaled = (z - cfg.shift_factor) * cfg.scaling_factor;
+        let data = scaled.into_data().try_into_vec::<f32>().expect("the model computes in f32");
+        let file_name = self.info.path.file_name().map(|n| n.to_string_lossy().into_owned());
+        let meta = LatentMeta {
+            scaling_factor: Some(cfg.scaling_factor),
+            shift_factor: Some(cfg.shift_factor),
+            posterior: Some(posterior),
+            width: Some(image.width),
+            height: Some(image.height),
+            weights: file_name,
+            weights_sha256: Some(self.info.sha256[..HASH_PREFIX.min(self.info.sha256.len())].to_owned()),
+            tool_version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+        };
+        Latent { channels, height, width, data, meta }
+    }
+
+    /// Decodes a scaled latent to an 8-bit image, cropped to the size recorded
+    /// in its metadata. The latent's own scaling metadata wins over the
+    /// model's: it says how that file was scaled.
+    pub fn decode(&self, latent: &Latent, path: &Path) -> Result<OutputImage, VaeError> {
+        let planar = self.decode_planar(latent, path)?;
+        let (full_w, full_h) = (latent.width * self.model.config.downscale(), latent.height * self.model.config.downscale());
+        let width = latent.meta.width.filter(|&w| w > 0 && w <= full_w).unwrap_or(full_w);
+        let height = latent.meta.height.filter(|&h| h > 0 && h <= full_h).unwrap_or(full_h);
+        Ok(OutputImage::from_planar(&planar, full_w, full_h, width, height))
+    }
+
+    /// The decoder's float output `[3, 8h, 8w]`, before postprocessing.
+    pub fn decode_planar(&self, latent: &Latent, path: &Path) -> Result<Vec<f32>, VaeError> {
+        let cfg = &self.model.config;
+        if latent.channels != cfg.latent_channels {
+            return Err(VaeError::Channels { path: path.to_owned(), found: latent.channels, expected: cfg.latent_channels });
+        }
+        let scaling = latent.meta.scaling_factor.unwrap_or(cfg.scaling_factor);
+        let shift = latent.meta.shift_factor.unwrap_or(cfg.shift_factor);
+        let shape = [1, latent.channels, latent.height, latent.width];
+        let z = Tensor::<4>::from_data(TensorData::new(latent.data.clone(), shape), &self.device);
+        let image = self.model.decode(z / scaling + shift);
+        Ok(image.into_data().try_into_vec::<f32>().expect("the model computes in f32"))
+    }
+}
+
+/// Standard normal noise from a ChaCha8 stream: the same seed gives the same
+/// latent on every machine and backend.
+fn gaussian_noise(shape: [usize; 4], seed: u64, device: &Device) -> Tensor<4> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let n = shape.iter().product();
+    let values: Vec<f32> = (0..n).map(|_| StandardNormal.sample(&mut rng)).collect();
+    Tensor::from_data(TensorData::new(values, shape), device)
+}

@@ -1,0 +1,107 @@
+//! Opening a weights file: refusing pickles, memory-mapping safetensors and
+//! listing its tensors without copying their data.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Read;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+use sha2::{Digest, Sha256};
+
+use super::WeightsError;
+
+/// Extensions of PyTorch pickle files, refused by name before anything is read.
+const PICKLE_EXTENSIONS: [&str; 4] = ["ckpt", "pt", "pth", "bin"];
+
+/// One tensor of a safetensors file: where its bytes are and how to read them.
+#[derive(Debug, Clone)]
+pub struct RawTensor {
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    range: Range<usize>,
+}
+
+/// A memory-mapped, validated safetensors file.
+pub struct TensorFile {
+    pub path: PathBuf,
+    mmap: Mmap,
+    pub tensors: BTreeMap<String, RawTensor>,
+}
+
+impl TensorFile {
+    pub fn open(path: &Path) -> Result<Self, WeightsError> {
+        refuse_pickle(path)?;
+        let io = |source| WeightsError::Io { path: path.to_owned(), source };
+        let file = File::open(path).map_err(io)?;
+        // SAFETY: the map is read-only; a file truncated by another process while
+        // we run is the one case mmap cannot protect against, as for every tool
+        // that maps model weights (safetensors' own loaders included).
+        let mmap = unsafe { Mmap::map(&file) }.map_err(io)?;
+        let (header_len, metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| {
+            WeightsError::NotSafetensors { path: path.to_owned(), reason: describe_safetensors_error(&e, &mmap) }
+        })?;
+        let data_start = 8 + header_len;
+        let tensors = metadata
+            .tensors()
+            .into_iter()
+            .map(|(name, info)| {
+                let (begin, end) = info.data_offsets;
+                let raw = RawTensor { dtype: info.dtype, shape: info.shape.clone(), range: data_start + begin..data_start + end };
+                (name, raw)
+            })
+            .collect();
+        Ok(Self { path: path.to_owned(), mmap, tensors })
+    }
+
+    /// The tensor's values as f32, whatever float type the file stores.
+    pub fn to_f32(&self, name: &str, raw: &RawTensor) -> Result<Vec<f32>, WeightsError> {
+        let bytes = &self.mmap[raw.range.clone()];
+        let values = match raw.dtype {
+            Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Dtype::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Dtype::F64 => bytes.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap_or_default()) as f32).collect(),
+            other => {
+                return Err(WeightsError::Dtype { path: self.path.clone(), tensor: name.to_owned(), dtype: format!("{other:?}") });
+            }
+        };
+        Ok(values)
+    }
+
+    /// SHA-256 of the whole file, as `sha256sum` and the Hugging Face Hub show it.
+    pub fn sha256_hex(&self) -> String {
+        Sha256::digest(&self.mmap[..]).iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// Refuses PyTorch pickles by extension and by content (a pickle opcode or the
+/// zip container of `torch.save`), without unpickling anything.
+fn refuse_pickle(path: &Path) -> Result<(), WeightsError> {
+    let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+    let by_name = ext.as_deref().is_some_and(|e| PICKLE_EXTENSIONS.contains(&e));
+    // A safetensors file has its JSON header at byte 8; a pickle starts with
+    // PROTO (0x80, version 2..=5), a `torch.save` zip with "PK\x03\x04".
+    let mut magic = [0u8; 9];
+    let by_content = File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok_and(|()| {
+        magic[8] != b'{' && (magic[0] == 0x80 && (2..=5).contains(&magic[1]) || magic[..4] == *b"PK\x03\x04")
+    });
+    if by_name || by_content {
+        return Err(WeightsError::Pickle { path: path.to_owned() });
+    }
+    Ok(())
+}
+
+/// safetensors' errors are terse; say what the bytes look like instead.
+fn describe_safetensors_error(err: &safetensors::SafeTensorError, bytes: &[u8]) -> String {
+    if bytes.len() < 8 {
+        return format!("file is {} bytes, too short for a safetensors header", bytes.len());
+    }
+    let declared = u64::from_le_bytes(bytes[..8].try_into().unwrap_or_default());
+    if declared > bytes.len() as u64 {
+        return format!("header claims {declared} bytes but the file has {} (truncated or not safetensors)", bytes.len());
+    }
+    format!("invalid safetensors data: {err:?}")
+}

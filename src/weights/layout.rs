@@ -1,0 +1,242 @@
+//! Weight layouts: which naming scheme a file uses, and the table that maps
+//! each scheme onto diffusers' names (the names the model asks for).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::LazyLock;
+
+use regex::Regex;
+
+/// The naming schemes a Stable Diffusion VAE file comes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// `diffusion_pytorch_model.safetensors` of diffusers.
+    Diffusers,
+    /// diffusers before 0.14: attention as `query/key/value/proj_attn`.
+    DiffusersLegacyAttention,
+    /// The original CompVis/LDM names (`vae-ft-mse-840000-ema-pruned.safetensors`,
+    /// and the VAE inside full SD checkpoints).
+    Ldm,
+}
+
+impl fmt::Display for Layout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Layout::Diffusers => "diffusers",
+            Layout::DiffusersLegacyAttention => "diffusers (legacy attention names)",
+            Layout::Ldm => "CompVis/LDM",
+        })
+    }
+}
+
+/// Prefixes under which full checkpoints keep their VAE.
+pub const CHECKPOINT_PREFIXES: [&str; 2] = ["first_stage_model.", "vae."];
+
+/// The top-level modules of an `AutoencoderKL`; other top-level keys of a VAE
+/// file (LDM's `loss.*` discriminator, `model_ema.*` counters) are not the model.
+const VAE_ROOTS: [&str; 4] = ["encoder.", "decoder.", "quant_conv.", "post_quant_conv."];
+
+/// LDM name -> diffusers name. Applied in order, each to the result of the
+/// previous rows; run after [`reverse_ldm_up_index`].
+const LDM_RULES: &[(&str, &str)] = &[
+    // Encoder levels: `down.i.block.j` are the ResNets of down block i.
+    (r"^encoder\.down\.(\d+)\.block\.(\d+)\.", "encoder.down_blocks.$1.resnets.$2."),
+    // ...and `down.i.downsample` its stride-2 conv.
+    (r"^encoder\.down\.(\d+)\.downsample\.", "encoder.down_blocks.$1.downsamplers.0."),
+    // Decoder levels (index already reversed): ResNets of up block i.
+    (r"^decoder\.up\.(\d+)\.block\.(\d+)\.", "decoder.up_blocks.$1.resnets.$2."),
+    // ...and its upsample conv.
+    (r"^decoder\.up\.(\d+)\.upsample\.", "decoder.up_blocks.$1.upsamplers.0."),
+    // Mid block: block_1, attn_1, block_2.
+    (r"^(encoder|decoder)\.mid\.block_1\.", "$1.mid_block.resnets.0."),
+    (r"^(encoder|decoder)\.mid\.block_2\.", "$1.mid_block.resnets.1."),
+    (r"^(encoder|decoder)\.mid\.attn_1\.", "$1.mid_block.attentions.0."),
+    // Attention parts: 1x1 convs q/k/v/proj_out (their [C, C, 1, 1] weights are
+    // accepted for diffusers' [C, C] linears by the loader) and the norm.
+    (r"\.attentions\.0\.norm\.", ".attentions.0.group_norm."),
+    (r"\.attentions\.0\.q\.", ".attentions.0.to_q."),
+    (r"\.attentions\.0\.k\.", ".attentions.0.to_k."),
+    (r"\.attentions\.0\.v\.", ".attentions.0.to_v."),
+    (r"\.attentions\.0\.proj_out\.", ".attentions.0.to_out.0."),
+    // The final norm before conv_out.
+    (r"^(encoder|decoder)\.norm_out\.", "$1.conv_norm_out."),
+    // ResNet 1x1 projection when the width changes.
+    (r"\.nin_shortcut\.", ".conv_shortcut."),
+];
+
+/// Legacy diffusers attention name -> current diffusers name.
+const LEGACY_ATTENTION_RULES: &[(&str, &str)] = &[
+    (r"\.attentions\.0\.query\.", ".attentions.0.to_q."),
+    (r"\.attentions\.0\.key\.", ".attentions.0.to_k."),
+    (r"\.attentions\.0\.value\.", ".attentions.0.to_v."),
+    (r"\.attentions\.0\.proj_attn\.", ".attentions.0.to_out.0."),
+];
+
+static LDM: LazyLock<Vec<(Regex, &str)>> = LazyLock::new(|| compile(LDM_RULES));
+static LEGACY: LazyLock<Vec<(Regex, &str)>> = LazyLock::new(|| compile(LEGACY_ATTENTION_RULES));
+
+fn compile(rules: &[(&str, &'static str)]) -> Vec<(Regex, &'static str)> {
+    rules.iter().map(|&(pattern, to)| (Regex::new(pattern).expect("rule patterns are valid regexes"), to)).collect()
+}
+
+fn apply(rules: &[(Regex, &str)], key: &str) -> String {
+    rules.iter().fold(key.to_owned(), |k, (re, to)| re.replace(&k, *to).into_owned())
+}
+
+/// LDM numbers decoder levels from the latent side *up* in reverse: its
+/// `decoder.up.{n-1-i}` is diffusers' `decoder.up_blocks.{i}`.
+fn reverse_ldm_up_index(key: &str, levels: usize) -> String {
+    static UP: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^decoder\.up\.(\d+)\.").expect("valid regex"));
+    UP.replace(key, |c: &regex::Captures| {
+        let k: usize = c[1].parse().unwrap_or(0);
+        format!("decoder.up.{}.", levels.saturating_sub(k + 1))
+    })
+    .into_owned()
+}
+
+/// The VAE found in a file's keys.
+#[derive(Debug, Clone)]
+pub struct VaeKeys {
+    pub layout: Layout,
+    /// `first_stage_model.` or `vae.` for full checkpoints.
+    pub prefix: Option<&'static str>,
+    /// diffusers name -> key in the file.
+    pub names: BTreeMap<String, String>,
+    /// Keys of the file that are not part of the VAE.
+    pub ignored: usize,
+}
+
+/// Finds the VAE among `keys` and names its tensors as diffusers does.
+/// `None` when no key set of a known layout is there.
+pub fn detect<'a>(keys: impl IntoIterator<Item = &'a str> + Clone) -> Option<VaeKeys> {
+    let prefix = CHECKPOINT_PREFIXES
+        .into_iter()
+        .find(|p| keys.clone().into_iter().any(|k| k.strip_prefix(p).is_some_and(|rest| rest.starts_with("encoder."))));
+    let strip = |k: &'a str| -> Option<&'a str> {
+        let k = match prefix {
+            Some(p) => k.strip_prefix(p)?,
+            None => k,
+        };
+        VAE_ROOTS.iter().any(|r| k.starts_with(r)).then_some(k)
+    };
+    let vae: Vec<(&str, &str)> = keys.clone().into_iter().filter_map(|k| strip(k).map(|s| (s, k))).collect();
+    let total = keys.into_iter().count();
+    let has = |needle: &str| vae.iter().any(|(k, _)| k.contains(needle));
+
+    let layout = if has("encoder.down_blocks.") || has("decoder.up_blocks.") {
+        if has(".attentions.0.query.") { Layout::DiffusersLegacyAttention } else { Layout::Diffusers }
+    } else if has("encoder.down.") || has("decoder.up.") {
+        Layout::Ldm
+    } else {
+        return None;
+    };
+    let levels = vae
+        .iter()
+        .filter_map(|(k, _)| k.strip_prefix("decoder.up.")?.split('.').next()?.parse::<usize>().ok())
+        .max()
+        .map_or(0, |m| m + 1);
+    let names = vae
+        .iter()
+        .map(|&(k, original)| {
+            let name = match layout {
+                Layout::Diffusers => k.to_owned(),
+                Layout::DiffusersLegacyAttention => apply(&LEGACY, k),
+                Layout::Ldm => apply(&LDM, &reverse_ldm_up_index(k, levels)),
+            };
+            (name, original.to_owned())
+        })
+        .collect();
+    Some(VaeKeys { layout, prefix, names, ignored: total - vae.len() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ldm(key: &str, levels: usize) -> String {
+        apply(&LDM, &reverse_ldm_up_index(key, levels))
+    }
+
+    // One test per LDM rule, on key names as vae-ft-mse-840000-ema-pruned has them.
+    #[test]
+    fn ldm_encoder_resnets() {
+        assert_eq!(ldm("encoder.down.2.block.1.norm2.weight", 4), "encoder.down_blocks.2.resnets.1.norm2.weight");
+    }
+
+    #[test]
+    fn ldm_downsample() {
+        assert_eq!(ldm("encoder.down.0.downsample.conv.bias", 4), "encoder.down_blocks.0.downsamplers.0.conv.bias");
+    }
+
+    #[test]
+    fn ldm_decoder_up_is_reversed() {
+        assert_eq!(ldm("decoder.up.3.block.0.conv1.weight", 4), "decoder.up_blocks.0.resnets.0.conv1.weight");
+        assert_eq!(ldm("decoder.up.0.block.2.conv2.bias", 4), "decoder.up_blocks.3.resnets.2.conv2.bias");
+    }
+
+    #[test]
+    fn ldm_upsample() {
+        assert_eq!(ldm("decoder.up.1.upsample.conv.weight", 4), "decoder.up_blocks.2.upsamplers.0.conv.weight");
+    }
+
+    #[test]
+    fn ldm_mid_resnets() {
+        assert_eq!(ldm("encoder.mid.block_1.conv1.weight", 4), "encoder.mid_block.resnets.0.conv1.weight");
+        assert_eq!(ldm("decoder.mid.block_2.norm1.bias", 4), "decoder.mid_block.resnets.1.norm1.bias");
+    }
+
+    #[test]
+    fn ldm_attention() {
+        assert_eq!(ldm("encoder.mid.attn_1.norm.weight", 4), "encoder.mid_block.attentions.0.group_norm.weight");
+        assert_eq!(ldm("decoder.mid.attn_1.q.weight", 4), "decoder.mid_block.attentions.0.to_q.weight");
+        assert_eq!(ldm("decoder.mid.attn_1.k.bias", 4), "decoder.mid_block.attentions.0.to_k.bias");
+        assert_eq!(ldm("encoder.mid.attn_1.v.weight", 4), "encoder.mid_block.attentions.0.to_v.weight");
+        assert_eq!(ldm("encoder.mid.attn_1.proj_out.bias", 4), "encoder.mid_block.attentions.0.to_out.0.bias");
+    }
+
+    #[test]
+    fn ldm_norm_out() {
+        assert_eq!(ldm("decoder.norm_out.weight", 4), "decoder.conv_norm_out.weight");
+    }
+
+    #[test]
+    fn ldm_shortcut() {
+        assert_eq!(ldm("encoder.down.1.block.0.nin_shortcut.weight", 4), "encoder.down_blocks.1.resnets.0.conv_shortcut.weight");
+    }
+
+    #[test]
+    fn ldm_unchanged_names() {
+        for key in ["encoder.conv_in.weight", "decoder.conv_out.bias", "quant_conv.weight", "post_quant_conv.bias"] {
+            assert_eq!(ldm(key, 4), key);
+        }
+    }
+
+    #[test]
+    fn legacy_attention() {
+        let key = |k: &str| apply(&LEGACY, k);
+        assert_eq!(key("encoder.mid_block.attentions.0.query.weight"), "encoder.mid_block.attentions.0.to_q.weight");
+        assert_eq!(key("encoder.mid_block.attentions.0.key.bias"), "encoder.mid_block.attentions.0.to_k.bias");
+        assert_eq!(key("decoder.mid_block.attentions.0.value.weight"), "decoder.mid_block.attentions.0.to_v.weight");
+        assert_eq!(key("decoder.mid_block.attentions.0.proj_attn.bias"), "decoder.mid_block.attentions.0.to_out.0.bias");
+    }
+
+    #[test]
+    fn detects_checkpoint_prefix_and_ignores_the_rest() {
+        let keys = [
+            "first_stage_model.encoder.down.0.block.0.conv1.weight",
+            "first_stage_model.decoder.up.1.block.0.conv1.weight",
+            "model.diffusion_model.input_blocks.0.0.weight",
+            "alphas_cumprod",
+        ];
+        let found = detect(keys.iter().copied()).expect("an LDM VAE");
+        assert_eq!(found.layout, Layout::Ldm);
+        assert_eq!(found.prefix, Some("first_stage_model."));
+        assert_eq!(found.ignored, 2);
+        assert_eq!(found.names["decoder.up_blocks.0.resnets.0.conv1.weight"], "first_stage_model.decoder.up.1.block.0.conv1.weight");
+    }
+
+    #[test]
+    fn unknown_layout_is_none() {
+        assert!(detect(["model.layers.0.weight", "lm_head.weight"].iter().copied()).is_none());
+    }
+}

@@ -1,0 +1,250 @@
+//! Stable Diffusion VAE weights from safetensors files, in the layouts people
+//! have them: diffusers folders and files, original CompVis/LDM files, and full
+//! checkpoints that contain a VAE. Pickles are refused, never opened.
+
+mod file;
+mod infer;
+mod layout;
+mod params;
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+
+pub use file::TensorFile;
+pub use infer::{infer_config, DiffusersConfig};
+pub use layout::{detect, Layout, VaeKeys};
+pub use params::{Mismatch, ParamLoader};
+
+use crate::model::{AutoencoderKl, AutoencoderKlConfig, SD15_SCALING_FACTOR};
+
+/// Environment variable naming the weights when `--weights` is not given.
+pub const WEIGHTS_ENV: &str = "VAE_WEIGHTS";
+/// Folder searched last, relative to the working directory.
+pub const WEIGHTS_DIR: &str = "weights";
+/// The weights file of a diffusers model folder.
+const DIFFUSERS_FILES: [&str; 2] = ["diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum WeightsError {
+    #[error(
+        "no VAE weights found (looked at --weights, ${WEIGHTS_ENV}, and {searched}): download one, e.g. \
+         diffusion_pytorch_model.safetensors and config.json of stabilityai/sd-vae-ft-mse into ./weights/sd-vae-ft-mse/, \
+         and pass --weights or set ${WEIGHTS_ENV} (weights/README.md lists the known files)"
+    )]
+    NotFound { searched: String },
+    #[error("{}: several weights files, choose one with --weights: {}", dir.display(), candidates.join(", "))]
+    Ambiguous { dir: PathBuf, candidates: Vec<String> },
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error(
+        "{}: refusing a PyTorch pickle file: unpickling can run arbitrary code. Convert it once to safetensors \
+         (python -c \"import torch, safetensors.torch as s; sd = torch.load('IN', weights_only=True); \
+         s.save_file(sd.get('state_dict', sd), 'OUT.safetensors')\") and pass that file",
+        path.display()
+    )]
+    Pickle { path: PathBuf },
+    #[error("{}: not a safetensors file: {reason}", path.display())]
+    NotSafetensors { path: PathBuf, reason: String },
+    #[error("{}: no Stable Diffusion VAE in this file (unknown layout; first keys: {keys})", path.display())]
+    NoVae { path: PathBuf, keys: String },
+    #[error("{}: tensor {tensor} has dtype {dtype}; only f32, f16, bf16 and f64 weights are supported", path.display())]
+    Dtype { path: PathBuf, tensor: String, dtype: String },
+    #[error("{}: cannot read the architecture: tensor {tensor} is missing", path.display())]
+    Architecture { path: PathBuf, tensor: String },
+    #[error("{}: {reason}", path.display())]
+    Config { path: PathBuf, reason: String },
+    #[error("{}: tensors do not fit an AutoencoderKL: {}", path.display(), describe(mismatch))]
+    Mismatch { path: PathBuf, mismatch: Mismatch },
+}
+
+/// A weights file, plus the diffusers `config.json` beside it when there is one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WeightsSource {
+    pub file: PathBuf,
+    pub config_json: Option<PathBuf>,
+}
+
+impl WeightsSource {
+    /// A `.safetensors` file or a diffusers folder.
+    pub fn from_path(path: &Path) -> Result<Self, WeightsError> {
+        if path.is_dir() {
+            let file = DIFFUSERS_FILES.iter().map(|f| path.join(f)).find(|f| f.is_file());
+            let file = match file {
+                Some(file) => file,
+                None => single_safetensors(path)?.ok_or_else(|| WeightsError::NotFound { searched: path.display().to_string() })?,
+            };
+            return Ok(Self::from_file(file));
+        }
+        if !path.exists() {
+            let source = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory");
+            return Err(WeightsError::Io { path: path.to_owned(), source });
+        }
+        Ok(Self::from_file(path.to_owned()))
+    }
+
+    /// A `config.json` is taken from beside a diffusers-named weights file only,
+    /// so a loose `vae-ft-mse-840000-ema-pruned.safetensors` never picks up an
+    /// unrelated config that happens to share its folder.
+    fn from_file(file: PathBuf) -> Self {
+        let is_diffusers = file.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("diffusion_pytorch_model"));
+        let config_json = file.parent().map(|d| d.join("config.json")).filter(|c| is_diffusers && c.is_file());
+        Self { file, config_json }
+    }
+}
+
+/// `--weights`, else `$VAE_WEIGHTS`, else `./weights/`.
+pub fn resolve(explicit: Option<&Path>) -> Result<WeightsSource, WeightsError> {
+    if let Some(path) = explicit {
+        return WeightsSource::from_path(path);
+    }
+    if let Some(path) = std::env::var_os(WEIGHTS_ENV).filter(|p| !p.is_empty()) {
+        return WeightsSource::from_path(Path::new(&path));
+    }
+    let dir = Path::new(WEIGHTS_DIR);
+    let not_found = || WeightsError::NotFound { searched: format!("./{WEIGHTS_DIR}/") };
+    if !dir.is_dir() {
+        return Err(not_found());
+    }
+    // ./weights/ holds one file, or one diffusers folder per model.
+    let mut candidates: Vec<PathBuf> = safetensors_in(dir)?;
+    for entry in read_dir(dir)? {
+        if let Some(file) = DIFFUSERS_FILES.iter().map(|f| entry.join(f)).find(|f| f.is_file()) {
+            candidates.push(file);
+        }
+    }
+    match candidates.len() {
+        0 => Err(not_found()),
+        1 => Ok(WeightsSource::from_file(candidates.remove(0))),
+        _ => Err(WeightsError::Ambiguous {
+            dir: dir.to_owned(),
+            candidates: candidates.iter().map(|c| c.display().to_string()).collect(),
+        }),
+    }
+}
+
+fn read_dir(dir: &Path) -> Result<Vec<PathBuf>, WeightsError> {
+    let io = |source| WeightsError::Io { path: dir.to_owned(), source };
+    let mut entries: Vec<PathBuf> = fs::read_dir(dir).map_err(io)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    entries.sort();
+    Ok(entries)
+}
+
+fn safetensors_in(dir: &Path) -> Result<Vec<PathBuf>, WeightsError> {
+    Ok(read_dir(dir)?.into_iter().filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "safetensors")).collect())
+}
+
+fn single_safetensors(dir: &Path) -> Result<Option<PathBuf>, WeightsError> {
+    let mut files = safetensors_in(dir)?;
+    match files.len() {
+        0 => Ok(None),
+        1 => Ok(files.pop()),
+        _ => Err(WeightsError::Ambiguous { dir: dir.to_owned(), candidates: files.iter().map(|c| c.display().to_string()).collect() }),
+    }
+}
+
+/// What was loaded, for reports and latent metadata.
+#[derive(Debug, Clone)]
+pub struct WeightsInfo {
+    pub path: PathBuf,
+    pub layout: Layout,
+    pub prefix: Option<&'static str>,
+    /// The dtypes of the VAE tensors in the file, e.g. `f16`.
+    pub dtype: String,
+    /// SHA-256 of the weights file, hex.
+    pub sha256: String,
+    /// Tensors of the file that are not part of the VAE (other checkpoint parts).
+    pub ignored: usize,
+}
+
+/// Loads the VAE of `source` onto `device`, as f32.
+///
+/// The scaling factor is `scaling_factor` when given, else the one of
+/// `config.json`, else SD 1.x's 0.18215.
+pub fn load(source: &WeightsSource, device: &Device, scaling_factor: Option<f64>) -> Result<(AutoencoderKl, WeightsInfo), WeightsError> {
+    let json = match &source.config_json {
+        Some(path) => read_config_json(path)?,
+        None => DiffusersConfig::default(),
+    };
+    let file = TensorFile::open(&source.file)?;
+    let path = || source.file.clone();
+    let keys = detect(file.tensors.keys().map(String::as_str)).ok_or_else(|| WeightsError::NoVae {
+        path: path(),
+        keys: file.tensors.keys().take(5).cloned().collect::<Vec<_>>().join(", "),
+    })?;
+    let shape_of = |name: &str| keys.names.get(name).map(|key| file.tensors[key].shape.as_slice());
+    let mut config = infer_config(shape_of, &json, SD15_SCALING_FACTOR)
+        .map_err(|tensor| WeightsError::Architecture { path: path(), tensor })?;
+    if let Some(factor) = scaling_factor {
+        config.scaling_factor = factor;
+    }
+    check_config(&config).map_err(|reason| WeightsError::Config { path: path(), reason })?;
+
+    let mut loader = ParamLoader::new(&file, &keys.names, device);
+    let model = AutoencoderKl::load(&mut loader, &config);
+    loader.finish()?;
+
+    let mut dtypes: Vec<String> = keys.names.values().map(|k| format!("{:?}", file.tensors[k].dtype).to_lowercase()).collect();
+    dtypes.sort();
+    dtypes.dedup();
+    let info = WeightsInfo {
+        path: path(),
+        layout: keys.layout,
+        prefix: keys.prefix,
+        dtype: dtypes.join("+"),
+        sha256: file.sha256_hex(),
+        ignored: keys.ignored,
+    };
+    Ok((model, info))
+}
+
+fn read_config_json(path: &Path) -> Result<DiffusersConfig, WeightsError> {
+    let text = fs::read_to_string(path).map_err(|source| WeightsError::Io { path: path.to_owned(), source })?;
+    let config: DiffusersConfig =
+        serde_json::from_str(&text).map_err(|e| WeightsError::Config { path: path.to_owned(), reason: format!("invalid config.json: {e}") })?;
+    match config.class_name.as_deref() {
+        None | Some("AutoencoderKL") => Ok(config),
+        Some(other) => Err(WeightsError::Config { path: path.to_owned(), reason: format!("describes a {other}, not an AutoencoderKL") }),
+    }
+}
+
+/// Rejects configurations the model cannot be built with (the shapes come
+/// from the file, so they can be anything).
+fn check_config(c: &AutoencoderKlConfig) -> Result<(), String> {
+    if c.norm_num_groups == 0 {
+        return Err("norm_num_groups is 0".to_owned());
+    }
+    if let Some(bad) = c.block_out_channels.iter().find(|&&ch| ch == 0 || ch % c.norm_num_groups != 0) {
+        return Err(format!("block width {bad} is not a multiple of the {} norm groups", c.norm_num_groups));
+    }
+    if c.layers_per_block == 0 || c.latent_channels == 0 || c.in_channels == 0 || c.out_channels == 0 {
+        return Err(format!("degenerate architecture {c:?}"));
+    }
+    if !c.scaling_factor.is_finite() || c.scaling_factor == 0.0 || !c.shift_factor.is_finite() {
+        return Err(format!("unusable scaling factor {} / shift {}", c.scaling_factor, c.shift_factor));
+    }
+    Ok(())
+}
+
+/// One line listing what did not fit, eight names per kind at most.
+fn describe(m: &Mismatch) -> String {
+    fn list(out: &mut String, what: &str, items: &[String]) {
+        if items.is_empty() {
+            return;
+        }
+        let shown = items.iter().take(8).cloned().collect::<Vec<_>>().join(", ");
+        let more = items.len().saturating_sub(8);
+        let _ = write!(out, "{}{what} {}: {shown}", if out.is_empty() { "" } else { "; " }, items.len());
+        if more > 0 {
+            let _ = write!(out, " and {more} more");
+        }
+    }
+    let mut out = String::new();
+    list(&mut out, "missing", &m.missing);
+    let shapes: Vec<String> = m.misshaped.iter().map(|(n, want, got)| format!("{n} (expected {want:?}, file has {got:?})")).collect();
+    list(&mut out, "mis-shaped", &shapes);
+    list(&mut out, "unexpected", &m.unexpected);
+    out
+}

@@ -1,0 +1,88 @@
+//! Hands the model its parameters by diffusers name, checking each shape, and
+//! accounts for every tensor: missing, mis-shaped and unused ones are all
+//! collected and reported together, never silently skipped.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use burn::tensor::{Device, Tensor, TensorData};
+
+use super::file::TensorFile;
+use super::WeightsError;
+
+/// What did not fit between a weights file and the model built from it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Mismatch {
+    pub missing: Vec<String>,
+    /// `(name, expected shape, shape in the file)`
+    pub misshaped: Vec<(String, Vec<usize>, Vec<usize>)>,
+    pub unexpected: Vec<String>,
+}
+
+impl Mismatch {
+    pub fn is_empty(&self) -> bool {
+        self.missing.is_empty() && self.misshaped.is_empty() && self.unexpected.is_empty()
+    }
+}
+
+pub struct ParamLoader<'a> {
+    file: &'a TensorFile,
+    /// diffusers name -> key in the file.
+    names: &'a BTreeMap<String, String>,
+    device: Device,
+    used: BTreeSet<String>,
+    mismatch: Mismatch,
+    error: Option<WeightsError>,
+}
+
+impl<'a> ParamLoader<'a> {
+    pub fn new(file: &'a TensorFile, names: &'a BTreeMap<String, String>, device: &Device) -> Self {
+        Self { file, names, device: device.clone(), used: BTreeSet::new(), mismatch: Mismatch::default(), error: None }
+    }
+
+    /// The parameter `name` with shape `shape`, as f32 on the loader's device.
+    ///
+    /// On a problem, records it and returns zeros so that loading goes on and
+    /// every problem is reported at once by [`ParamLoader::finish`].
+    pub fn tensor<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Tensor<D> {
+        match self.values(name, &shape) {
+            Some(values) => Tensor::from_data(TensorData::new(values, shape), &self.device),
+            None => Tensor::zeros(shape, &self.device),
+        }
+    }
+
+    fn values(&mut self, name: &str, shape: &[usize]) -> Option<Vec<f32>> {
+        let Some(key) = self.names.get(name) else {
+            self.mismatch.missing.push(name.to_owned());
+            return None;
+        };
+        self.used.insert(name.to_owned());
+        let raw = &self.file.tensors[key];
+        // A [C, C] linear may be stored as the [C, C, 1, 1] 1x1 conv of LDM.
+        let as_linear = shape.len() == 2 && raw.shape.len() == 4 && raw.shape[..2] == *shape && raw.shape[2..] == [1, 1];
+        if raw.shape != shape && !as_linear {
+            self.mismatch.misshaped.push((name.to_owned(), shape.to_vec(), raw.shape.clone()));
+            return None;
+        }
+        match self.file.to_f32(key, raw) {
+            Ok(values) => Some(values),
+            Err(err) => {
+                self.error.get_or_insert(err);
+                None
+            }
+        }
+    }
+
+    /// Ends loading: an error naming every missing, mis-shaped and unused tensor.
+    pub fn finish(mut self) -> Result<(), WeightsError> {
+        if let Some(err) = self.error {
+            return Err(err);
+        }
+        self.mismatch.unexpected =
+            self.names.iter().filter(|(name, _)| !self.used.contains(*name)).map(|(_, key)| key.clone()).collect();
+        if self.mismatch.is_empty() {
+            Ok(())
+        } else {
+            Err(WeightsError::Mismatch { path: self.file.path.clone(), mismatch: self.mismatch })
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! The `vae` binary end to end: encode, decode, roundtrip, weights discovery
+//! and the safety of outputs. Each test works in its own temporary folder.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{assert_fails, fixtures, listing, stderr, stdout, vae};
+use vae::latent::{Latent, Posterior};
+
+fn tiny_sd() -> String {
+    fixtures().join("weights/tiny_sd").display().to_string()
+}
+
+/// A `width` x `height` crop of a Kodak photo, written as PNG into `dir`.
+fn photo(dir: &Path, name: &str, width: u32, height: u32) -> PathBuf {
+    let img = image::open(fixtures().join("images/kodim03.png")).unwrap().to_rgb8();
+    let crop = image::imageops::crop_imm(&img, 100, 50, width, height).to_image();
+    let path = dir.join(name);
+    crop.save(&path).unwrap();
+    path
+}
+
+#[test]
+fn encode_512_gives_4x64x64_and_decodes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    photo(dir.path(), "in.png", 512, 512);
+    let out = vae(dir.path(), &["encode", "in.png", "-o", "z.safetensors", "--weights", &tiny_sd()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let latent = Latent::read(&dir.path().join("z.safetensors")).unwrap();
+    assert_eq!((latent.channels, latent.height, latent.width), (4, 64, 64));
+    let meta = &latent.meta;
+    assert_eq!(meta.scaling_factor, Some(0.18215));
+    assert_eq!(meta.posterior, Some(Posterior::Mean));
+    assert_eq!((meta.width, meta.height), (Some(512), Some(512)));
+    assert_eq!(meta.weights.as_deref(), Some("diffusion_pytorch_model.safetensors"));
+    assert_eq!(meta.weights_sha256.as_ref().map(String::len), Some(16));
+
+    let out = vae(dir.path(), &["decode", "z.safetensors", "-o", "out.png", "--weights", &tiny_sd()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let decoded = image::open(dir.path().join("out.png")).unwrap();
+    assert_eq!((decoded.width(), decoded.height()), (512, 512));
+}
+
+#[test]
+fn odd_sizes_are_padded_and_cropped_back() {
+    let dir = tempfile::tempdir().unwrap();
+    photo(dir.path(), "odd.png", 101, 37);
+    let out = vae(dir.path(), &["encode", "odd.png", "--weights", &tiny_sd()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Default output: the image's name with .safetensors.
+    let latent = Latent::read(&dir.path().join("odd.safetensors")).unwrap();
+    assert_eq!((latent.height, latent.width), (5, 13));
+    let out = vae(dir.path(), &["decode", "odd.safetensors", "--weights", &tiny_sd()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let decoded = image::open(dir.path().join("odd.png")).unwrap();
+    assert_eq!((decoded.width(), decoded.height()), (101, 37));
+}
+
+#[test]
+fn sample_is_seeded_and_differs_from_the_mean() {
+    let dir = tempfile::tempdir().unwrap();
+    photo(dir.path(), "in.png", 64, 48);
+    let w = tiny_sd();
+    for (name, extra) in [("mean", &[][..]), ("s1", &["--sample", "--seed", "1"][..]), ("s1b", &["--sample", "--seed", "1"][..]), ("s2", &["--sample", "--seed", "2"][..])] {
+        let out_name = format!("{name}.safetensors");
+        let mut args = vec!["encode", "in.png", "-o", &out_name, "--weights", &w];
+        args.extend_from_slice(extra);
+        let out = vae(dir.path(), &args);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let read = |n: &str| Latent::read(&dir.path().join(format!("{n}.safetensors"))).unwrap();
+    let (mean, s1, s1b, s2) = (read("mean"), read("s1"), read("s1b"), read("s2"));
+    assert_eq!(s1.data, s1b.data, "same seed, same latent");
+    assert_ne!(s1.data, s2.data);
+    assert_ne!(s1.data, mean.data);
+    assert_eq!(s1.meta.posterior, Some(Posterior::Sample { seed: 1 }));
+}
+
+#[test]
+fn roundtrip_reports_quality_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    photo(dir.path(), "a.png", 64, 64);
+    let out = vae(dir.path(), &["roundtrip", "a.png", "-o", "recon.png", "--error-map", "err.png", "--json", "--weights", &tiny_sd()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let row: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    let psnr = row["psnr"].as_f64().unwrap();
+    let ssim = row["ssim"].as_f64().unwrap();
+    assert!(psnr > 0.0 && psnr < 100.0, "{row}");
+    assert!(ssim > -1.0 && ssim < 1.0, "{row}");
+    assert_eq!(row["latent_shape"], serde_json::json!([1, 4, 8, 8]));
+    // The reported numbers are those of the written reconstruction.
+    let a = image::open(dir.path().join("a.png")).unwrap().to_rgb8();
+    let r = image::open(dir.path().join("recon.png")).unwrap().to_rgb8();
+    assert!((vae::metrics::psnr(a.as_raw(), r.as_raw()) - psnr).abs() < 1e-9);
+    assert!(dir.path().join("err.png").exists());
+}
+
+#[test]
+fn roundtrip_refuses_to_write_over_an_input() {
+    let dir = tempfile::tempdir().unwrap();
+    photo(dir.path(), "a.png", 32, 32);
+    let before = std::fs::read(dir.path().join("a.png")).unwrap();
+    let out = vae(dir.path(), &["roundtrip", "a.png", "-o", "a.png", "--force", "--weights", &tiny_sd()]);
+    assert_fails(&out, "a.png", "also an input");
+    assert_eq!(std::fs::read(dir.path().join("a.png")).unwrap(), before);
+}
+
+#[test]
+fn existing_outputs_need_force() {
+    let dir = tempfile::tempdir().unwrap();
+    photo(dir.path(), "in.png", 32, 32);
+    std::fs::write(dir.path().join("z.safetensors"), b"precious").unwrap();
+    let out = vae(dir.path(), &["encode", "in.png", "-o", "z.safetensors", "--weights", &tiny_sd()]);
+    assert_fails(&out, "z.safetensors", "already exists");
+    assert_eq!(std::fs::read(dir.path().join("z.safetensors")).unwrap(), b"precious");
+    let out = vae(dir.path(), &["encode", "in.png", "-o", "z.safetensors", "--force", "--weights", &tiny_sd()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(Latent::read(&dir.path().join("z.safetensors")).is_ok());
+    // No temporary file is left behind.
+    assert_eq!(listing(dir.path()), ["in.png", "z.safetensors"]);
+}
+
+#[test]
+fn weights_from_env_then_weights_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    photo(dir.path(), "in.png", 32, 32);
+    // Nothing anywhere: the error says what to download and where.
+    let out = vae(dir.path(), &["encode", "in.png"]);
+    assert_fails(&out, "./weights/", "sd-vae-ft-mse");
+    assert!(!dir.path().join("in.safetensors").exists());
+
+    // $VAE_WEIGHTS.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vae"))
+        .args(["encode", "in.png", "-o", "env.safetensors"])
+        .current_dir(dir.path())
+        .env("VAE_WEIGHTS", fixtures().join("weights/tiny_sd_ldm.safetensors"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("CompVis/LDM"), "{}", stderr(&out));
+
+    // ./weights/ holding one diffusers folder.
+    let model = dir.path().join("weights/tiny");
+    std::fs::create_dir_all(&model).unwrap();
+    for f in ["config.json", "diffusion_pytorch_model.safetensors"] {
+        std::fs::copy(fixtures().join("weights/tiny_sd").join(f), model.join(f)).unwrap();
+    }
+    let out = vae(dir.path(), &["encode", "in.png", "-o", "dir.safetensors"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn pickles_are_refused_unopened() {
+    let dir = tempfile::tempdir().unwrap();
+    photo(dir.path(), "in.png", 32, 32);
+    // A protocol-2 pickle that would import os.system if it were unpickled.
+    std::fs::write(dir.path().join("model.bin"), b"\x80\x02cos\nsystem\nq\x00X\x04\x00\x00\x00trueq\x01\x85q\x02Rq\x03.").unwrap();
+    let out = vae(dir.path(), &["encode", "in.png", "--weights", "model.bin"]);
+    assert_fails(&out, "model.bin", "pickle");
+    // Same bytes under a safetensors name: caught by content.
+    std::fs::copy(dir.path().join("model.bin"), dir.path().join("sneaky.safetensors")).unwrap();
+    let out = vae(dir.path(), &["encode", "in.png", "--weights", "sneaky.safetensors"]);
+    assert_fails(&out, "sneaky.safetensors", "pickle");
+    assert!(!dir.path().join("in.safetensors").exists());
+}
+
+#[test]
+fn missing_and_misshaped_tensors_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    photo(dir.path(), "in.png", 32, 32);
+    let bytes = std::fs::read(fixtures().join("weights/tiny_sd/diffusion_pytorch_model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<(String, safetensors::tensor::TensorView)> =
+        st.tensors().into_iter().filter(|(n, _)| n != "decoder.conv_in.bias").collect();
+    let (_, view) = tensors.iter().find(|(n, _)| n == "encoder.conv_out.bias").unwrap().clone();
+    let short = safetensors::tensor::TensorView::new(view.dtype(), vec![4], &view.data()[..16]).unwrap();
+    tensors.retain(|(n, _)| n != "encoder.conv_out.bias");
+    tensors.push(("encoder.conv_out.bias".into(), short));
+    safetensors::serialize_to_file(tensors, None, &dir.path().join("broken.safetensors")).unwrap();
+    let out = vae(dir.path(), &["encode", "in.png", "--weights", "broken.safetensors"]);
+    assert_fails(&out, "broken.safetensors", "missing 1: decoder.conv_in.bias");
+    assert!(stderr(&out).contains("encoder.conv_out.bias (expected [8], file has [4])"), "{}", stderr(&out));
+}
+
+#[test]
+fn decode_rejects_wrong_channel_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = vec![0u8; 3 * 4 * 4 * 4];
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1, 3, 4, 4], &data).unwrap();
+    safetensors::serialize_to_file([("latent", view)], None, &dir.path().join("z.safetensors")).unwrap();
+    let out = vae(dir.path(), &["decode", "z.safetensors", "--weights", &tiny_sd()]);
+    assert_fails(&out, "z.safetensors", "3 channels but the weights expect 4");
+    assert!(!dir.path().join("z.png").exists());
+}
+
+#[test]
+fn corrupt_image_is_a_one_line_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes.png"), "this is text, not a PNG\n").unwrap();
+    let out = vae(dir.path(), &["encode", "notes.png", "--weights", &tiny_sd()]);
+    assert_fails(&out, "notes.png", "not a readable image");
+    assert_eq!(listing(dir.path()), ["notes.png"]);
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = vae(dir.path(), &["encode"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = vae(dir.path(), &["encode", "x.png", "--seed", "3"]);
+    assert_eq!(out.status.code(), Some(2), "--seed needs --sample");
+}
