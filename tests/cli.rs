@@ -12,10 +12,11 @@ fn tiny_sd() -> String {
     fixtures().join("weights/tiny_sd").display().to_string()
 }
 
-/// A `width` x `height` crop of a Kodak photo, written as PNG into `dir`.
+/// A `width` x `height` crop of a Kodak photo, written into `dir` in the
+/// format that `name`'s extension says.
 fn photo(dir: &Path, name: &str, width: u32, height: u32) -> PathBuf {
     let img = image::open(fixtures().join("images/kodim03.png")).unwrap().to_rgb8();
-    let crop = image::imageops::crop_imm(&img, 100, 50, width, height).to_image();
+    let crop = image::imageops::crop_imm(&img, 100, 0, width, height).to_image();
     let path = dir.join(name);
     crop.save(&path).unwrap();
     path
@@ -45,8 +46,8 @@ fn encode_512_gives_4x64x64_and_decodes_back() {
 #[test]
 fn odd_sizes_are_padded_and_cropped_back() {
     let dir = tempfile::tempdir().unwrap();
-    photo(dir.path(), "odd.png", 101, 37);
-    let out = vae(dir.path(), &["encode", "odd.png", "--weights", &tiny_sd()]);
+    photo(dir.path(), "odd.jpg", 101, 37);
+    let out = vae(dir.path(), &["encode", "odd.jpg", "--weights", &tiny_sd()]);
     assert!(out.status.success(), "{}", stderr(&out));
     // Default output: the image's name with .safetensors.
     let latent = Latent::read(&dir.path().join("odd.safetensors")).unwrap();
