@@ -129,7 +129,7 @@ fn legacy_attention_names() {
 fn full_checkpoint_first_stage_model() {
     let vae = load("tiny_sd_ckpt.safetensors");
     assert_eq!(vae.info.prefix, Some("first_stage_model."));
-    assert_eq!(vae.info.ignored, 3);
+    assert_eq!(vae.info.ignored, 4); // UNet conv weight and bias, text position ids, alphas_cumprod
     check_encoder(&vae, "tiny_sd_f16");
     check_decoder(&vae, "tiny_sd_f16");
 }

@@ -82,10 +82,14 @@ impl GroupNorm {
     /// `[B, C, H, W] -> [B, C, H, W]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let [b, c, h, w] = x.dims();
-        // [B, G, C/G * H * W]: statistics per (batch, group).
-        let grouped = x.reshape([b, self.groups, (c / self.groups) * h * w]);
-        let centred = grouped.clone() - grouped.mean_dim(2);
-        let var = centred.clone().square().mean_dim(2);
+        // [B, G, C/G * H, W]: statistics per (batch, group), reduced in two
+        // levels (rows, then the row means) so that f32 sums over a whole
+        // 512x768 group stay accurate: one flat f32 sum of 393k values is off
+        // by ~1e-3 after a few layers.
+        let grouped = x.reshape([b, self.groups, (c / self.groups) * h, w]);
+        let mean = grouped.clone().mean_dim(3).mean_dim(2);
+        let centred = grouped - mean;
+        let var = centred.clone().square().mean_dim(3).mean_dim(2);
         let normed = (centred / (var + self.eps).sqrt()).reshape([b, c, h, w]);
         normed * self.weight.clone().reshape([1, c, 1, 1]) + self.bias.clone().reshape([1, c, 1, 1])
     }
