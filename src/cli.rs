@@ -6,15 +6,15 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::Vae;
 use crate::imageio::{self, DEFAULT_MAX_PIXELS};
 use crate::latent::{Latent, Posterior};
 use crate::metrics;
-use crate::output::{same_file, Overwrite};
-use crate::Vae;
+use crate::output::{Overwrite, same_file};
 
 /// Stable Diffusion VAE: images to latents and back, matching diffusers.
 ///
@@ -79,9 +79,11 @@ struct InputArgs {
 
 #[derive(Debug, Args)]
 struct EncodeArgs {
-    /// Image to encode (PNG, JPEG, WebP, BMP, TIFF).
-    image: PathBuf,
-    /// Latent file to write. Default: the image's name with .safetensors.
+    /// Images to encode (PNG, JPEG, WebP, BMP, TIFF), or folders of them.
+    #[arg(required = true, value_name = "IMAGE")]
+    images: Vec<PathBuf>,
+    /// Latent file to write; with several inputs or a folder, a folder
+    /// (created if missing). Default: beside each image, as NAME.safetensors.
     #[arg(short, long, value_name = "PATH")]
     output: Option<PathBuf>,
     /// Replace the output file if it exists.
@@ -95,15 +97,20 @@ struct EncodeArgs {
 
 #[derive(Debug, Args)]
 struct DecodeArgs {
-    /// Latent file: ours, or any safetensors file with one [C,h,w] or
-    /// [1,C,h,w] float tensor holding a scaled latent.
-    latent: PathBuf,
-    /// PNG to write. Default: the latent's name with .png.
+    /// Latent files (ours, or any safetensors file with one [C,h,w] or
+    /// [1,C,h,w] float tensor holding a scaled latent), or folders of them.
+    #[arg(required = true, value_name = "LATENT")]
+    latents: Vec<PathBuf>,
+    /// PNG to write; with several inputs or a folder, a folder (created if
+    /// missing). Default: beside each latent, as NAME.png.
     #[arg(short, long, value_name = "PATH")]
     output: Option<PathBuf>,
     /// Replace the output file if it exists.
     #[arg(short, long)]
     force: bool,
+    /// Refuse latents that would decode to more pixels than this.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_PIXELS)]
+    max_pixels: u64,
     #[command(flatten)]
     model: ModelArgs,
 }
@@ -137,8 +144,8 @@ struct RoundtripArgs {
 pub fn run(cli: Cli) -> Result<ExitCode> {
     let mut ctx = Session { quiet: cli.quiet, timings: cli.timings.then(Vec::new) };
     let code = match cli.command {
-        Command::Encode(args) => encode(&mut ctx, args).map(|()| ExitCode::SUCCESS),
-        Command::Decode(args) => decode(&mut ctx, args).map(|()| ExitCode::SUCCESS),
+        Command::Encode(args) => encode(&mut ctx, args),
+        Command::Decode(args) => decode(&mut ctx, args),
         Command::Roundtrip(args) => roundtrip(&mut ctx, args),
     };
     ctx.print_timings();
@@ -211,44 +218,146 @@ fn check_distinct(output: &Path, inputs: &[&Path]) -> Result<()> {
     Ok(())
 }
 
-fn encode(ctx: &mut Session, args: EncodeArgs) -> Result<()> {
-    let output = args.output.clone().unwrap_or_else(|| args.image.with_extension("safetensors"));
-    check_distinct(&output, &[&args.image])?;
-    if !args.force && output.exists() {
+/// Image files that folders given as inputs are expanded to.
+const IMAGE_EXTENSIONS: [&str; 7] = ["png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff"];
+
+/// Files given as inputs, with folders expanded to their files (not
+/// recursively) whose extension is one of `extensions`, sorted by name.
+fn expand_inputs(inputs: &[PathBuf], extensions: &[&str]) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for input in inputs {
+        if !input.is_dir() {
+            files.push(input.clone());
+            continue;
+        }
+        let entries = std::fs::read_dir(input).with_context(|| format!("{}: cannot list folder", input.display()))?;
+        let mut found: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.is_file()
+                    && p.extension()
+                        .and_then(|e| e.to_str())
+                        .is_some_and(|e| extensions.contains(&e.to_ascii_lowercase().as_str()))
+            })
+            .collect();
+        if found.is_empty() {
+            bail!("{}: folder holds no {} files", input.display(), extensions.join("/"));
+        }
+        found.sort();
+        files.append(&mut found);
+    }
+    Ok(files)
+}
+
+/// Pairs each input with its output path (`extension` replaced). With one
+/// input file, `-o` names the output itself unless it is an existing folder;
+/// otherwise `-o` is a folder (created when missing). Refuses, before any
+/// work, outputs that name an input or that two inputs would share.
+fn plan_outputs(
+    raw_inputs: &[PathBuf],
+    inputs: Vec<PathBuf>,
+    output: Option<&Path>,
+    extension: &str,
+) -> Result<Vec<(PathBuf, PathBuf)>> {
+    let single_file = raw_inputs.len() == 1 && inputs.len() == 1 && !raw_inputs[0].is_dir();
+    let into_dir = |dir: &Path, input: &Path| {
+        let name = Path::new(input.file_name().unwrap_or_default()).with_extension(extension);
+        dir.join(name)
+    };
+    let plan: Vec<(PathBuf, PathBuf)> = match output {
+        Some(out) if single_file && !out.is_dir() => vec![(inputs[0].clone(), out.to_owned())],
+        Some(dir) => {
+            if dir.exists() && !dir.is_dir() {
+                bail!("{}: with several inputs -o must be a folder", dir.display());
+            }
+            std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
+            inputs.into_iter().map(|i| (into_dir(dir, &i), i)).map(|(o, i)| (i, o)).collect()
+        }
+        None => inputs.into_iter().map(|i| (i.clone(), i.with_extension(extension))).collect(),
+    };
+    let input_paths: Vec<&Path> = plan.iter().map(|(i, _)| i.as_path()).collect();
+    let mut seen = std::collections::HashSet::new();
+    for (_, out) in &plan {
+        check_distinct(out, &input_paths)?;
+        if !seen.insert(out.clone()) {
+            bail!("{}: two inputs would write this same output; use separate runs or folders", out.display());
+        }
+    }
+    Ok(plan)
+}
+
+/// Runs `job` on each (input, output) pair: a failure is reported on one line
+/// and the rest go on; a summary follows when there were several.
+fn for_each<P>(
+    ctx: &mut Session,
+    verb: &str,
+    plan: &[P],
+    mut job: impl FnMut(&mut Session, &P) -> Result<()>,
+) -> ExitCode {
+    let mut failed = 0;
+    for item in plan {
+        if let Err(err) = job(ctx, item) {
+            eprintln!("vae: error: {err:#}");
+            failed += 1;
+        }
+    }
+    if plan.len() > 1 {
+        ctx.info(format_args!(
+            "{verb} {} of {} files{}",
+            plan.len() - failed,
+            plan.len(),
+            if failed > 0 { format!("; {failed} failed") } else { String::new() }
+        ));
+    }
+    if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+fn refuse_existing(output: &Path, force: bool) -> Result<()> {
+    if !force && output.exists() {
         bail!("{}: already exists (pass --force to replace it)", output.display());
     }
-    let image = ctx.stage("read", || imageio::load(&args.image, args.input.max_pixels))?;
-    let vae = ctx.load(&args.model)?;
-    let latent = ctx.stage("encode", || vae.encode(&image, posterior(&args.input)));
-    ctx.stage("write", || latent.write(&output, overwrite(args.force)))?;
-    ctx.info(format_args!(
-        "wrote {} (latent [1, {}, {}, {}] from {}x{})",
-        output.display(),
-        latent.channels,
-        latent.height,
-        latent.width,
-        image.width,
-        image.height
-    ));
     Ok(())
 }
 
-fn decode(ctx: &mut Session, args: DecodeArgs) -> Result<()> {
-    let output = args.output.clone().unwrap_or_else(|| args.latent.with_extension("png"));
-    check_distinct(&output, &[&args.latent])?;
-    if !args.force && output.exists() {
-        bail!("{}: already exists (pass --force to replace it)", output.display());
-    }
-    let latent = ctx.stage("read", || Latent::read(&args.latent))?;
+fn encode(ctx: &mut Session, args: EncodeArgs) -> Result<ExitCode> {
+    let inputs = expand_inputs(&args.images, &IMAGE_EXTENSIONS)?;
+    let plan = plan_outputs(&args.images, inputs, args.output.as_deref(), "safetensors")?;
     let vae = ctx.load(&args.model)?;
-    let image = ctx.stage("decode", || vae.decode(&latent, &args.latent))?;
-    ctx.stage("write", || image.save_png(&output, overwrite(args.force)))?;
-    ctx.info(format_args!("wrote {} ({}x{})", output.display(), image.width, image.height));
-    Ok(())
+    Ok(for_each(ctx, "encoded", &plan, |ctx, (input, output)| {
+        refuse_existing(output, args.force)?;
+        let image = ctx.stage("read", || imageio::load(input, args.input.max_pixels))?;
+        let latent = ctx.stage("encode", || vae.encode(&image, posterior(&args.input)));
+        ctx.stage("write", || latent.write(output, overwrite(args.force)))?;
+        ctx.info(format_args!(
+            "wrote {} (latent [1, {}, {}, {}] from {}x{})",
+            output.display(),
+            latent.channels,
+            latent.height,
+            latent.width,
+            image.width,
+            image.height
+        ));
+        Ok(())
+    }))
+}
+
+fn decode(ctx: &mut Session, args: DecodeArgs) -> Result<ExitCode> {
+    let inputs = expand_inputs(&args.latents, &["safetensors"])?;
+    let plan = plan_outputs(&args.latents, inputs, args.output.as_deref(), "png")?;
+    let vae = ctx.load(&args.model)?;
+    Ok(for_each(ctx, "decoded", &plan, |ctx, (input, output)| {
+        refuse_existing(output, args.force)?;
+        let latent = ctx.stage("read", || Latent::read(input))?;
+        let image = ctx.stage("decode", || vae.decode(&latent, input, args.max_pixels))?;
+        ctx.stage("write", || image.save_png(output, overwrite(args.force)))?;
+        ctx.info(format_args!("wrote {} ({}x{})", output.display(), image.width, image.height));
+        Ok(())
+    }))
 }
 
 fn roundtrip(ctx: &mut Session, args: RoundtripArgs) -> Result<ExitCode> {
-    let several = args.images.len() > 1;
+    let images = expand_inputs(&args.images, &IMAGE_EXTENSIONS)?;
+    let several = images.len() > 1 || args.images.iter().any(|p| p.is_dir());
     let target = |dir_or_file: &Option<PathBuf>, image: &Path, suffix: &str| -> Result<Option<PathBuf>> {
         let Some(path) = dir_or_file else { return Ok(None) };
         if !several {
@@ -260,40 +369,39 @@ fn roundtrip(ctx: &mut Session, args: RoundtripArgs) -> Result<ExitCode> {
         let stem = image.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         Ok(Some(path.join(format!("{stem}.{suffix}.png"))))
     };
-    let inputs: Vec<&Path> = args.images.iter().map(PathBuf::as_path).collect();
-    let mut plans = Vec::new();
-    for image in &args.images {
+    let inputs: Vec<&Path> = images.iter().map(PathBuf::as_path).collect();
+    let mut plan = Vec::new();
+    for image in &images {
         let recon = target(&args.output, image, "recon")?;
         let error_map = target(&args.error_map, image, "error")?;
         for out in recon.iter().chain(&error_map) {
             check_distinct(out, &inputs)?;
-            if !args.force && out.exists() {
-                bail!("{}: already exists (pass --force to replace it)", out.display());
-            }
         }
-        plans.push((image, recon, error_map));
+        plan.push((image.clone(), recon, error_map));
     }
     let vae = ctx.load(&args.model)?;
-    let mut failed = 0;
-    for (path, recon, error_map) in plans {
-        if let Err(err) = roundtrip_one(ctx, &vae, &args, path, recon.as_deref(), error_map.as_deref()) {
-            eprintln!("vae: error: {err:#}");
-            failed += 1;
+    Ok(for_each(ctx, "round-tripped", &plan, |ctx, (path, recon, error_map)| {
+        for out in recon.iter().chain(error_map) {
+            refuse_existing(out, args.force)?;
         }
-    }
-    if several && failed > 0 {
-        eprintln!("vae: {failed} of {} images failed", args.images.len());
-    }
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        roundtrip_one(ctx, &vae, &args, path, recon.as_deref(), error_map.as_deref())
+    }))
 }
 
-fn roundtrip_one(ctx: &mut Session, vae: &Vae, args: &RoundtripArgs, path: &Path, recon: Option<&Path>, error_map: Option<&Path>) -> Result<()> {
+fn roundtrip_one(
+    ctx: &mut Session,
+    vae: &Vae,
+    args: &RoundtripArgs,
+    path: &Path,
+    recon: Option<&Path>,
+    error_map: Option<&Path>,
+) -> Result<()> {
     let image = ctx.stage("read", || imageio::load(path, args.input.max_pixels))?;
     let start = Instant::now();
     let latent = ctx.stage("encode", || vae.encode(&image, posterior(&args.input)));
     let encode_s = start.elapsed().as_secs_f64();
     let start = Instant::now();
-    let decoded = ctx.stage("decode", || vae.decode(&latent, path))?;
+    let decoded = ctx.stage("decode", || vae.decode(&latent, path, args.input.max_pixels))?;
     let decode_s = start.elapsed().as_secs_f64();
     let (w, h) = (image.width, image.height);
     let ssim = metrics::ssim(&image.rgb8, &decoded.rgb8, w, h).ok();

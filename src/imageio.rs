@@ -160,8 +160,14 @@ impl OutputImage {
     pub fn save_png(&self, path: &Path, overwrite: Overwrite) -> Result<(), ImageError> {
         output::write_atomic(path, overwrite, |out| {
             let encoder = image::codecs::png::PngEncoder::new(out);
-            image::ImageEncoder::write_image(encoder, &self.rgb8, self.width as u32, self.height as u32, image::ExtendedColorType::Rgb8)
-                .map_err(std::io::Error::other)
+            image::ImageEncoder::write_image(
+                encoder,
+                &self.rgb8,
+                self.width as u32,
+                self.height as u32,
+                image::ExtendedColorType::Rgb8,
+            )
+            .map_err(std::io::Error::other)
         })?;
         Ok(())
     }

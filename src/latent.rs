@@ -88,8 +88,10 @@ impl Latent {
     /// Parses a latent file's bytes; `path` only names the file in errors.
     pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self, LatentError> {
         let err_path = || path.to_owned();
-        let st = SafeTensors::deserialize(bytes).map_err(|e| LatentError::Format { path: err_path(), reason: format!("{e:?}") })?;
-        let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| LatentError::Format { path: err_path(), reason: format!("{e:?}") })?;
+        let format =
+            |e| LatentError::Format { path: err_path(), reason: crate::safetensors_error::describe(&e, bytes) };
+        let st = SafeTensors::deserialize(bytes).map_err(format)?;
+        let (_, header) = SafeTensors::read_metadata(bytes).map_err(format)?;
         let mut names: Vec<String> = st.names().into_iter().map(str::to_owned).collect();
         names.sort();
         let name = match names.as_slice() {
@@ -104,8 +106,11 @@ impl Latent {
             &[c, h, w] | &[1, c, h, w] if c > 0 && h > 0 && w > 0 => [c, h, w],
             _ => return Err(LatentError::Shape { path: err_path(), name, shape }),
         };
-        let data = to_f32(view.data(), view.dtype())
-            .ok_or_else(|| LatentError::Dtype { path: err_path(), name: name.clone(), dtype: format!("{:?}", view.dtype()) })?;
+        let data = to_f32(view.data(), view.dtype()).ok_or_else(|| LatentError::Dtype {
+            path: err_path(),
+            name: name.clone(),
+            dtype: format!("{:?}", view.dtype()),
+        })?;
         let count = data.iter().filter(|v| !v.is_finite()).count();
         if count > 0 {
             return Err(LatentError::NotFinite { path: err_path(), name, count });
@@ -120,7 +125,9 @@ fn to_f32(bytes: &[u8], dtype: Dtype) -> Option<Vec<f32>> {
         Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
         Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
         Dtype::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        Dtype::F64 => bytes.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap_or_default()) as f32).collect(),
+        Dtype::F64 => {
+            bytes.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap_or_default()) as f32).collect()
+        }
         _ => return None,
     })
 }
@@ -137,14 +144,20 @@ impl LatentMeta {
         };
         put("scaling_factor", self.scaling_factor.map(|v| v.to_string()));
         put("shift_factor", self.shift_factor.map(|v| v.to_string()));
-        put("posterior", self.posterior.map(|p| match p {
-            Posterior::Mean => "mean".to_owned(),
-            Posterior::Sample { .. } => "sample".to_owned(),
-        }));
-        put("seed", match self.posterior {
-            Some(Posterior::Sample { seed }) => Some(seed.to_string()),
-            _ => None,
-        });
+        put(
+            "posterior",
+            self.posterior.map(|p| match p {
+                Posterior::Mean => "mean".to_owned(),
+                Posterior::Sample { .. } => "sample".to_owned(),
+            }),
+        );
+        put(
+            "seed",
+            match self.posterior {
+                Some(Posterior::Sample { seed }) => Some(seed.to_string()),
+                _ => None,
+            },
+        );
         put("width", self.width.map(|v| v.to_string()));
         put("height", self.height.map(|v| v.to_string()));
         put("weights", self.weights.clone());
@@ -155,10 +168,18 @@ impl LatentMeta {
 
     fn from_map(map: Option<&HashMap<String, String>>, path: &Path) -> Result<Self, LatentError> {
         let Some(map) = map else { return Ok(Self::default()) };
-        fn parse<T: std::str::FromStr>(map: &HashMap<String, String>, key: &str, path: &Path) -> Result<Option<T>, LatentError> {
+        fn parse<T: std::str::FromStr>(
+            map: &HashMap<String, String>,
+            key: &str,
+            path: &Path,
+        ) -> Result<Option<T>, LatentError> {
             map.get(key)
                 .map(|v| {
-                    v.trim().parse::<T>().map_err(|_| LatentError::Metadata { path: path.to_owned(), key: key.to_owned(), value: v.clone() })
+                    v.trim().parse::<T>().map_err(|_| LatentError::Metadata {
+                        path: path.to_owned(),
+                        key: key.to_owned(),
+                        value: v.clone(),
+                    })
                 })
                 .transpose()
         }
@@ -174,7 +195,13 @@ impl LatentMeta {
             None => None,
             Some("mean") => Some(Posterior::Mean),
             Some("sample") => Some(Posterior::Sample { seed: parse(map, "seed", path)?.unwrap_or(0) }),
-            Some(other) => return Err(LatentError::Metadata { path: path.to_owned(), key: "posterior".to_owned(), value: other.to_owned() }),
+            Some(other) => {
+                return Err(LatentError::Metadata {
+                    path: path.to_owned(),
+                    key: "posterior".to_owned(),
+                    value: other.to_owned(),
+                });
+            }
         };
         Ok(Self {
             scaling_factor: finite("scaling_factor")?,

@@ -13,6 +13,7 @@ pub mod latent;
 pub mod metrics;
 pub mod model;
 pub mod output;
+mod safetensors_error;
 pub mod vae;
 pub mod weights;
 

@@ -33,14 +33,12 @@ pub enum MetricsError {
 impl fmt::Display for MetricsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::LengthMismatch { expected, a, b } => write!(
-                f,
-                "image buffers must hold width*height*3 = {expected} bytes, got {a} and {b}"
-            ),
-            Self::TooSmall { width, height } => write!(
-                f,
-                "SSIM needs images of at least {SSIM_MIN_SIZE}x{SSIM_MIN_SIZE} pixels, got {width}x{height}"
-            ),
+            Self::LengthMismatch { expected, a, b } => {
+                write!(f, "image buffers must hold width*height*3 = {expected} bytes, got {a} and {b}")
+            }
+            Self::TooSmall { width, height } => {
+                write!(f, "SSIM needs images of at least {SSIM_MIN_SIZE}x{SSIM_MIN_SIZE} pixels, got {width}x{height}")
+            }
         }
     }
 }
@@ -61,11 +59,7 @@ pub struct Quality {
 fn check(a: &[u8], b: &[u8], width: usize, height: usize) -> Result<(), MetricsError> {
     let expected = width * height * 3;
     if a.len() != expected || b.len() != expected {
-        return Err(MetricsError::LengthMismatch {
-            expected,
-            a: a.len(),
-            b: b.len(),
-        });
+        return Err(MetricsError::LengthMismatch { expected, a: a.len(), b: b.len() });
     }
     Ok(())
 }
@@ -77,11 +71,7 @@ fn check(a: &[u8], b: &[u8], width: usize, height: usize) -> Result<(), MetricsE
 /// As [`ssim`]: wrong buffer lengths, or a side under 11 pixels.
 pub fn compare(a: &[u8], b: &[u8], width: usize, height: usize) -> Result<Quality, MetricsError> {
     check(a, b, width, height)?;
-    Ok(Quality {
-        psnr: psnr(a, b),
-        ssim: ssim(a, b, width, height)?,
-        max_abs_error: max_abs_error(a, b),
-    })
+    Ok(Quality { psnr: psnr(a, b), ssim: ssim(a, b, width, height)?, max_abs_error: max_abs_error(a, b) })
 }
 
 /// PSNR in dB over all samples with data range 255: `10 log10(255² / MSE)`,
@@ -93,11 +83,7 @@ pub fn psnr(a: &[u8], b: &[u8]) -> f64 {
     assert_eq!(a.len(), b.len(), "psnr: image buffers differ in length");
     // Squared u8 differences sum exactly in u64, so this is the exact MSE
     // up to the final division (numpy's float64 sum is exact here too).
-    let sse: u64 = a
-        .iter()
-        .zip(b)
-        .map(|(&x, &y)| u64::from(x.abs_diff(y)).pow(2))
-        .sum();
+    let sse: u64 = a.iter().zip(b).map(|(&x, &y)| u64::from(x.abs_diff(y)).pow(2)).sum();
     if sse == 0 {
         return f64::INFINITY;
     }
@@ -110,16 +96,8 @@ pub fn psnr(a: &[u8], b: &[u8]) -> f64 {
 /// # Panics
 /// If the slices differ in length.
 pub fn max_abs_error(a: &[u8], b: &[u8]) -> u8 {
-    assert_eq!(
-        a.len(),
-        b.len(),
-        "max_abs_error: image buffers differ in length"
-    );
-    a.iter()
-        .zip(b)
-        .map(|(&x, &y)| x.abs_diff(y))
-        .max()
-        .unwrap_or(0)
+    assert_eq!(a.len(), b.len(), "max_abs_error: image buffers differ in length");
+    a.iter().zip(b).map(|(&x, &y)| x.abs_diff(y)).max().unwrap_or(0)
 }
 
 /// A `width * height` grey map of the largest channel difference per pixel,
@@ -283,31 +261,12 @@ mod tests {
     #[test]
     fn rejects_bad_sizes() {
         let (a, b) = mk(11, 10, 1);
-        assert_eq!(
-            ssim(&a, &b, 11, 10),
-            Err(MetricsError::TooSmall {
-                width: 11,
-                height: 10
-            })
-        );
+        assert_eq!(ssim(&a, &b, 11, 10), Err(MetricsError::TooSmall { width: 11, height: 10 }));
         let (a, b) = mk(7, 7, 1);
-        assert_eq!(
-            compare(&a, &b, 7, 7),
-            Err(MetricsError::TooSmall {
-                width: 7,
-                height: 7
-            })
-        );
+        assert_eq!(compare(&a, &b, 7, 7), Err(MetricsError::TooSmall { width: 7, height: 7 }));
         let (a, b) = mk(12, 12, 1);
         let err = compare(&a, &b[..b.len() - 1], 12, 12).unwrap_err();
-        assert_eq!(
-            err,
-            MetricsError::LengthMismatch {
-                expected: 432,
-                a: 432,
-                b: 431
-            }
-        );
+        assert_eq!(err, MetricsError::LengthMismatch { expected: 432, a: 432, b: 431 });
         assert!(err.to_string().contains("432"));
         assert!(compare(&a, &b, 12, 11).is_err());
     }

@@ -23,7 +23,11 @@ pub enum Overwrite {
 }
 
 /// Writes `path` through `write`, atomically.
-pub fn write_atomic(path: &Path, overwrite: Overwrite, write: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> Result<(), OutputError> {
+pub fn write_atomic(
+    path: &Path,
+    overwrite: Overwrite,
+    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> Result<(), OutputError> {
     let io = |source| OutputError::Io { path: path.to_owned(), source };
     if overwrite == Overwrite::Refuse && path.exists() {
         return Err(OutputError::Exists { path: path.to_owned() });
@@ -60,4 +64,3 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
         _ => a == b,
     }
 }
-

@@ -24,6 +24,8 @@ pub struct Vae {
 pub enum VaeError {
     #[error("{}: latent has {found} channels but the weights expect {expected}", path.display())]
     Channels { path: std::path::PathBuf, found: usize, expected: usize },
+    #[error("{}: latent {height}x{width} would decode to {pixels} pixels, more than --max-pixels {max_pixels}", path.display())]
+    TooLarge { path: std::path::PathBuf, height: usize, width: usize, pixels: u64, max_pixels: u64 },
 }
 
 impl Vae {
@@ -65,9 +67,18 @@ impl Vae {
     /// Decodes a scaled latent to an 8-bit image, cropped to the size recorded
     /// in its metadata. The latent's own scaling metadata wins over the
     /// model's: it says how that file was scaled.
-    pub fn decode(&self, latent: &Latent, path: &Path) -> Result<OutputImage, VaeError> {
+    ///
+    /// Refuses latents whose image would exceed `max_pixels`, before decoding.
+    pub fn decode(&self, latent: &Latent, path: &Path, max_pixels: u64) -> Result<OutputImage, VaeError> {
+        let factor = self.model.config.downscale() as u64;
+        let pixels = (latent.height as u64 * factor).saturating_mul(latent.width as u64 * factor);
+        if pixels > max_pixels {
+            let (height, width) = (latent.height, latent.width);
+            return Err(VaeError::TooLarge { path: path.to_owned(), height, width, pixels, max_pixels });
+        }
         let planar = self.decode_planar(latent, path)?;
-        let (full_w, full_h) = (latent.width * self.model.config.downscale(), latent.height * self.model.config.downscale());
+        let (full_w, full_h) =
+            (latent.width * self.model.config.downscale(), latent.height * self.model.config.downscale());
         let width = latent.meta.width.filter(|&w| w > 0 && w <= full_w).unwrap_or(full_w);
         let height = latent.meta.height.filter(|&h| h > 0 && h <= full_h).unwrap_or(full_h);
         Ok(OutputImage::from_planar(&planar, full_w, full_h, width, height))
@@ -77,7 +88,11 @@ impl Vae {
     pub fn decode_planar(&self, latent: &Latent, path: &Path) -> Result<Vec<f32>, VaeError> {
         let cfg = &self.model.config;
         if latent.channels != cfg.latent_channels {
-            return Err(VaeError::Channels { path: path.to_owned(), found: latent.channels, expected: cfg.latent_channels });
+            return Err(VaeError::Channels {
+                path: path.to_owned(),
+                found: latent.channels,
+                expected: cfg.latent_channels,
+            });
         }
         let scaling = latent.meta.scaling_factor.unwrap_or(cfg.scaling_factor);
         let shift = latent.meta.shift_factor.unwrap_or(cfg.shift_factor);

@@ -7,10 +7,10 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor, TensorData};
+use vae::Vae;
 use vae::imageio::{self, DEFAULT_MAX_PIXELS};
 use vae::latent::{Latent, LatentMeta};
 use vae::weights::WeightsSource;
-use vae::Vae;
 
 use common::{fixtures, max_abs_diff, read_tensors};
 
@@ -69,7 +69,7 @@ fn check_decoder(vae: &Vae, expected: &str) {
             data: mean.iter().map(|v| ((*v as f64 - cfg.shift_factor) * cfg.scaling_factor) as f32).collect(),
             meta: LatentMeta::default(),
         };
-        let got = vae.decode(&latent, Path::new("fixture")).unwrap();
+        let got = vae.decode(&latent, Path::new("fixture"), DEFAULT_MAX_PIXELS).unwrap();
         let want_png = image::open(fixtures().join(format!("expected/{expected}__{image}.png"))).unwrap().to_rgb8();
         assert_eq!((got.width as u32, got.height as u32), want_png.dimensions());
         let worst = got.rgb8.iter().zip(want_png.as_raw()).map(|(a, b)| a.abs_diff(*b)).max().unwrap();

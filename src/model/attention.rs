@@ -23,9 +23,7 @@ pub struct Attention {
 
 impl Attention {
     pub fn load(p: &mut ParamLoader, name: &str, channels: usize, groups: usize) -> Self {
-        let linear = |p: &mut ParamLoader, part: &str| {
-            Linear::load(p, &format!("{name}.{part}"), channels, channels)
-        };
+        let linear = |p: &mut ParamLoader, part: &str| Linear::load(p, &format!("{name}.{part}"), channels, channels);
         Self {
             group_norm: GroupNorm::load(p, &format!("{name}.group_norm"), channels, groups),
             to_q: linear(p, "to_q"),

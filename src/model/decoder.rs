@@ -33,7 +33,13 @@ impl Decoder {
             .collect();
         Self {
             conv_in: Conv2d::load(p, &format!("{name}.conv_in"), cfg.latent_channels, reversed[0], 3),
-            mid_block: UNetMidBlock2d::load(p, &format!("{name}.mid_block"), reversed[0], groups, cfg.mid_block_add_attention),
+            mid_block: UNetMidBlock2d::load(
+                p,
+                &format!("{name}.mid_block"),
+                reversed[0],
+                groups,
+                cfg.mid_block_add_attention,
+            ),
             up_blocks,
             conv_norm_out: GroupNorm::load(p, &format!("{name}.conv_norm_out"), reversed[last], groups),
             conv_out: Conv2d::load(p, &format!("{name}.conv_out"), reversed[last], cfg.out_channels, 3),
@@ -59,7 +65,15 @@ pub struct UpDecoderBlock2d {
 }
 
 impl UpDecoderBlock2d {
-    fn load(p: &mut ParamLoader, name: &str, c_in: usize, c_out: usize, layers: usize, groups: usize, upsample: bool) -> Self {
+    fn load(
+        p: &mut ParamLoader,
+        name: &str,
+        c_in: usize,
+        c_out: usize,
+        layers: usize,
+        groups: usize,
+        upsample: bool,
+    ) -> Self {
         let resnets = resnet::load_stack(p, name, c_in, c_out, layers, groups);
         let upsamplers = upsample.then(|| Upsample2d::load(p, &format!("{name}.upsamplers.0"), c_out));
         Self { resnets, upsamplers }

@@ -33,7 +33,13 @@ impl Encoder {
         Self {
             conv_in: Conv2d::load(p, &format!("{name}.conv_in"), cfg.in_channels, ch[0], 3),
             down_blocks,
-            mid_block: UNetMidBlock2d::load(p, &format!("{name}.mid_block"), ch[last], groups, cfg.mid_block_add_attention),
+            mid_block: UNetMidBlock2d::load(
+                p,
+                &format!("{name}.mid_block"),
+                ch[last],
+                groups,
+                cfg.mid_block_add_attention,
+            ),
             conv_norm_out: GroupNorm::load(p, &format!("{name}.conv_norm_out"), ch[last], groups),
             // double_z: mean and log-variance.
             conv_out: Conv2d::load(p, &format!("{name}.conv_out"), ch[last], 2 * cfg.latent_channels, 3),
@@ -59,7 +65,15 @@ pub struct DownEncoderBlock2d {
 }
 
 impl DownEncoderBlock2d {
-    fn load(p: &mut ParamLoader, name: &str, c_in: usize, c_out: usize, layers: usize, groups: usize, downsample: bool) -> Self {
+    fn load(
+        p: &mut ParamLoader,
+        name: &str,
+        c_in: usize,
+        c_out: usize,
+        layers: usize,
+        groups: usize,
+        downsample: bool,
+    ) -> Self {
         let resnets = resnet::load_stack(p, name, c_in, c_out, layers, groups);
         let downsamplers = downsample.then(|| Downsample2d::load(p, &format!("{name}.downsamplers.0"), c_out));
         Self { resnets, downsamplers }

@@ -2,10 +2,10 @@
 //! weights file. Each mirrors the PyTorch module diffusers uses, with the same
 //! parameter names (`weight`, `bias`).
 
+use burn::tensor::Tensor;
 use burn::tensor::activation::silu;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::Tensor;
 
 use crate::weights::ParamLoader;
 
@@ -37,12 +37,7 @@ impl Conv2d {
         Self {
             weight: p.tensor(&format!("{name}.weight"), [c_out, c_in, kernel, kernel]),
             bias: p.tensor(&format!("{name}.bias"), [c_out]),
-            options: ConvOptions {
-                stride: [stride, stride],
-                padding,
-                dilation: [1, 1],
-                groups: 1,
-            },
+            options: ConvOptions { stride: [stride, stride], padding, dilation: [1, 1], groups: 1 },
         }
     }
 
@@ -112,10 +107,7 @@ impl Linear {
     pub fn load(p: &mut ParamLoader, name: &str, d_in: usize, d_out: usize) -> Self {
         let weight: Tensor<2> = p.tensor(&format!("{name}.weight"), [d_out, d_in]);
         let bias: Tensor<1> = p.tensor(&format!("{name}.bias"), [d_out]);
-        Self {
-            weight_t: weight.transpose(),
-            bias: bias.reshape([1, d_out]),
-        }
+        Self { weight_t: weight.transpose(), bias: bias.reshape([1, d_out]) }
     }
 
     /// `[N, D_in] -> [N, D_out]`

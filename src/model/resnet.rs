@@ -22,8 +22,7 @@ impl ResnetBlock2d {
             conv1: Conv2d::load(p, &format!("{name}.conv1"), c_in, c_out, 3),
             norm2: GroupNorm::load(p, &format!("{name}.norm2"), c_out, groups),
             conv2: Conv2d::load(p, &format!("{name}.conv2"), c_out, c_out, 3),
-            conv_shortcut: (c_in != c_out)
-                .then(|| Conv2d::load(p, &format!("{name}.conv_shortcut"), c_in, c_out, 1)),
+            conv_shortcut: (c_in != c_out).then(|| Conv2d::load(p, &format!("{name}.conv_shortcut"), c_in, c_out, 1)),
         }
     }
 
@@ -43,7 +42,14 @@ impl ResnetBlock2d {
 
 /// The `layers` ResNets of one encoder or decoder level: the first changes the
 /// width from `c_in` to `c_out`, the rest keep it.
-pub fn load_stack(p: &mut ParamLoader, name: &str, c_in: usize, c_out: usize, layers: usize, groups: usize) -> Vec<ResnetBlock2d> {
+pub fn load_stack(
+    p: &mut ParamLoader,
+    name: &str,
+    c_in: usize,
+    c_out: usize,
+    layers: usize,
+    groups: usize,
+) -> Vec<ResnetBlock2d> {
     (0..layers)
         .map(|j| {
             let c = if j == 0 { c_in } else { c_out };

@@ -1,8 +1,8 @@
 //! Resolution changes: the encoder's `Downsample2D` and the decoder's `Upsample2D`.
 
+use burn::tensor::Tensor;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
-use burn::tensor::Tensor;
 
 use super::layers::Conv2d;
 use crate::weights::ParamLoader;

@@ -40,8 +40,9 @@ impl TensorFile {
         // we run is the one case mmap cannot protect against, as for every tool
         // that maps model weights (safetensors' own loaders included).
         let mmap = unsafe { Mmap::map(&file) }.map_err(io)?;
-        let (header_len, metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| {
-            WeightsError::NotSafetensors { path: path.to_owned(), reason: describe_safetensors_error(&e, &mmap) }
+        let (header_len, metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| WeightsError::NotSafetensors {
+            path: path.to_owned(),
+            reason: crate::safetensors_error::describe(&e, &mmap),
         })?;
         let data_start = 8 + header_len;
         let tensors = metadata
@@ -49,7 +50,11 @@ impl TensorFile {
             .into_iter()
             .map(|(name, info)| {
                 let (begin, end) = info.data_offsets;
-                let raw = RawTensor { dtype: info.dtype, shape: info.shape.clone(), range: data_start + begin..data_start + end };
+                let raw = RawTensor {
+                    dtype: info.dtype,
+                    shape: info.shape.clone(),
+                    range: data_start + begin..data_start + end,
+                };
                 (name, raw)
             })
             .collect();
@@ -63,9 +68,15 @@ impl TensorFile {
             Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
             Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
             Dtype::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            Dtype::F64 => bytes.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap_or_default()) as f32).collect(),
+            Dtype::F64 => {
+                bytes.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap_or_default()) as f32).collect()
+            }
             other => {
-                return Err(WeightsError::Dtype { path: self.path.clone(), tensor: name.to_owned(), dtype: format!("{other:?}") });
+                return Err(WeightsError::Dtype {
+                    path: self.path.clone(),
+                    tensor: name.to_owned(),
+                    dtype: format!("{other:?}"),
+                });
             }
         };
         Ok(values)
@@ -92,16 +103,4 @@ fn refuse_pickle(path: &Path) -> Result<(), WeightsError> {
         return Err(WeightsError::Pickle { path: path.to_owned() });
     }
     Ok(())
-}
-
-/// safetensors' errors are terse; say what the bytes look like instead.
-fn describe_safetensors_error(err: &safetensors::SafeTensorError, bytes: &[u8]) -> String {
-    if bytes.len() < 8 {
-        return format!("file is {} bytes, too short for a safetensors header", bytes.len());
-    }
-    let declared = u64::from_le_bytes(bytes[..8].try_into().unwrap_or_default());
-    if declared > bytes.len() as u64 {
-        return format!("header claims {declared} bytes but the file has {} (truncated or not safetensors)", bytes.len());
-    }
-    format!("invalid safetensors data: {err:?}")
 }

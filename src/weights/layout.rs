@@ -201,7 +201,10 @@ mod tests {
 
     #[test]
     fn ldm_shortcut() {
-        assert_eq!(ldm("encoder.down.1.block.0.nin_shortcut.weight", 4), "encoder.down_blocks.1.resnets.0.conv_shortcut.weight");
+        assert_eq!(
+            ldm("encoder.down.1.block.0.nin_shortcut.weight", 4),
+            "encoder.down_blocks.1.resnets.0.conv_shortcut.weight"
+        );
     }
 
     #[test]
@@ -217,7 +220,10 @@ mod tests {
         assert_eq!(key("encoder.mid_block.attentions.0.query.weight"), "encoder.mid_block.attentions.0.to_q.weight");
         assert_eq!(key("encoder.mid_block.attentions.0.key.bias"), "encoder.mid_block.attentions.0.to_k.bias");
         assert_eq!(key("decoder.mid_block.attentions.0.value.weight"), "decoder.mid_block.attentions.0.to_v.weight");
-        assert_eq!(key("decoder.mid_block.attentions.0.proj_attn.bias"), "decoder.mid_block.attentions.0.to_out.0.bias");
+        assert_eq!(
+            key("decoder.mid_block.attentions.0.proj_attn.bias"),
+            "decoder.mid_block.attentions.0.to_out.0.bias"
+        );
     }
 
     #[test]
@@ -232,7 +238,10 @@ mod tests {
         assert_eq!(found.layout, Layout::Ldm);
         assert_eq!(found.prefix, Some("first_stage_model."));
         assert_eq!(found.ignored, 2);
-        assert_eq!(found.names["decoder.up_blocks.0.resnets.0.conv1.weight"], "first_stage_model.decoder.up.1.block.0.conv1.weight");
+        assert_eq!(
+            found.names["decoder.up_blocks.0.resnets.0.conv1.weight"],
+            "first_stage_model.decoder.up.1.block.0.conv1.weight"
+        );
     }
 
     #[test]

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use burn::tensor::Device;
 
 pub use file::TensorFile;
-pub use infer::{infer_config, DiffusersConfig};
-pub use layout::{detect, Layout, VaeKeys};
+pub use infer::{DiffusersConfig, infer_config};
+pub use layout::{Layout, VaeKeys, detect};
 pub use params::{Mismatch, ParamLoader};
 
 use crate::model::{AutoencoderKl, AutoencoderKlConfig, SD15_SCALING_FACTOR};
@@ -74,7 +74,8 @@ impl WeightsSource {
             let file = DIFFUSERS_FILES.iter().map(|f| path.join(f)).find(|f| f.is_file());
             let file = match file {
                 Some(file) => file,
-                None => single_safetensors(path)?.ok_or_else(|| WeightsError::NotFound { searched: path.display().to_string() })?,
+                None => single_safetensors(path)?
+                    .ok_or_else(|| WeightsError::NotFound { searched: path.display().to_string() })?,
             };
             return Ok(Self::from_file(file));
         }
@@ -89,7 +90,8 @@ impl WeightsSource {
     /// so a loose `vae-ft-mse-840000-ema-pruned.safetensors` never picks up an
     /// unrelated config that happens to share its folder.
     fn from_file(file: PathBuf) -> Self {
-        let is_diffusers = file.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("diffusion_pytorch_model"));
+        let is_diffusers =
+            file.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("diffusion_pytorch_model"));
         let config_json = file.parent().map(|d| d.join("config.json")).filter(|c| is_diffusers && c.is_file());
         Self { file, config_json }
     }
@@ -133,7 +135,10 @@ fn read_dir(dir: &Path) -> Result<Vec<PathBuf>, WeightsError> {
 }
 
 fn safetensors_in(dir: &Path) -> Result<Vec<PathBuf>, WeightsError> {
-    Ok(read_dir(dir)?.into_iter().filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "safetensors")).collect())
+    Ok(read_dir(dir)?
+        .into_iter()
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "safetensors"))
+        .collect())
 }
 
 fn single_safetensors(dir: &Path) -> Result<Option<PathBuf>, WeightsError> {
@@ -141,7 +146,10 @@ fn single_safetensors(dir: &Path) -> Result<Option<PathBuf>, WeightsError> {
     match files.len() {
         0 => Ok(None),
         1 => Ok(files.pop()),
-        _ => Err(WeightsError::Ambiguous { dir: dir.to_owned(), candidates: files.iter().map(|c| c.display().to_string()).collect() }),
+        _ => Err(WeightsError::Ambiguous {
+            dir: dir.to_owned(),
+            candidates: files.iter().map(|c| c.display().to_string()).collect(),
+        }),
     }
 }
 
@@ -163,7 +171,11 @@ pub struct WeightsInfo {
 ///
 /// The scaling factor is `scaling_factor` when given, else the one of
 /// `config.json`, else SD 1.x's 0.18215.
-pub fn load(source: &WeightsSource, device: &Device, scaling_factor: Option<f64>) -> Result<(AutoencoderKl, WeightsInfo), WeightsError> {
+pub fn load(
+    source: &WeightsSource,
+    device: &Device,
+    scaling_factor: Option<f64>,
+) -> Result<(AutoencoderKl, WeightsInfo), WeightsError> {
     let json = match &source.config_json {
         Some(path) => read_config_json(path)?,
         None => DiffusersConfig::default(),
@@ -186,7 +198,8 @@ pub fn load(source: &WeightsSource, device: &Device, scaling_factor: Option<f64>
     let model = AutoencoderKl::load(&mut loader, &config);
     loader.finish()?;
 
-    let mut dtypes: Vec<String> = keys.names.values().map(|k| format!("{:?}", file.tensors[k].dtype).to_lowercase()).collect();
+    let mut dtypes: Vec<String> =
+        keys.names.values().map(|k| format!("{:?}", file.tensors[k].dtype).to_lowercase()).collect();
     dtypes.sort();
     dtypes.dedup();
     let info = WeightsInfo {
@@ -202,11 +215,14 @@ pub fn load(source: &WeightsSource, device: &Device, scaling_factor: Option<f64>
 
 fn read_config_json(path: &Path) -> Result<DiffusersConfig, WeightsError> {
     let text = fs::read_to_string(path).map_err(|source| WeightsError::Io { path: path.to_owned(), source })?;
-    let config: DiffusersConfig =
-        serde_json::from_str(&text).map_err(|e| WeightsError::Config { path: path.to_owned(), reason: format!("invalid config.json: {e}") })?;
+    let config: DiffusersConfig = serde_json::from_str(&text)
+        .map_err(|e| WeightsError::Config { path: path.to_owned(), reason: format!("invalid config.json: {e}") })?;
     match config.class_name.as_deref() {
         None | Some("AutoencoderKL") => Ok(config),
-        Some(other) => Err(WeightsError::Config { path: path.to_owned(), reason: format!("describes a {other}, not an AutoencoderKL") }),
+        Some(other) => Err(WeightsError::Config {
+            path: path.to_owned(),
+            reason: format!("describes a {other}, not an AutoencoderKL"),
+        }),
     }
 }
 
@@ -243,7 +259,8 @@ fn describe(m: &Mismatch) -> String {
     }
     let mut out = String::new();
     list(&mut out, "missing", &m.missing);
-    let shapes: Vec<String> = m.misshaped.iter().map(|(n, want, got)| format!("{n} (expected {want:?}, file has {got:?})")).collect();
+    let shapes: Vec<String> =
+        m.misshaped.iter().map(|(n, want, got)| format!("{n} (expected {want:?}, file has {got:?})")).collect();
     list(&mut out, "mis-shaped", &shapes);
     list(&mut out, "unexpected", &m.unexpected);
     out

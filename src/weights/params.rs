@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::file::TensorFile;
 use super::WeightsError;
+use super::file::TensorFile;
 
 /// What did not fit between a weights file and the model built from it.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -58,7 +58,8 @@ impl<'a> ParamLoader<'a> {
         self.used.insert(name.to_owned());
         let raw = &self.file.tensors[key];
         // A [C, C] linear may be stored as the [C, C, 1, 1] 1x1 conv of LDM.
-        let as_linear = shape.len() == 2 && raw.shape.len() == 4 && raw.shape[..2] == *shape && raw.shape[2..] == [1, 1];
+        let as_linear =
+            shape.len() == 2 && raw.shape.len() == 4 && raw.shape[..2] == *shape && raw.shape[2..] == [1, 1];
         if raw.shape != shape && !as_linear {
             self.mismatch.misshaped.push((name.to_owned(), shape.to_vec(), raw.shape.clone()));
             return None;

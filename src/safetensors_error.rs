@@ -1,0 +1,29 @@
+//! One wording for what is wrong with a file that should be safetensors, used
+//! for weights and latents alike (safetensors' own errors are terse).
+
+use safetensors::SafeTensorError;
+
+/// Describes why `bytes` did not parse, from the error and the bytes themselves.
+pub fn describe(err: &SafeTensorError, bytes: &[u8]) -> String {
+    if bytes.len() < 8 {
+        return format!("file is {} bytes, too short for a safetensors header", bytes.len());
+    }
+    let declared = u64::from_le_bytes(bytes[..8].try_into().unwrap_or_default());
+    if declared > (bytes.len() - 8) as u64 {
+        return format!(
+            "header claims {declared} bytes but the file has {} (truncated or not safetensors)",
+            bytes.len()
+        );
+    }
+    match err {
+        SafeTensorError::MetadataIncompleteBuffer => {
+            "file is truncated or padded: its size does not match the tensor data its header describes".to_owned()
+        }
+        SafeTensorError::HeaderTooLarge => format!("header length {declared} is over safetensors' 100 MB limit"),
+        SafeTensorError::InvalidHeader(_) | SafeTensorError::InvalidHeaderStart => "header is not JSON text".to_owned(),
+        SafeTensorError::InvalidHeaderDeserialization(e) => format!("header is not a valid tensor table: {e}"),
+        SafeTensorError::InvalidOffset(name) => format!("tensor {name} has data offsets outside the file"),
+        SafeTensorError::TensorInvalidInfo => "a tensor's shape does not match its byte size".to_owned(),
+        other => format!("{other:?}"),
+    }
+}
