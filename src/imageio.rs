@@ -49,6 +49,13 @@ pub fn load(path: &Path, max_pixels: u64) -> Result<InputImage, ImageError> {
     Ok(from_dynamic(&image))
 }
 
+/// Decodes an image held in memory; `path` only names it in errors.
+pub fn load_bytes(bytes: &[u8], path: &Path, max_pixels: u64) -> Result<InputImage, ImageError> {
+    let reader = ImageReader::new(std::io::Cursor::new(bytes));
+    let image = decode(reader, max_pixels).map_err(|e| e.at(path))?;
+    Ok(from_dynamic(&image))
+}
+
 /// Decoding errors before the path is known.
 enum Failure {
     Decode(String),

@@ -23,6 +23,7 @@ pub fn describe(err: &SafeTensorError, bytes: &[u8]) -> String {
         SafeTensorError::InvalidHeader(_) | SafeTensorError::InvalidHeaderStart => "header is not JSON text".to_owned(),
         SafeTensorError::InvalidHeaderDeserialization(e) => format!("header is not a valid tensor table: {e}"),
         SafeTensorError::InvalidOffset(name) => format!("tensor {name} has data offsets outside the file"),
+        SafeTensorError::ValidationOverflow => "a tensor's declared size overflows".to_owned(),
         SafeTensorError::TensorInvalidInfo => "a tensor's shape does not match its byte size".to_owned(),
         other => format!("{other:?}"),
     }

@@ -88,6 +88,7 @@ cases! { bad_weights:
     png_as_weights => "not_safetensors.safetensors", "not a safetensors file";
     unknown_layout => "unknown_layout.safetensors", "no Stable Diffusion VAE";
     no_tensors => "empty.safetensors", "no Stable Diffusion VAE";
+    huge_declared_shapes => "huge_shapes.safetensors", "tensors do not fit an AutoencoderKL";
     pickle_ckpt => "model.ckpt", "refusing a PyTorch pickle";
     pickle_pt => "model.pt", "refusing a PyTorch pickle";
     pickle_pth => "model.pth", "refusing a PyTorch pickle";

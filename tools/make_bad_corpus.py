@@ -69,6 +69,16 @@ def weights() -> None:
         safetensors({"model.layers.0.weight": ("F32", [2, 2], f32([1, 2, 3, 4])), "lm_head.weight": ("F32", [2], f32([1, 2]))})
     )
     (d / "empty.safetensors").write_bytes(safetensors({}))
+    # Zero-size tensors declaring 2^20 channels: a config that must not be allocated.
+    big = 1 << 20
+    (d / "huge_shapes.safetensors").write_bytes(
+        safetensors({
+            "encoder.conv_in.weight": ("F32", [big, 3, 3, 0], b""),
+            "encoder.down_blocks.0.resnets.0.conv1.weight": ("F32", [big, big, 3, 0], b""),
+            "decoder.conv_in.weight": ("F32", [big, 4, 3, 0], b""),
+            "decoder.conv_out.weight": ("F32", [3, big, 3, 0], b""),
+        })
+    )
     # Pickles: refused by extension and, under a safetensors name, by content. Never loaded.
     payload = pickle.dumps({"state_dict": {"encoder.conv_in.weight": [0.0]}}, protocol=2)
     for ext in ("ckpt", "pt", "pth", "bin"):

@@ -95,23 +95,23 @@ impl GroupNorm {
     }
 }
 
-/// `torch.nn.Linear`. The file stores `weight` as `[out, in]`; it is kept
-/// transposed (`[in, out]`) so the forward pass is a plain matmul.
+/// `torch.nn.Linear`: `weight` is `[out, in]`.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    weight_t: Tensor<2>,
-    bias: Tensor<2>,
+    pub weight: Tensor<2>,
+    pub bias: Tensor<1>,
 }
 
 impl Linear {
     pub fn load(p: &mut ParamLoader, name: &str, d_in: usize, d_out: usize) -> Self {
-        let weight: Tensor<2> = p.tensor(&format!("{name}.weight"), [d_out, d_in]);
-        let bias: Tensor<1> = p.tensor(&format!("{name}.bias"), [d_out]);
-        Self { weight_t: weight.transpose(), bias: bias.reshape([1, d_out]) }
+        Self {
+            weight: p.tensor(&format!("{name}.weight"), [d_out, d_in]),
+            bias: p.tensor(&format!("{name}.bias"), [d_out]),
+        }
     }
 
     /// `[N, D_in] -> [N, D_out]`
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        x.matmul(self.weight_t.clone()) + self.bias.clone()
+        x.matmul(self.weight.clone().transpose()) + self.bias.clone().unsqueeze()
     }
 }

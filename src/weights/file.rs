@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::Read;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -33,31 +32,16 @@ pub struct TensorFile {
 
 impl TensorFile {
     pub fn open(path: &Path) -> Result<Self, WeightsError> {
-        refuse_pickle(path)?;
+        if has_pickle_extension(path) {
+            return Err(WeightsError::Pickle { path: path.to_owned() });
+        }
         let io = |source| WeightsError::Io { path: path.to_owned(), source };
         let file = File::open(path).map_err(io)?;
         // SAFETY: the map is read-only; a file truncated by another process while
         // we run is the one case mmap cannot protect against, as for every tool
         // that maps model weights (safetensors' own loaders included).
         let mmap = unsafe { Mmap::map(&file) }.map_err(io)?;
-        let (header_len, metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| WeightsError::NotSafetensors {
-            path: path.to_owned(),
-            reason: crate::safetensors_error::describe(&e, &mmap),
-        })?;
-        let data_start = 8 + header_len;
-        let tensors = metadata
-            .tensors()
-            .into_iter()
-            .map(|(name, info)| {
-                let (begin, end) = info.data_offsets;
-                let raw = RawTensor {
-                    dtype: info.dtype,
-                    shape: info.shape.clone(),
-                    range: data_start + begin..data_start + end,
-                };
-                (name, raw)
-            })
-            .collect();
+        let tensors = list_tensors(&mmap, path)?;
         Ok(Self { path: path.to_owned(), mmap, tensors })
     }
 
@@ -88,19 +72,40 @@ impl TensorFile {
     }
 }
 
-/// Refuses PyTorch pickles by extension and by content (a pickle opcode or the
-/// zip container of `torch.save`), without unpickling anything.
-fn refuse_pickle(path: &Path) -> Result<(), WeightsError> {
-    let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
-    let by_name = ext.as_deref().is_some_and(|e| PICKLE_EXTENSIONS.contains(&e));
-    // A safetensors file has its JSON header at byte 8; a pickle starts with
-    // PROTO (0x80, version 2..=5), a `torch.save` zip with "PK\x03\x04".
-    let mut magic = [0u8; 9];
-    let by_content = File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok_and(|()| {
-        magic[8] != b'{' && (magic[0] == 0x80 && (2..=5).contains(&magic[1]) || magic[..4] == *b"PK\x03\x04")
-    });
-    if by_name || by_content {
+/// Lists the tensors of safetensors `bytes` (header and offsets validated),
+/// refusing pickles by content first. `path` only names the file in errors.
+pub fn list_tensors(bytes: &[u8], path: &Path) -> Result<BTreeMap<String, RawTensor>, WeightsError> {
+    if looks_like_pickle(bytes) {
         return Err(WeightsError::Pickle { path: path.to_owned() });
     }
-    Ok(())
+    let (header_len, metadata) = SafeTensors::read_metadata(bytes).map_err(|e| WeightsError::NotSafetensors {
+        path: path.to_owned(),
+        reason: crate::safetensors_error::describe(&e, bytes),
+    })?;
+    let data_start = 8 + header_len;
+    let tensors = metadata
+        .tensors()
+        .into_iter()
+        .map(|(name, info)| {
+            let (begin, end) = info.data_offsets;
+            let raw =
+                RawTensor { dtype: info.dtype, shape: info.shape.clone(), range: data_start + begin..data_start + end };
+            (name, raw)
+        })
+        .collect();
+    Ok(tensors)
+}
+
+fn has_pickle_extension(path: &Path) -> bool {
+    let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+    ext.as_deref().is_some_and(|e| PICKLE_EXTENSIONS.contains(&e))
+}
+
+/// A safetensors file has its JSON header at byte 8; a pickle starts with
+/// PROTO (0x80, version 2..=5), a `torch.save` zip with "PK\x03\x04".
+fn looks_like_pickle(bytes: &[u8]) -> bool {
+    if bytes.get(8) == Some(&b'{') {
+        return false;
+    }
+    matches!(bytes, [0x80, 2..=5, ..]) || bytes.starts_with(b"PK\x03\x04")
 }

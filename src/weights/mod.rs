@@ -7,6 +7,7 @@ mod infer;
 mod layout;
 mod params;
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -182,17 +183,11 @@ pub fn load(
     };
     let file = TensorFile::open(&source.file)?;
     let path = || source.file.clone();
-    let keys = detect(file.tensors.keys().map(String::as_str)).ok_or_else(|| WeightsError::NoVae {
-        path: path(),
-        keys: file.tensors.keys().take(5).cloned().collect::<Vec<_>>().join(", "),
-    })?;
-    let shape_of = |name: &str| keys.names.get(name).map(|key| file.tensors[key].shape.as_slice());
-    let mut config = infer_config(shape_of, &json, SD15_SCALING_FACTOR)
-        .map_err(|tensor| WeightsError::Architecture { path: path(), tensor })?;
+    let (keys, mut config) = read_architecture(&file.tensors, &source.file, &json)?;
     if let Some(factor) = scaling_factor {
         config.scaling_factor = factor;
+        check_config(&config).map_err(|reason| WeightsError::Config { path: path(), reason })?;
     }
-    check_config(&config).map_err(|reason| WeightsError::Config { path: path(), reason })?;
 
     let mut loader = ParamLoader::new(&file, &keys.names, device);
     let model = AutoencoderKl::load(&mut loader, &config);
@@ -211,6 +206,30 @@ pub fn load(
         ignored: keys.ignored,
     };
     Ok((model, info))
+}
+
+/// Finds the VAE among `tensors` and reads its architecture off their shapes,
+/// without building anything: what `load` checks before allocating a byte.
+pub fn read_architecture(
+    tensors: &BTreeMap<String, file::RawTensor>,
+    path: &Path,
+    json: &DiffusersConfig,
+) -> Result<(VaeKeys, AutoencoderKlConfig), WeightsError> {
+    let keys = detect(tensors.keys().map(String::as_str)).ok_or_else(|| WeightsError::NoVae {
+        path: path.to_owned(),
+        keys: tensors.keys().take(5).cloned().collect::<Vec<_>>().join(", "),
+    })?;
+    let shape_of = |name: &str| keys.names.get(name).map(|key| tensors[key].shape.as_slice());
+    let config = infer_config(shape_of, json, SD15_SCALING_FACTOR)
+        .map_err(|tensor| WeightsError::Architecture { path: path.to_owned(), tensor })?;
+    check_config(&config).map_err(|reason| WeightsError::Config { path: path.to_owned(), reason })?;
+    Ok((keys, config))
+}
+
+/// [`read_architecture`] of safetensors bytes (for inspection and fuzzing).
+pub fn inspect_bytes(bytes: &[u8], path: &Path) -> Result<(VaeKeys, AutoencoderKlConfig), WeightsError> {
+    let tensors = file::list_tensors(bytes, path)?;
+    read_architecture(&tensors, path, &DiffusersConfig::default())
 }
 
 fn read_config_json(path: &Path) -> Result<DiffusersConfig, WeightsError> {

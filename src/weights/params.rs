@@ -41,12 +41,14 @@ impl<'a> ParamLoader<'a> {
 
     /// The parameter `name` with shape `shape`, as f32 on the loader's device.
     ///
-    /// On a problem, records it and returns zeros so that loading goes on and
-    /// every problem is reported at once by [`ParamLoader::finish`].
+    /// On a problem, records it and returns an empty stand-in so that loading
+    /// goes on and every problem is reported at once by [`ParamLoader::finish`].
+    /// The stand-in allocates nothing: the expected shape comes from the file
+    /// and may be anything.
     pub fn tensor<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Tensor<D> {
         match self.values(name, &shape) {
             Some(values) => Tensor::from_data(TensorData::new(values, shape), &self.device),
-            None => Tensor::zeros(shape, &self.device),
+            None => Tensor::empty([0; D], &self.device),
         }
     }
 
