@@ -3,6 +3,9 @@
 //! parameter names (`weight`, `bias`).
 
 use burn::tensor::Tensor;
+use std::sync::Arc;
+
+use crate::kernels::{self, conv::ConvWeights, conv::Geometry, norm::GroupNormParams};
 use burn::tensor::activation::silu;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
@@ -15,6 +18,8 @@ pub struct Conv2d {
     pub weight: Tensor<4>,
     pub bias: Tensor<1>,
     options: ConvOptions<2>,
+    /// The weights laid out for the CPU kernel, when the model lives on the CPU.
+    cpu: Option<Arc<ConvWeights>>,
 }
 
 impl Conv2d {
@@ -34,16 +39,27 @@ impl Conv2d {
         stride: usize,
         padding: [(usize, usize); 2],
     ) -> Self {
-        Self {
-            weight: p.tensor(&format!("{name}.weight"), [c_out, c_in, kernel, kernel]),
-            bias: p.tensor(&format!("{name}.bias"), [c_out]),
-            options: ConvOptions { stride: [stride, stride], padding, dilation: [1, 1], groups: 1 },
-        }
+        let weight = p.tensor(&format!("{name}.weight"), [c_out, c_in, kernel, kernel]);
+        let bias = p.tensor(&format!("{name}.bias"), [c_out]);
+        let loaded = weight.dims() == [c_out, c_in, kernel, kernel] && bias.dims() == [c_out];
+        let cpu = (loaded && kernels::applies_to(&weight.device())).then(|| {
+            let (w, b) = (kernels::values(weight.clone()), kernels::values(bias.clone()));
+            Arc::new(ConvWeights::new(&w, &b, c_out, c_in, kernel))
+        });
+        let options = ConvOptions { stride: [stride, stride], padding, dilation: [1, 1], groups: 1 };
+        Self { weight, bias, options, cpu }
     }
 
     /// `[B, C_in, H, W] -> [B, C_out, H', W']`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        conv2d(x, self.weight.clone(), Some(self.bias.clone()), self.options.clone())
+        let Some(weights) = &self.cpu else {
+            return conv2d(x, self.weight.clone(), Some(self.bias.clone()), self.options.clone());
+        };
+        let ([b, _, h, w], device) = (x.dims(), x.device());
+        let geometry =
+            Geometry { stride: self.options.stride[0], pad_h: self.options.padding[0], pad_w: self.options.padding[1] };
+        let (out, ho, wo) = kernels::conv::conv2d(&kernels::values(x), b, h, w, weights, geometry);
+        kernels::tensor(out, [b, self.weight.dims()[0], ho, wo], &device)
     }
 }
 
@@ -76,6 +92,9 @@ impl GroupNorm {
 
     /// `[B, C, H, W] -> [B, C, H, W]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        if let Some(y) = self.cpu_forward(&x, false) {
+            return y;
+        }
         let [b, c, h, w] = x.dims();
         // [B, G, C/G * H, W]: statistics per (batch, group), reduced in two
         // levels (rows, then the row means) so that f32 sums over a whole
@@ -91,7 +110,24 @@ impl GroupNorm {
 
     /// GroupNorm followed by SiLU, the pre-activation used before every conv.
     pub fn forward_silu(&self, x: Tensor<4>) -> Tensor<4> {
-        silu(self.forward(x))
+        match self.cpu_forward(&x, true) {
+            Some(y) => y,
+            None => silu(self.forward(x)),
+        }
+    }
+
+    /// The fused CPU kernel (statistics in f64), when the tensors are on the CPU.
+    fn cpu_forward(&self, x: &Tensor<4>, silu: bool) -> Option<Tensor<4>> {
+        let device = x.device();
+        if !kernels::applies_to(&device) {
+            return None;
+        }
+        let [b, c, h, w] = x.dims();
+        let (gamma, beta) = (kernels::values(self.weight.clone()), kernels::values(self.bias.clone()));
+        let values = kernels::values(x.clone());
+        let params = GroupNormParams { groups: self.groups, eps: self.eps, gamma: &gamma, beta: &beta };
+        let out = kernels::norm::group_norm(&values, c, h * w, params, silu);
+        Some(kernels::tensor(out, [b, c, h, w], &device))
     }
 }
 

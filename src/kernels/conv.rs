@@ -1,0 +1,223 @@
+//! 2D convolution on the CPU as k*k GEMMs over shifted views of a padded
+//! input: no im2col buffer, no layout change (NCHW in, NCHW out).
+//!
+//! With the input padded into planes of `rows x row_len` (row_len a multiple
+//! of the stride), output pixel `j = y * (row_len / s) + x` reads input index
+//! `s * j + kh * row_len + kw` for kernel tap (kh, kw): a uniform stride over
+//! `j`. So each tap is one GEMM `out[co, j] += W[kh, kw][co, ci] * X[ci, s*j + off]`
+//! computed over `row_len / s` columns per output row, of which the last
+//! few are padding and are cropped at the end.
+
+use gemm::{Parallelism, gemm};
+
+/// Convolution weights rearranged once for [`conv2d`]: tap-major `[k*k][co][ci]`.
+#[derive(Debug, Clone)]
+pub struct ConvWeights {
+    taps: Vec<f32>,
+    bias: Vec<f32>,
+    c_out: usize,
+    c_in: usize,
+    kernel: usize,
+}
+
+impl ConvWeights {
+    /// From PyTorch's `[co, ci, k, k]` weight and `[co]` bias.
+    pub fn new(weight: &[f32], bias: &[f32], c_out: usize, c_in: usize, kernel: usize) -> Self {
+        let kk = kernel * kernel;
+        assert_eq!(weight.len(), c_out * c_in * kk, "weight length");
+        let mut taps = vec![0.0; weight.len()];
+        for co in 0..c_out {
+            for ci in 0..c_in {
+                for t in 0..kk {
+                    taps[(t * c_out + co) * c_in + ci] = weight[(co * c_in + ci) * kk + t];
+                }
+            }
+        }
+        Self { taps, bias: bias.to_vec(), c_out, c_in, kernel }
+    }
+}
+
+/// Stride and per-side padding of a convolution.
+#[derive(Debug, Clone, Copy)]
+pub struct Geometry {
+    pub stride: usize,
+    /// (top, bottom)
+    pub pad_h: (usize, usize),
+    /// (left, right)
+    pub pad_w: (usize, usize),
+}
+
+/// `x` `[batch, ci, h, w]` -> `[batch, co, ho, wo]`; returns the output and `(ho, wo)`.
+pub fn conv2d(x: &[f32], batch: usize, h: usize, w: usize, wts: &ConvWeights, g: Geometry) -> (Vec<f32>, usize, usize) {
+    let (k, s, ci, co) = (wts.kernel, g.stride, wts.c_in, wts.c_out);
+    let hp = h + g.pad_h.0 + g.pad_h.1;
+    let wp = w + g.pad_w.0 + g.pad_w.1;
+    let (ho, wo) = ((hp - k) / s + 1, (wp - k) / s + 1);
+    // The padded input is split into s*s phase planes (row phase, column phase),
+    // each of `rows x row_len`: a stride-s conv is then a stride-1 conv of each
+    // tap over its phase, and every tap reads a uniform-stride view.
+    let (rows, row_len) = (hp.div_ceil(s), wp.div_ceil(s));
+    let plane = rows * row_len;
+    let cols = ho * row_len;
+    let tap_offset = |kh: usize, kw: usize| ((kh % s) * s + kw % s) * ci * plane + (kh / s) * row_len + kw / s;
+    let last_tap = (0..k).flat_map(|kh| (0..k).map(move |kw| (kh, kw))).map(|(kh, kw)| tap_offset(kh, kw)).max();
+    let furthest = last_tap.unwrap_or(0) + (ci - 1) * plane + cols;
+    let len = (s * s * ci * plane).max(furthest);
+    let mut padded = vec![0.0f32; len];
+    let mut out = Vec::with_capacity(batch * co * ho * wo);
+    let threads = rayon::current_num_threads();
+    for b in 0..batch {
+        let src = &x[b * ci * h * w..][..ci * h * w];
+        fill_phases(&mut padded, src, ci, h, w, s, (g.pad_h.0, g.pad_w.0), plane, row_len);
+        // One image's output, `row_len` wide per row: the padding columns are
+        // computed too and squeezed out below, in place.
+        let mut wide: Vec<f32> = wts.bias.iter().flat_map(|&b| std::iter::repeat_n(b, cols)).collect();
+        for kh in 0..k {
+            for kw in 0..k {
+                let tap = &wts.taps[(kh * k + kw) * co * ci..][..co * ci];
+                let offset = tap_offset(kh, kw);
+                debug_assert!(offset + (ci - 1) * plane + cols <= padded.len());
+                // SAFETY: dst is co x cols; lhs is co x ci; rhs reads
+                // padded[offset + c * plane + j] for c < ci, j < cols, which is
+                // in bounds by the choice of `len` (see the debug assertion).
+                unsafe {
+                    gemm(
+                        co,
+                        cols,
+                        ci,
+                        wide.as_mut_ptr(),
+                        1,
+                        cols as isize,
+                        true,
+                        tap.as_ptr(),
+                        1,
+                        ci as isize,
+                        padded.as_ptr().add(offset),
+                        1,
+                        plane as isize,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::Rayon(threads),
+                    );
+                }
+            }
+        }
+        // Rows only move towards the front, so squeezing in place is safe.
+        for c in 0..co {
+            for y in 0..ho {
+                wide.copy_within(c * cols + y * row_len..c * cols + y * row_len + wo, (c * ho + y) * wo);
+            }
+        }
+        wide.truncate(co * ho * wo);
+        if batch == 1 {
+            return (wide, ho, wo);
+        }
+        out.extend_from_slice(&wide);
+    }
+    (out, ho, wo)
+}
+
+/// Writes `src` `[ci, h, w]` into the zeroed phase planes of `padded`:
+/// padded pixel (py, px) goes to phase (py % s, px % s) at (py / s, px / s).
+#[allow(clippy::too_many_arguments)]
+fn fill_phases(
+    padded: &mut [f32],
+    src: &[f32],
+    ci: usize,
+    h: usize,
+    w: usize,
+    s: usize,
+    pad: (usize, usize),
+    plane: usize,
+    row_len: usize,
+) {
+    for c in 0..ci {
+        for y in 0..h {
+            let row = &src[(c * h + y) * w..][..w];
+            let py = y + pad.0;
+            if s == 1 {
+                let at = c * plane + py * row_len + pad.1;
+                padded[at..at + w].copy_from_slice(row);
+                continue;
+            }
+            for (x, &v) in row.iter().enumerate() {
+                let px = x + pad.1;
+                let phase = (py % s) * s + px % s;
+                padded[(phase * ci + c) * plane + (py / s) * row_len + px / s] = v;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Direct f64 convolution, the reference: `x` `[ci, h, w]`, `weight` `[co, ci, k, k]`.
+    fn reference(x: &[f32], (h, w): (usize, usize), weight: &[f32], bias: &[f32], k: usize, g: Geometry) -> Vec<f32> {
+        let (co, ci) = (bias.len(), x.len() / (h * w));
+        let hp = h + g.pad_h.0 + g.pad_h.1;
+        let wp = w + g.pad_w.0 + g.pad_w.1;
+        let (ho, wo) = ((hp - k) / g.stride + 1, (wp - k) / g.stride + 1);
+        let mut out = vec![0.0; co * ho * wo];
+        for o in 0..co {
+            for y in 0..ho {
+                for xx in 0..wo {
+                    let mut acc = bias[o] as f64;
+                    for c in 0..ci {
+                        for kh in 0..k {
+                            for kw in 0..k {
+                                let iy = (y * g.stride + kh) as isize - g.pad_h.0 as isize;
+                                let ix = (xx * g.stride + kw) as isize - g.pad_w.0 as isize;
+                                if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                                    acc += x[(c * h + iy as usize) * w + ix as usize] as f64
+                                        * weight[((o * ci + c) * k + kh) * k + kw] as f64;
+                                }
+                            }
+                        }
+                    }
+                    out[(o * ho + y) * wo + xx] = acc as f32;
+                }
+            }
+        }
+        out
+    }
+
+    fn check(ci: usize, co: usize, h: usize, w: usize, k: usize, g: Geometry) {
+        let mut state = 0x2545F4914F6CDD1Du64;
+        let mut rnd = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        let x: Vec<f32> = (0..ci * h * w).map(|_| rnd()).collect();
+        let weight: Vec<f32> = (0..co * ci * k * k).map(|_| rnd()).collect();
+        let bias: Vec<f32> = (0..co).map(|_| rnd()).collect();
+        let wts = ConvWeights::new(&weight, &bias, co, ci, k);
+        let (got, _, _) = conv2d(&x, 1, h, w, &wts, g);
+        let want = reference(&x, (h, w), &weight, &bias, k, g);
+        assert_eq!(got.len(), want.len());
+        let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(err < 1e-5, "ci {ci} co {co} {h}x{w} k {k} {g:?}: error {err}");
+    }
+
+    #[test]
+    fn same_3x3() {
+        check(5, 7, 9, 13, 3, Geometry { stride: 1, pad_h: (1, 1), pad_w: (1, 1) });
+    }
+
+    #[test]
+    fn pointwise() {
+        check(6, 3, 4, 5, 1, Geometry { stride: 1, pad_h: (0, 0), pad_w: (0, 0) });
+    }
+
+    #[test]
+    fn downsample_pads_right_and_bottom() {
+        check(4, 4, 8, 10, 3, Geometry { stride: 2, pad_h: (0, 1), pad_w: (0, 1) });
+        check(3, 2, 7, 9, 3, Geometry { stride: 2, pad_h: (0, 1), pad_w: (0, 1) });
+    }
+}

@@ -1,0 +1,24 @@
+//! CPU kernels for the two operations that dominate the VAE: 2D convolution
+//! (about 98% of the FLOPs) and GroupNorm + SiLU (most of the rest of the
+//! time). The model calls them through [`crate::model`]'s layers when its
+//! tensors live on the CPU device; other devices use burn's own operations.
+
+pub mod conv;
+pub mod norm;
+
+use burn::tensor::{Device, Tensor, TensorData};
+
+/// Whether tensors on `device` can use these kernels (the burn-flex CPU device).
+pub fn applies_to(device: &Device) -> bool {
+    *device == Device::flex()
+}
+
+/// A CPU tensor's values, without a copy when the tensor is not shared.
+pub fn values<const D: usize>(x: Tensor<D>) -> Vec<f32> {
+    x.into_data().try_into_vec::<f32>().expect("the model computes in f32")
+}
+
+/// Values back into a tensor on `device`.
+pub fn tensor<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Device) -> Tensor<D> {
+    Tensor::from_data(TensorData::new(values, shape), device)
+}
