@@ -6,11 +6,22 @@
 pub mod conv;
 pub mod norm;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use burn::tensor::{Device, Tensor, TensorData};
 
-/// Whether tensors on `device` can use these kernels (the burn-flex CPU device).
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns the kernels off (or on again) for the whole process, so that burn's
+/// own operations (the GPU path) can be checked on the CPU. Takes effect for
+/// models loaded afterwards.
+pub fn set_enabled(enabled: bool) {
+    ENABLED.store(enabled, Ordering::Relaxed);
+}
+
+/// Whether tensors on `device` use these kernels (the burn-flex CPU device).
 pub fn applies_to(device: &Device) -> bool {
-    *device == Device::flex()
+    ENABLED.load(Ordering::Relaxed) && *device == Device::flex()
 }
 
 /// A CPU tensor's values, without a copy when the tensor is not shared.

@@ -20,8 +20,8 @@ pub fn group_norm(x: &[f32], channels: usize, hw: usize, params: GroupNormParams
     let mut out = vec![0.0f32; x.len()];
     out.par_chunks_mut(per_group).zip(x.par_chunks(per_group)).enumerate().for_each(|(i, (dst, src))| {
         let n = src.len() as f64;
-        let mean = src.iter().map(|&v| v as f64).sum::<f64>() / n;
-        let var = src.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+        let mean = sum_f64(src, |v| v) / n;
+        let var = sum_f64(src, |v| (v - mean) * (v - mean)) / n;
         let rstd = 1.0 / (var + eps).sqrt();
         let first_channel = (i % groups) * (channels / groups);
         for (c, (d, s)) in dst.chunks_exact_mut(hw).zip(src.chunks_exact(hw)).enumerate() {
@@ -44,12 +44,28 @@ pub fn group_norm(x: &[f32], channels: usize, hw: usize, params: GroupNormParams
     out
 }
 
+/// `sum(f(x))` in f64 over eight independent lanes, so that the loop
+/// vectorises (one running sum would serialise on the add latency).
+#[inline(always)]
+fn sum_f64(xs: &[f32], f: impl Fn(f64) -> f64) -> f64 {
+    let mut lanes = [0.0f64; 8];
+    let chunks = xs.chunks_exact(8);
+    let tail: f64 = chunks.remainder().iter().map(|&v| f(v as f64)).sum();
+    for chunk in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane += f(v as f64);
+        }
+    }
+    lanes.iter().sum::<f64>() + tail
+}
+
 /// exp(x) for f32 to ~2 ulp, branch-free so that loops over it vectorise:
 /// 2^n * p(r) with x = n ln2 + r, |r| <= ln2/2 and a degree-6 polynomial.
 #[inline(always)]
 pub fn fast_exp(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * std::f32::consts::LOG2_E).round();
+    // Round to nearest by the 1.5 * 2^23 trick, which vectorises (`round` does not).
+    let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
     // Cody-Waite: ln2 split in two so that r keeps full precision.
     let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
     let p = 1.0

@@ -1,0 +1,22 @@
+//! The same parity checks through burn's own operations instead of the CPU
+//! kernels: the path that GPU devices take, checked here on the CPU.
+
+mod common;
+
+use common::parity::{check_decoder, check_encoder, load};
+
+#[test]
+fn burn_ops_sd_layout() {
+    vae::kernels::set_enabled(false);
+    let vae = load("tiny_sd");
+    check_encoder(&vae, "tiny_sd");
+    check_decoder(&vae, "tiny_sd");
+}
+
+#[test]
+fn burn_ops_sixteen_channels() {
+    vae::kernels::set_enabled(false);
+    let vae = load("tiny_flux");
+    check_encoder(&vae, "tiny_flux");
+    check_decoder(&vae, "tiny_flux");
+}
