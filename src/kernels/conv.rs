@@ -49,6 +49,21 @@ pub struct Geometry {
 
 /// `x` `[batch, ci, h, w]` -> `[batch, co, ho, wo]`; returns the output and `(ho, wo)`.
 pub fn conv2d(x: &[f32], batch: usize, h: usize, w: usize, wts: &ConvWeights, g: Geometry) -> (Vec<f32>, usize, usize) {
+    conv2d_upsampled(x, batch, (h, w), 1, wts, g)
+}
+
+/// [`conv2d`] of `x` upsampled `up` times by nearest neighbour, without
+/// materialising the upsampled image: its pixels are written straight into
+/// the padded input. `(h, w)` is the size before upsampling.
+pub fn conv2d_upsampled(
+    x: &[f32],
+    batch: usize,
+    (h0, w0): (usize, usize),
+    up: usize,
+    wts: &ConvWeights,
+    g: Geometry,
+) -> (Vec<f32>, usize, usize) {
+    let (h, w) = (h0 * up, w0 * up);
     let (k, s, ci, co) = (wts.kernel, g.stride, wts.c_in, wts.c_out);
     let hp = h + g.pad_h.0 + g.pad_h.1;
     let wp = w + g.pad_w.0 + g.pad_w.1;
@@ -67,8 +82,9 @@ pub fn conv2d(x: &[f32], batch: usize, h: usize, w: usize, wts: &ConvWeights, g:
     let mut out = Vec::with_capacity(batch * co * ho * wo);
     let threads = rayon::current_num_threads();
     for b in 0..batch {
-        let src = &x[b * ci * h * w..][..ci * h * w];
-        fill_phases(&mut padded, src, ci, h, w, s, (g.pad_h.0, g.pad_w.0), plane, row_len);
+        let src = &x[b * ci * h0 * w0..][..ci * h0 * w0];
+        let layout = PhaseLayout { stride: s, pad: (g.pad_h.0, g.pad_w.0), plane, row_len };
+        fill_phases(&mut padded, src, ci, (h0, w0), up, layout);
         // One image's output, `row_len` wide per row: the padding columns are
         // computed too and squeezed out below, in place.
         let mut wide: Vec<f32> = wts.bias.iter().flat_map(|&b| std::iter::repeat_n(b, cols)).collect();
@@ -120,33 +136,40 @@ pub fn conv2d(x: &[f32], batch: usize, h: usize, w: usize, wts: &ConvWeights, g:
     (out, ho, wo)
 }
 
-/// Writes `src` `[ci, h, w]` into the zeroed phase planes of `padded`:
-/// padded pixel (py, px) goes to phase (py % s, px % s) at (py / s, px / s).
-#[allow(clippy::too_many_arguments)]
-fn fill_phases(
-    padded: &mut [f32],
-    src: &[f32],
-    ci: usize,
-    h: usize,
-    w: usize,
-    s: usize,
+/// Where padded pixels go: pixel (py, px) to phase (py % stride, px % stride)
+/// at (py / stride, px / stride).
+#[derive(Clone, Copy)]
+struct PhaseLayout {
+    stride: usize,
     pad: (usize, usize),
     plane: usize,
     row_len: usize,
-) {
+}
+
+/// Writes `src` `[ci, h, w]`, upsampled `up` times, into the zeroed phase
+/// planes of `padded`.
+fn fill_phases(padded: &mut [f32], src: &[f32], ci: usize, (h, w): (usize, usize), up: usize, l: PhaseLayout) {
+    let s = l.stride;
     for c in 0..ci {
-        for y in 0..h {
-            let row = &src[(c * h + y) * w..][..w];
-            let py = y + pad.0;
+        for y in 0..h * up {
+            let row = &src[(c * h + y / up) * w..][..w];
+            let py = y + l.pad.0;
             if s == 1 {
-                let at = c * plane + py * row_len + pad.1;
-                padded[at..at + w].copy_from_slice(row);
+                let at = c * l.plane + py * l.row_len + l.pad.1;
+                let dst = &mut padded[at..at + w * up];
+                if up == 1 {
+                    dst.copy_from_slice(row);
+                } else {
+                    for (d, &v) in dst.chunks_exact_mut(up).zip(row) {
+                        d.fill(v);
+                    }
+                }
                 continue;
             }
-            for (x, &v) in row.iter().enumerate() {
-                let px = x + pad.1;
+            for x in 0..w * up {
+                let px = x + l.pad.1;
                 let phase = (py % s) * s + px % s;
-                padded[(phase * ci + c) * plane + (py / s) * row_len + px / s] = v;
+                padded[(phase * ci + c) * l.plane + (py / s) * l.row_len + px / s] = row[x / up];
             }
         }
     }
@@ -208,6 +231,26 @@ mod tests {
     #[test]
     fn same_3x3() {
         check(5, 7, 9, 13, 3, Geometry { stride: 1, pad_h: (1, 1), pad_w: (1, 1) });
+    }
+
+    #[test]
+    fn nearest_upsampling_is_fused() {
+        let (ci, co, h, w) = (3, 4, 5, 6);
+        let x: Vec<f32> = (0..ci * h * w).map(|i| (i % 13) as f32 * 0.1 - 0.6).collect();
+        let weight: Vec<f32> = (0..co * ci * 9).map(|i| (i % 7) as f32 * 0.05 - 0.15).collect();
+        let bias = vec![0.1, -0.2, 0.3, 0.0];
+        let wts = ConvWeights::new(&weight, &bias, co, ci, 3);
+        let g = Geometry { stride: 1, pad_h: (1, 1), pad_w: (1, 1) };
+        let big: Vec<f32> = (0..ci * 2 * h * 2 * w)
+            .map(|i| {
+                let (c, y, xx) = (i / (4 * h * w), (i / (2 * w)) % (2 * h), i % (2 * w));
+                x[(c * h + y / 2) * w + xx / 2]
+            })
+            .collect();
+        let (want, ..) = conv2d(&big, 1, 2 * h, 2 * w, &wts, g);
+        let (got, ho, wo) = conv2d_upsampled(&x, 1, (h, w), 2, &wts, g);
+        assert_eq!((ho, wo), (2 * h, 2 * w));
+        assert_eq!(got, want);
     }
 
     #[test]

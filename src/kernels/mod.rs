@@ -3,6 +3,7 @@
 //! time). The model calls them through [`crate::model`]'s layers when its
 //! tensors live on the CPU device; other devices use burn's own operations.
 
+pub mod attention;
 pub mod conv;
 pub mod norm;
 

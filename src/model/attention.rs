@@ -4,6 +4,7 @@
 use burn::tensor::Tensor;
 
 use super::layers::{GroupNorm, Linear};
+use crate::kernels;
 use crate::weights::ParamLoader;
 
 /// Upper bound on the elements of one block of attention scores. Queries are
@@ -35,6 +36,9 @@ impl Attention {
 
     /// `[B, C, H, W] -> [B, C, H, W]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        if kernels::applies_to(&x.device()) {
+            return self.forward_cpu(x);
+        }
         let [b, c, h, w] = x.dims();
         let n = h * w;
         // [B, C, H, W] -> [B, N, C]: one token per pixel.
@@ -49,6 +53,26 @@ impl Attention {
         // [B, N, C] -> [B, C, H, W], plus the residual (rescale factor 1.0).
         let out = Tensor::cat(outputs, 0).swap_dims(1, 2).reshape([b, c, h, w]);
         out + x
+    }
+
+    /// [`Attention::forward`] through the CPU kernels: the projections and both
+    /// attention products as GEMMs, the softmax as one exp sweep per block.
+    fn forward_cpu(&self, x: Tensor<4>) -> Tensor<4> {
+        let ([b, c, h, w], device) = (x.dims(), x.device());
+        let n = h * w;
+        let tokens = self.group_norm.forward(x.clone()).reshape([b, c, n]).swap_dims(1, 2); // [B, N, C]
+        let tokens = kernels::values(tokens);
+        let params = |l: &Linear| (kernels::values(l.weight.clone()), kernels::values(l.bias.clone()));
+        let [q, k, v, out] = [&self.to_q, &self.to_k, &self.to_v, &self.to_out].map(params);
+        let scale = (c as f32).sqrt().recip();
+        let mut result = Vec::with_capacity(b * n * c);
+        for t in tokens.chunks_exact(n * c) {
+            let project = |(w, bias): &(Vec<f32>, Vec<f32>)| kernels::attention::linear(t, n, w, bias);
+            let attended = kernels::attention::attention(&project(&q), &project(&k), &project(&v), n, c, scale);
+            result.extend(kernels::attention::linear(&attended, n, &out.0, &out.1));
+        }
+        // [B, N, C] -> [B, C, H, W], plus the residual.
+        kernels::tensor(result, [b, n, c], &device).swap_dims(1, 2).reshape([b, c, h, w]) + x
     }
 
     /// `softmax(q k^T / sqrt(C)) v` for one image's tokens: `[H*W, C] -> [H*W, C]`.

@@ -50,6 +50,20 @@ impl Conv2d {
         Self { weight, bias, options, cpu }
     }
 
+    /// The CPU kernel on `x` upsampled `up` times (nearest), fused; `None`
+    /// when the CPU kernel does not apply.
+    pub fn forward_upsampled(&self, x: &Tensor<4>, up: usize) -> Option<Tensor<4>> {
+        let weights = self.cpu.as_ref()?;
+        let ([b, _, h, w], device) = (x.dims(), x.device());
+        let (out, ho, wo) =
+            kernels::conv::conv2d_upsampled(&kernels::values(x.clone()), b, (h, w), up, weights, self.geometry());
+        Some(kernels::tensor(out, [b, self.weight.dims()[0], ho, wo], &device))
+    }
+
+    fn geometry(&self) -> Geometry {
+        Geometry { stride: self.options.stride[0], pad_h: self.options.padding[0], pad_w: self.options.padding[1] }
+    }
+
     /// `[B, C_in, H, W] -> [B, C_out, H', W']`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let Some(weights) = &self.cpu else {
