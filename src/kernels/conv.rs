@@ -37,6 +37,12 @@ impl ConvWeights {
     }
 }
 
+impl ConvWeights {
+    pub fn c_out(&self) -> usize {
+        self.c_out
+    }
+}
+
 /// Stride and per-side padding of a convolution.
 #[derive(Debug, Clone, Copy)]
 pub struct Geometry {

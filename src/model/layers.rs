@@ -7,19 +7,24 @@ use std::sync::Arc;
 
 use crate::kernels::{self, conv::ConvWeights, conv::Geometry, norm::GroupNormParams};
 use burn::tensor::activation::silu;
-use burn::tensor::module::conv2d;
-use burn::tensor::ops::ConvOptions;
+use burn::tensor::module::{conv2d, interpolate};
+use burn::tensor::ops::{ConvOptions, InterpolateMode, InterpolateOptions};
 
 use crate::weights::ParamLoader;
 
 /// `torch.nn.Conv2d` with square kernels, stride and per-side padding.
 #[derive(Debug, Clone)]
 pub struct Conv2d {
-    pub weight: Tensor<4>,
-    pub bias: Tensor<1>,
+    params: ConvParams,
     options: ConvOptions<2>,
-    /// The weights laid out for the CPU kernel, when the model lives on the CPU.
-    cpu: Option<Arc<ConvWeights>>,
+}
+
+/// A convolution's parameters, held once: as burn tensors, or laid out for
+/// the CPU kernel when the model lives on the CPU.
+#[derive(Debug, Clone)]
+enum ConvParams {
+    Burn { weight: Tensor<4>, bias: Tensor<1> },
+    Cpu(Arc<ConvWeights>),
 }
 
 impl Conv2d {
@@ -42,38 +47,45 @@ impl Conv2d {
         let weight = p.tensor(&format!("{name}.weight"), [c_out, c_in, kernel, kernel]);
         let bias = p.tensor(&format!("{name}.bias"), [c_out]);
         let loaded = weight.dims() == [c_out, c_in, kernel, kernel] && bias.dims() == [c_out];
-        let cpu = (loaded && kernels::applies_to(&weight.device())).then(|| {
-            let (w, b) = (kernels::values(weight.clone()), kernels::values(bias.clone()));
-            Arc::new(ConvWeights::new(&w, &b, c_out, c_in, kernel))
-        });
+        let params = if loaded && kernels::applies_to(&weight.device()) {
+            let (w, b) = (kernels::values(weight), kernels::values(bias));
+            ConvParams::Cpu(Arc::new(ConvWeights::new(&w, &b, c_out, c_in, kernel)))
+        } else {
+            ConvParams::Burn { weight, bias }
+        };
         let options = ConvOptions { stride: [stride, stride], padding, dilation: [1, 1], groups: 1 };
-        Self { weight, bias, options, cpu }
-    }
-
-    /// The CPU kernel on `x` upsampled `up` times (nearest), fused; `None`
-    /// when the CPU kernel does not apply.
-    pub fn forward_upsampled(&self, x: &Tensor<4>, up: usize) -> Option<Tensor<4>> {
-        let weights = self.cpu.as_ref()?;
-        let ([b, _, h, w], device) = (x.dims(), x.device());
-        let (out, ho, wo) =
-            kernels::conv::conv2d_upsampled(&kernels::values(x.clone()), b, (h, w), up, weights, self.geometry());
-        Some(kernels::tensor(out, [b, self.weight.dims()[0], ho, wo], &device))
-    }
-
-    fn geometry(&self) -> Geometry {
-        Geometry { stride: self.options.stride[0], pad_h: self.options.padding[0], pad_w: self.options.padding[1] }
+        Self { params, options }
     }
 
     /// `[B, C_in, H, W] -> [B, C_out, H', W']`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let Some(weights) = &self.cpu else {
-            return conv2d(x, self.weight.clone(), Some(self.bias.clone()), self.options.clone());
-        };
+        match &self.params {
+            ConvParams::Burn { weight, bias } => conv2d(x, weight.clone(), Some(bias.clone()), self.options.clone()),
+            ConvParams::Cpu(weights) => self.forward_cpu(x, 1, weights),
+        }
+    }
+
+    /// The convolution of `x` upsampled `up` times by nearest neighbour:
+    /// `[B, C_in, H, W] -> [B, C_out, up*H, up*W]` (stride 1). On the CPU the
+    /// upsampling is fused into the kernel and never materialised.
+    pub fn forward_upsampled(&self, x: Tensor<4>, up: usize) -> Tensor<4> {
+        match &self.params {
+            ConvParams::Cpu(weights) => self.forward_cpu(x, up, weights),
+            ConvParams::Burn { .. } => {
+                let [_, _, h, w] = x.dims();
+                let options = InterpolateOptions::new(InterpolateMode::Nearest).with_output_size([up * h, up * w]);
+                self.forward(interpolate(x, options))
+            }
+        }
+    }
+
+    /// `x` by value: when it is not shared, its buffer is handed over without a copy.
+    fn forward_cpu(&self, x: Tensor<4>, up: usize, weights: &ConvWeights) -> Tensor<4> {
         let ([b, _, h, w], device) = (x.dims(), x.device());
         let geometry =
             Geometry { stride: self.options.stride[0], pad_h: self.options.padding[0], pad_w: self.options.padding[1] };
-        let (out, ho, wo) = kernels::conv::conv2d(&kernels::values(x), b, h, w, weights, geometry);
-        kernels::tensor(out, [b, self.weight.dims()[0], ho, wo], &device)
+        let (out, ho, wo) = kernels::conv::conv2d_upsampled(&kernels::values(x), b, (h, w), up, weights, geometry);
+        kernels::tensor(out, [b, weights.c_out(), ho, wo], &device)
     }
 }
 

@@ -1,8 +1,6 @@
 //! Resolution changes: the encoder's `Downsample2D` and the decoder's `Upsample2D`.
 
 use burn::tensor::Tensor;
-use burn::tensor::module::interpolate;
-use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 
 use super::layers::Conv2d;
 use crate::weights::ParamLoader;
@@ -40,11 +38,6 @@ impl Upsample2d {
 
     /// `[B, C, H, W] -> [B, C, 2H, 2W]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        if let Some(y) = self.conv.forward_upsampled(&x, 2) {
-            return y;
-        }
-        let [_, _, h, w] = x.dims();
-        let options = InterpolateOptions::new(InterpolateMode::Nearest).with_output_size([2 * h, 2 * w]);
-        self.conv.forward(interpolate(x, options))
+        self.conv.forward_upsampled(x, 2)
     }
 }
