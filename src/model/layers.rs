@@ -23,7 +23,7 @@ pub struct Conv2d {
 /// the CPU kernel when the model lives on the CPU.
 #[derive(Debug, Clone)]
 enum ConvParams {
-    Burn { weight: Tensor<4>, bias: Tensor<1> },
+    Burn(Box<(Tensor<4>, Tensor<1>)>),
     Cpu(Arc<ConvWeights>),
 }
 
@@ -51,7 +51,7 @@ impl Conv2d {
             let (w, b) = (kernels::values(weight), kernels::values(bias));
             ConvParams::Cpu(Arc::new(ConvWeights::new(&w, &b, c_out, c_in, kernel)))
         } else {
-            ConvParams::Burn { weight, bias }
+            ConvParams::Burn(Box::new((weight, bias)))
         };
         let options = ConvOptions { stride: [stride, stride], padding, dilation: [1, 1], groups: 1 };
         Self { params, options }
@@ -60,7 +60,10 @@ impl Conv2d {
     /// `[B, C_in, H, W] -> [B, C_out, H', W']`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         match &self.params {
-            ConvParams::Burn { weight, bias } => conv2d(x, weight.clone(), Some(bias.clone()), self.options.clone()),
+            ConvParams::Burn(params) => {
+                let (weight, bias) = params.as_ref();
+                conv2d(x, weight.clone(), Some(bias.clone()), self.options.clone())
+            }
             ConvParams::Cpu(weights) => self.forward_cpu(x, 1, weights),
         }
     }
@@ -71,7 +74,7 @@ impl Conv2d {
     pub fn forward_upsampled(&self, x: Tensor<4>, up: usize) -> Tensor<4> {
         match &self.params {
             ConvParams::Cpu(weights) => self.forward_cpu(x, up, weights),
-            ConvParams::Burn { .. } => {
+            ConvParams::Burn(_) => {
                 let [_, _, h, w] = x.dims();
                 let options = InterpolateOptions::new(InterpolateMode::Nearest).with_output_size([up * h, up * w]);
                 self.forward(interpolate(x, options))
