@@ -14,7 +14,7 @@ use crate::Vae;
 use crate::imageio::{self, DEFAULT_MAX_PIXELS};
 use crate::latent::{Latent, Posterior};
 use crate::metrics;
-use crate::output::{Overwrite, same_file};
+use crate::output::{Overwrite, check_writable, same_file};
 
 /// Stable Diffusion VAE: images to latents and back, matching diffusers.
 ///
@@ -271,7 +271,13 @@ fn plan_outputs(
                 bail!("{}: with several inputs -o must be a folder", dir.display());
             }
             std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
-            inputs.into_iter().map(|i| (into_dir(dir, &i), i)).map(|(o, i)| (i, o)).collect()
+            inputs
+                .into_iter()
+                .map(|i| {
+                    let o = into_dir(dir, &i);
+                    (i, o)
+                })
+                .collect()
         }
         None => inputs.into_iter().map(|i| (i.clone(), i.with_extension(extension))).collect(),
     };
@@ -312,19 +318,12 @@ fn for_each<P>(
     if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
-fn refuse_existing(output: &Path, force: bool) -> Result<()> {
-    if !force && output.exists() {
-        bail!("{}: already exists (pass --force to replace it)", output.display());
-    }
-    Ok(())
-}
-
 fn encode(ctx: &mut Session, args: EncodeArgs) -> Result<ExitCode> {
     let inputs = expand_inputs(&args.images, &IMAGE_EXTENSIONS)?;
     let plan = plan_outputs(&args.images, inputs, args.output.as_deref(), "safetensors")?;
     let vae = ctx.load(&args.model)?;
     Ok(for_each(ctx, "encoded", &plan, |ctx, (input, output)| {
-        refuse_existing(output, args.force)?;
+        check_writable(output, overwrite(args.force))?;
         let image = ctx.stage("read", || imageio::load(input, args.input.max_pixels))?;
         let latent = ctx.stage("encode", || vae.encode(&image, posterior(&args.input)));
         ctx.stage("write", || latent.write(output, overwrite(args.force)))?;
@@ -346,7 +345,7 @@ fn decode(ctx: &mut Session, args: DecodeArgs) -> Result<ExitCode> {
     let plan = plan_outputs(&args.latents, inputs, args.output.as_deref(), "png")?;
     let vae = ctx.load(&args.model)?;
     Ok(for_each(ctx, "decoded", &plan, |ctx, (input, output)| {
-        refuse_existing(output, args.force)?;
+        check_writable(output, overwrite(args.force))?;
         let latent = ctx.stage("read", || Latent::read(input))?;
         let image = ctx.stage("decode", || vae.decode(&latent, input, args.max_pixels))?;
         ctx.stage("write", || image.save_png(output, overwrite(args.force)))?;
@@ -382,7 +381,7 @@ fn roundtrip(ctx: &mut Session, args: RoundtripArgs) -> Result<ExitCode> {
     let vae = ctx.load(&args.model)?;
     Ok(for_each(ctx, "round-tripped", &plan, |ctx, (path, recon, error_map)| {
         for out in recon.iter().chain(error_map) {
-            refuse_existing(out, args.force)?;
+            check_writable(out, overwrite(args.force))?;
         }
         roundtrip_one(ctx, &vae, &args, path, recon.as_deref(), error_map.as_deref())
     }))

@@ -22,6 +22,15 @@ pub enum Overwrite {
     Replace,
 }
 
+/// Refuses an existing `path` unless it may be replaced: callers check this
+/// before the work that produces the output, [`write_atomic`] again at the end.
+pub fn check_writable(path: &Path, overwrite: Overwrite) -> Result<(), OutputError> {
+    if overwrite == Overwrite::Refuse && path.exists() {
+        return Err(OutputError::Exists { path: path.to_owned() });
+    }
+    Ok(())
+}
+
 /// Writes `path` through `write`, atomically.
 pub fn write_atomic(
     path: &Path,
@@ -29,9 +38,7 @@ pub fn write_atomic(
     write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
 ) -> Result<(), OutputError> {
     let io = |source| OutputError::Io { path: path.to_owned(), source };
-    if overwrite == Overwrite::Refuse && path.exists() {
-        return Err(OutputError::Exists { path: path.to_owned() });
-    }
+    check_writable(path, overwrite)?;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
