@@ -121,10 +121,24 @@ impl GroupNorm {
 
     /// `[B, C, H, W] -> [B, C, H, W]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        if let Some(y) = self.cpu_forward(&x, false) {
-            return y;
+        self.apply(x, false)
+    }
+
+    /// GroupNorm followed by SiLU, the pre-activation used before every conv.
+    pub fn forward_silu(&self, x: Tensor<4>) -> Tensor<4> {
+        self.apply(x, true)
+    }
+
+    /// On the CPU, the fused kernel (statistics in f64), given `x` by value so
+    /// that an unshared activation is not copied; elsewhere burn's operations.
+    fn apply(&self, x: Tensor<4>, with_silu: bool) -> Tensor<4> {
+        let ([b, c, h, w], device) = (x.dims(), x.device());
+        if kernels::applies_to(&device) {
+            let (gamma, beta) = (kernels::values(self.weight.clone()), kernels::values(self.bias.clone()));
+            let params = GroupNormParams { groups: self.groups, eps: self.eps, gamma: &gamma, beta: &beta };
+            let out = kernels::norm::group_norm(&kernels::values(x), c, h * w, params, with_silu);
+            return kernels::tensor(out, [b, c, h, w], &device);
         }
-        let [b, c, h, w] = x.dims();
         // [B, G, C/G * H, W]: statistics per (batch, group), reduced in two
         // levels (rows, then the row means) so that f32 sums over a whole
         // 512x768 group stay accurate: one flat f32 sum of 393k values is off
@@ -134,29 +148,8 @@ impl GroupNorm {
         let centred = grouped - mean;
         let var = centred.clone().square().mean_dim(3).mean_dim(2);
         let normed = (centred / (var + self.eps).sqrt()).reshape([b, c, h, w]);
-        normed * self.weight.clone().reshape([1, c, 1, 1]) + self.bias.clone().reshape([1, c, 1, 1])
-    }
-
-    /// GroupNorm followed by SiLU, the pre-activation used before every conv.
-    pub fn forward_silu(&self, x: Tensor<4>) -> Tensor<4> {
-        match self.cpu_forward(&x, true) {
-            Some(y) => y,
-            None => silu(self.forward(x)),
-        }
-    }
-
-    /// The fused CPU kernel (statistics in f64), when the tensors are on the CPU.
-    fn cpu_forward(&self, x: &Tensor<4>, silu: bool) -> Option<Tensor<4>> {
-        let device = x.device();
-        if !kernels::applies_to(&device) {
-            return None;
-        }
-        let [b, c, h, w] = x.dims();
-        let (gamma, beta) = (kernels::values(self.weight.clone()), kernels::values(self.bias.clone()));
-        let values = kernels::values(x.clone());
-        let params = GroupNormParams { groups: self.groups, eps: self.eps, gamma: &gamma, beta: &beta };
-        let out = kernels::norm::group_norm(&values, c, h * w, params, silu);
-        Some(kernels::tensor(out, [b, c, h, w], &device))
+        let y = normed * self.weight.clone().reshape([1, c, 1, 1]) + self.bias.clone().reshape([1, c, 1, 1]);
+        if with_silu { silu(y) } else { y }
     }
 }
 
