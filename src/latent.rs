@@ -88,8 +88,7 @@ impl Latent {
     /// Parses a latent file's bytes; `path` only names the file in errors.
     pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self, LatentError> {
         let err_path = || path.to_owned();
-        let format =
-            |e| LatentError::Format { path: err_path(), reason: crate::safetensors_error::describe(&e, bytes) };
+        let format = |e| LatentError::Format { path: err_path(), reason: crate::safetensors_io::describe(&e, bytes) };
         let st = SafeTensors::deserialize(bytes).map_err(format)?;
         let (_, header) = SafeTensors::read_metadata(bytes).map_err(format)?;
         let mut names: Vec<String> = st.names().into_iter().map(str::to_owned).collect();
@@ -106,7 +105,7 @@ impl Latent {
             &[c, h, w] | &[1, c, h, w] if c > 0 && h > 0 && w > 0 => [c, h, w],
             _ => return Err(LatentError::Shape { path: err_path(), name, shape }),
         };
-        let data = to_f32(view.data(), view.dtype()).ok_or_else(|| LatentError::Dtype {
+        let data = crate::safetensors_io::floats(view.data(), view.dtype()).ok_or_else(|| LatentError::Dtype {
             path: err_path(),
             name: name.clone(),
             dtype: format!("{:?}", view.dtype()),
@@ -118,18 +117,6 @@ impl Latent {
         let meta = LatentMeta::from_map(header.metadata().as_ref(), path)?;
         Ok(Self { channels, height, width, data, meta })
     }
-}
-
-fn to_f32(bytes: &[u8], dtype: Dtype) -> Option<Vec<f32>> {
-    Some(match dtype {
-        Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-        Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        Dtype::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        Dtype::F64 => {
-            bytes.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap_or_default()) as f32).collect()
-        }
-        _ => return None,
-    })
 }
 
 impl LatentMeta {

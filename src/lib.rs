@@ -14,7 +14,7 @@ pub mod latent;
 pub mod metrics;
 pub mod model;
 pub mod output;
-mod safetensors_error;
+mod safetensors_io;
 pub mod vae;
 pub mod weights;
 

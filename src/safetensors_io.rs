@@ -1,7 +1,21 @@
-//! One wording for what is wrong with a file that should be safetensors, used
-//! for weights and latents alike (safetensors' own errors are terse).
+//! What weights and latent files share: reading float tensors of any width as
+//! f32, and one wording for what is wrong with a file that should be
+//! safetensors (safetensors' own errors are terse).
 
-use safetensors::SafeTensorError;
+use safetensors::{Dtype, SafeTensorError};
+
+/// Little-endian float values of `dtype` as f32; `None` for non-float dtypes.
+pub fn floats(bytes: &[u8], dtype: Dtype) -> Option<Vec<f32>> {
+    Some(match dtype {
+        Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+        Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        Dtype::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        Dtype::F64 => {
+            bytes.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap_or_default()) as f32).collect()
+        }
+        _ => return None,
+    })
+}
 
 /// Describes why `bytes` did not parse, from the error and the bytes themselves.
 pub fn describe(err: &SafeTensorError, bytes: &[u8]) -> String {

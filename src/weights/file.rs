@@ -48,22 +48,11 @@ impl TensorFile {
     /// The tensor's values as f32, whatever float type the file stores.
     pub fn to_f32(&self, name: &str, raw: &RawTensor) -> Result<Vec<f32>, WeightsError> {
         let bytes = &self.mmap[raw.range.clone()];
-        let values = match raw.dtype {
-            Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-            Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            Dtype::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            Dtype::F64 => {
-                bytes.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap_or_default()) as f32).collect()
-            }
-            other => {
-                return Err(WeightsError::Dtype {
-                    path: self.path.clone(),
-                    tensor: name.to_owned(),
-                    dtype: format!("{other:?}"),
-                });
-            }
-        };
-        Ok(values)
+        crate::safetensors_io::floats(bytes, raw.dtype).ok_or_else(|| WeightsError::Dtype {
+            path: self.path.clone(),
+            tensor: name.to_owned(),
+            dtype: format!("{:?}", raw.dtype),
+        })
     }
 
     /// SHA-256 of the whole file, as `sha256sum` and the Hugging Face Hub show it.
@@ -80,7 +69,7 @@ pub fn list_tensors(bytes: &[u8], path: &Path) -> Result<BTreeMap<String, RawTen
     }
     let (header_len, metadata) = SafeTensors::read_metadata(bytes).map_err(|e| WeightsError::NotSafetensors {
         path: path.to_owned(),
-        reason: crate::safetensors_error::describe(&e, bytes),
+        reason: crate::safetensors_io::describe(&e, bytes),
     })?;
     let data_start = 8 + header_len;
     let tensors = metadata
