@@ -15,6 +15,8 @@ use crate::imageio::{self, DEFAULT_MAX_PIXELS};
 use crate::latent::{Latent, Posterior};
 use crate::metrics;
 use crate::output::{Overwrite, check_writable, same_file};
+use crate::tiling::{Plan, Tile, TileOptions, default_max_memory, parse_size};
+use crate::weights::Parts;
 
 /// Stable Diffusion VAE: images to latents and back, matching diffusers.
 ///
@@ -54,6 +56,15 @@ struct ModelArgs {
     /// Where to compute.
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     device: DeviceArg,
+    /// Run in bands of rows to bound memory: auto (when the estimated peak
+    /// exceeds --max-memory), off, or a band height in image pixels. Bands
+    /// give the untiled result (README: "Large images").
+    #[arg(long, value_name = "auto|off|PIXELS", default_value = "auto")]
+    tile: Tile,
+    /// Peak memory to stay under with --tile auto, e.g. 1.5G or 800M.
+    /// Default: half of the available memory, at most 1.5 GiB.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_memory: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -175,6 +186,13 @@ impl Session {
         out
     }
 
+    /// Says when `path` runs in bands, and how (with --timings, always).
+    fn plan(&self, path: &Path, plan: Plan) {
+        if matches!(plan, Plan::Banded { .. }) || self.timings.is_some() {
+            self.info(format_args!("{}: {plan}", path.display()));
+        }
+    }
+
     fn print_timings(&self) {
         if let Some(t) = &self.timings {
             let total: Duration = t.iter().map(|(_, d)| *d).sum();
@@ -183,12 +201,13 @@ impl Session {
         }
     }
 
-    fn load(&mut self, args: &ModelArgs) -> Result<Vae> {
+    fn load(&mut self, args: &ModelArgs, parts: Parts) -> Result<Vae> {
         let device = match args.device {
             DeviceArg::Auto | DeviceArg::Cpu => Device::flex(),
         };
         let source = crate::weights::resolve(args.weights.as_deref())?;
-        let vae = self.stage("load", || Vae::load(&source, &device, args.scaling_factor))?;
+        let mut vae = self.stage("load", || Vae::load_parts(&source, &device, args.scaling_factor, parts))?;
+        vae.tiling = TileOptions { tile: args.tile, max_memory: args.max_memory.unwrap_or_else(default_max_memory) };
         let cfg = &vae.model.config;
         self.info(format_args!(
             "weights: {} ({} layout, {}, {} latent channels, scaling {})",
@@ -321,10 +340,11 @@ fn for_each<P>(
 fn encode(ctx: &mut Session, args: EncodeArgs) -> Result<ExitCode> {
     let inputs = expand_inputs(&args.images, &IMAGE_EXTENSIONS)?;
     let plan = plan_outputs(&args.images, inputs, args.output.as_deref(), "safetensors")?;
-    let vae = ctx.load(&args.model)?;
+    let vae = ctx.load(&args.model, Parts::Encoder)?;
     Ok(for_each(ctx, "encoded", &plan, |ctx, (input, output)| {
         check_writable(output, overwrite(args.force))?;
         let image = ctx.stage("read", || imageio::load(input, args.input.max_pixels))?;
+        ctx.plan(input, vae.encode_plan(&image));
         let latent = ctx.stage("encode", || vae.encode(&image, posterior(&args.input)));
         ctx.stage("write", || latent.write(output, overwrite(args.force)))?;
         ctx.info(format_args!(
@@ -343,10 +363,11 @@ fn encode(ctx: &mut Session, args: EncodeArgs) -> Result<ExitCode> {
 fn decode(ctx: &mut Session, args: DecodeArgs) -> Result<ExitCode> {
     let inputs = expand_inputs(&args.latents, &["safetensors"])?;
     let plan = plan_outputs(&args.latents, inputs, args.output.as_deref(), "png")?;
-    let vae = ctx.load(&args.model)?;
+    let vae = ctx.load(&args.model, Parts::Decoder)?;
     Ok(for_each(ctx, "decoded", &plan, |ctx, (input, output)| {
         check_writable(output, overwrite(args.force))?;
         let latent = ctx.stage("read", || Latent::read(input))?;
+        ctx.plan(input, vae.decode_plan(&latent));
         let image = ctx.stage("decode", || vae.decode(&latent, input, args.max_pixels))?;
         ctx.stage("write", || image.save_png(output, overwrite(args.force)))?;
         ctx.info(format_args!("wrote {} ({}x{})", output.display(), image.width, image.height));
@@ -378,7 +399,7 @@ fn roundtrip(ctx: &mut Session, args: RoundtripArgs) -> Result<ExitCode> {
         }
         plan.push((image.clone(), recon, error_map));
     }
-    let vae = ctx.load(&args.model)?;
+    let vae = ctx.load(&args.model, Parts::Both)?;
     Ok(for_each(ctx, "round-tripped", &plan, |ctx, (path, recon, error_map)| {
         for out in recon.iter().chain(error_map) {
             check_writable(out, overwrite(args.force))?;

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod model;
 pub mod output;
 mod safetensors_io;
+pub mod tiling;
 pub mod vae;
 pub mod weights;
 

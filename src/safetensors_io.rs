@@ -4,6 +4,11 @@
 
 use safetensors::{Dtype, SafeTensorError};
 
+/// Whether [`floats`] reads `dtype`.
+pub fn is_float(dtype: Dtype) -> bool {
+    matches!(dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64)
+}
+
 /// Little-endian float values of `dtype` as f32; `None` for non-float dtypes.
 pub fn floats(bytes: &[u8], dtype: Dtype) -> Option<Vec<f32>> {
     Some(match dtype {

@@ -8,8 +8,9 @@ use rand_distr::{Distribution, StandardNormal};
 
 use crate::imageio::{InputImage, OutputImage};
 use crate::latent::{Latent, LatentMeta, Posterior};
-use crate::model::AutoencoderKl;
-use crate::weights::{self, WeightsError, WeightsInfo, WeightsSource};
+use crate::model::{AutoencoderKl, DiagonalGaussian};
+use crate::tiling::{self, Plan, TileOptions};
+use crate::weights::{self, Parts, WeightsError, WeightsInfo, WeightsSource};
 
 /// Characters of the weights' SHA-256 recorded in latent metadata.
 const HASH_PREFIX: usize = 16;
@@ -17,6 +18,11 @@ const HASH_PREFIX: usize = 16;
 pub struct Vae {
     pub model: AutoencoderKl,
     pub info: WeightsInfo,
+    /// When to run in bands to bound memory (`--tile`, `--max-memory`).
+    pub tiling: TileOptions,
+    /// Resident bytes once the weights were loaded: the base of every estimate.
+    resident: u64,
+    parts: Parts,
     device: Device,
 }
 
@@ -30,8 +36,35 @@ pub enum VaeError {
 
 impl Vae {
     pub fn load(source: &WeightsSource, device: &Device, scaling_factor: Option<f64>) -> Result<Self, WeightsError> {
-        let (model, info) = weights::load(source, device, scaling_factor)?;
-        Ok(Self { model, info, device: device.clone() })
+        Self::load_parts(source, device, scaling_factor, Parts::Both)
+    }
+
+    /// Loads only the halves of the model in `parts` (the file is checked whole).
+    /// Encoding without the encoder, or decoding without the decoder, panics.
+    pub fn load_parts(
+        source: &WeightsSource,
+        device: &Device,
+        scaling_factor: Option<f64>,
+        parts: Parts,
+    ) -> Result<Self, WeightsError> {
+        let (model, info) = weights::load(source, device, scaling_factor, parts)?;
+        // Without a reading from the OS, assume the weights in f32 twice over.
+        let resident = tiling::resident_memory().unwrap_or(2 << 30);
+        Ok(Self { model, info, tiling: TileOptions::default(), resident, parts, device: device.clone() })
+    }
+
+    /// How `image` is encoded: whole or in bands (see [`tiling`]).
+    pub fn encode_plan(&self, image: &InputImage) -> Plan {
+        let f = self.model.config.downscale();
+        let (height, width) = (image.height.div_ceil(f) * f, image.width.div_ceil(f) * f);
+        self.tiling.plan(&tiling::encoder(&self.model), (3, height, width), height, self.resident)
+    }
+
+    /// How `latent` is decoded: whole or in bands.
+    pub fn decode_plan(&self, latent: &Latent) -> Plan {
+        let f = self.model.config.downscale();
+        let shape = (latent.channels, latent.height, latent.width);
+        self.tiling.plan(&tiling::decoder(&self.model), shape, f * latent.height, self.resident)
     }
 
     /// Encodes an image to a scaled latent: `(z - shift) * scaling_factor`,
@@ -39,7 +72,10 @@ impl Vae {
     pub fn encode(&self, image: &InputImage, posterior: Posterior) -> Latent {
         let cfg = &self.model.config;
         let x = image.to_tensor(cfg.downscale(), &self.device);
-        let dist = self.model.encode(x);
+        assert!(self.parts.encoder(), "Vae::encode on a model loaded without its encoder");
+        let plan = self.encode_plan(image);
+        let moments = tiling::run(&tiling::encoder(&self.model), x, plan, |x| self.model.moments(x));
+        let dist = DiagonalGaussian::from_moments(moments);
         let z = match posterior {
             Posterior::Mean => dist.mean,
             Posterior::Sample { seed } => {
@@ -98,7 +134,9 @@ impl Vae {
         let shift = latent.meta.shift_factor.unwrap_or(cfg.shift_factor);
         let shape = [1, latent.channels, latent.height, latent.width];
         let z = Tensor::<4>::from_data(TensorData::new(latent.data.clone(), shape), &self.device);
-        let image = self.model.decode(z / scaling + shift);
+        assert!(self.parts.decoder(), "Vae::decode on a model loaded without its decoder");
+        let plan = self.decode_plan(latent);
+        let image = tiling::run(&tiling::decoder(&self.model), z / scaling + shift, plan, |z| self.model.decode(z));
         Ok(image.into_data().try_into_vec::<f32>().expect("the model computes in f32"))
     }
 }

@@ -29,19 +29,41 @@ pub fn group_norm(x: &[f32], channels: usize, hw: usize, params: GroupNormParams
             // y = x * a + b with a = gamma * rstd, b = beta - mean * a.
             let a = (gamma[channel] as f64 * rstd) as f32;
             let b = (beta[channel] as f64 - mean * gamma[channel] as f64 * rstd) as f32;
-            if silu {
-                for (d, &s) in d.iter_mut().zip(s) {
-                    let y = s * a + b;
-                    *d = y / (1.0 + fast_exp(-y));
-                }
-            } else {
-                for (d, &s) in d.iter_mut().zip(s) {
-                    *d = s * a + b;
-                }
-            }
+            affine_into(d, s, a, b, silu);
         }
     });
     out
+}
+
+/// `y = x * a[c] + b[c]` per channel (then SiLU): GroupNorm with statistics
+/// known in advance. `x` is `[batch, channels, hw]`.
+pub fn affine(x: &[f32], hw: usize, a: &[f32], b: &[f32], silu: bool) -> Vec<f32> {
+    let channels = a.len();
+    let mut out = vec![0.0f32; x.len()];
+    out.par_chunks_mut(hw).zip(x.par_chunks(hw)).enumerate().for_each(|(i, (d, s))| {
+        let c = i % channels;
+        affine_into(d, s, a[c], b[c], silu);
+    });
+    out
+}
+
+#[inline(always)]
+fn affine_into(dst: &mut [f32], src: &[f32], a: f32, b: f32, silu: bool) {
+    if silu {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            let y = s * a + b;
+            *d = y / (1.0 + fast_exp(-y));
+        }
+    } else {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = s * a + b;
+        }
+    }
+}
+
+/// `(sum x, sum x^2)` of each channel of `x` (`[channels, hw]`), in f64.
+pub fn channel_sums(x: &[f32], hw: usize) -> Vec<[f64; 2]> {
+    x.par_chunks(hw).map(|s| [sum_f64(s, |v| v), sum_f64(s, |v| v * v)]).collect()
 }
 
 /// `sum(f(x))` in f64 over eight independent lanes, so that the loop

@@ -33,12 +33,16 @@ impl AutoencoderKl {
 
     /// Image in [-1, 1] `[B, 3, H, W]` (H, W multiples of 8) to the posterior.
     pub fn encode(&self, x: Tensor<4>) -> DiagonalGaussian {
+        DiagonalGaussian::from_moments(self.moments(x))
+    }
+
+    /// `[B, 3, H, W] -> [B, 2C, H/8, W/8]`: the posterior's mean and log-variance, stacked.
+    pub fn moments(&self, x: Tensor<4>) -> Tensor<4> {
         let h = self.encoder.forward(x);
-        let moments = match &self.quant_conv {
+        match &self.quant_conv {
             Some(conv) => conv.forward(h),
             None => h,
-        };
-        DiagonalGaussian::from_moments(moments)
+        }
     }
 
     /// Unscaled latent `[B, C, h, w]` to image `[B, 3, 8h, 8w]`, about [-1, 1].

@@ -82,6 +82,20 @@ impl Conv2d {
         }
     }
 
+    /// Output channels.
+    pub fn c_out(&self) -> usize {
+        match &self.params {
+            ConvParams::Burn(params) => params.0.dims()[0],
+            ConvParams::Cpu(weights) => weights.c_out(),
+        }
+    }
+
+    /// Rows of zero padding above the input (1 for a "same" 3x3, 0 for 1x1
+    /// and for the encoder's downsampling convolution).
+    pub fn pad_top(&self) -> usize {
+        self.options.padding[0].0
+    }
+
     /// `x` by value: when it is not shared, its buffer is handed over without a copy.
     fn forward_cpu(&self, x: Tensor<4>, up: usize, weights: &ConvWeights) -> Tensor<4> {
         let ([b, _, h, w], device) = (x.dims(), x.device());
@@ -127,6 +141,41 @@ impl GroupNorm {
     /// GroupNorm followed by SiLU, the pre-activation used before every conv.
     pub fn forward_silu(&self, x: Tensor<4>) -> Tensor<4> {
         self.apply(x, true)
+    }
+
+    /// GroupNorm + SiLU with statistics gathered beforehand: `sums` holds each
+    /// channel's `(sum x, sum x^2)` over `count` positions of the whole image,
+    /// so that a band of it is normalised exactly as the whole would be.
+    pub fn forward_silu_with(&self, x: Tensor<4>, sums: &[[f64; 2]], count: usize) -> Tensor<4> {
+        let (a, b) = self.coefficients(sums, count);
+        let ([batch, c, h, w], device) = (x.dims(), x.device());
+        if kernels::applies_to(&device) {
+            let out = kernels::norm::affine(&kernels::values(x), h * w, &a, &b, true);
+            return kernels::tensor(out, [batch, c, h, w], &device);
+        }
+        let a = kernels::tensor(a, [1, c, 1, 1], &device);
+        let b = kernels::tensor(b, [1, c, 1, 1], &device);
+        silu(x * a + b)
+    }
+
+    /// Per-channel `(a, b)` of `y = x * a + b`, from per-channel sums (in f64:
+    /// E[x^2] - E[x]^2 loses nothing that matters at this precision).
+    fn coefficients(&self, sums: &[[f64; 2]], count: usize) -> (Vec<f32>, Vec<f32>) {
+        let (gamma, beta) = (kernels::values(self.weight.clone()), kernels::values(self.bias.clone()));
+        let per_group = gamma.len() / self.groups;
+        let n = (per_group * count) as f64;
+        let (mut a, mut b) = (Vec::with_capacity(gamma.len()), Vec::with_capacity(gamma.len()));
+        for group in sums.chunks(per_group) {
+            let (sum, sum_sq) = group.iter().fold((0.0, 0.0), |(s, q), &[x, x2]| (s + x, q + x2));
+            let mean = sum / n;
+            let rstd = 1.0 / ((sum_sq / n - mean * mean).max(0.0) + self.eps).sqrt();
+            for ch in a.len()..a.len() + per_group {
+                let scale = gamma[ch] as f64 * rstd;
+                a.push(scale as f32);
+                b.push((beta[ch] as f64 - mean * scale) as f32);
+            }
+        }
+        (a, b)
     }
 
     /// On the CPU, the fused kernel (statistics in f64), given `x` by value so

@@ -10,6 +10,9 @@ mod layers;
 mod resnet;
 mod sampling;
 
+pub use attention::Attention;
 pub use autoencoder::{AutoencoderKl, DiagonalGaussian};
 pub use config::{AutoencoderKlConfig, SD15_SCALING_FACTOR};
-pub use layers::VAE_NORM_EPS;
+pub use encoder::UNetMidBlock2d;
+pub use layers::{Conv2d, GroupNorm, VAE_NORM_EPS};
+pub use resnet::ResnetBlock2d;

@@ -47,12 +47,21 @@ impl TensorFile {
 
     /// The tensor's values as f32, whatever float type the file stores.
     pub fn to_f32(&self, name: &str, raw: &RawTensor) -> Result<Vec<f32>, WeightsError> {
+        self.check_float(name, raw)?;
         let bytes = &self.mmap[raw.range.clone()];
-        crate::safetensors_io::floats(bytes, raw.dtype).ok_or_else(|| WeightsError::Dtype {
-            path: self.path.clone(),
-            tensor: name.to_owned(),
-            dtype: format!("{:?}", raw.dtype),
-        })
+        Ok(crate::safetensors_io::floats(bytes, raw.dtype).unwrap_or_default())
+    }
+
+    /// Refuses a tensor whose dtype is not a float type.
+    pub fn check_float(&self, name: &str, raw: &RawTensor) -> Result<(), WeightsError> {
+        match crate::safetensors_io::is_float(raw.dtype) {
+            true => Ok(()),
+            false => Err(WeightsError::Dtype {
+                path: self.path.clone(),
+                tensor: name.to_owned(),
+                dtype: format!("{:?}", raw.dtype),
+            }),
+        }
     }
 
     /// SHA-256 of the whole file, as `sha256sum` and the Hugging Face Hub show it.

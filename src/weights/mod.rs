@@ -168,7 +168,34 @@ pub struct WeightsInfo {
     pub ignored: usize,
 }
 
-/// Loads the VAE of `source` onto `device`, as f32.
+/// Which halves of the model a run needs. The other half is checked like the
+/// rest of the file but not read into memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parts {
+    Both,
+    Encoder,
+    Decoder,
+}
+
+impl Parts {
+    fn unused_prefixes(self) -> &'static [&'static str] {
+        match self {
+            Parts::Both => &[],
+            Parts::Encoder => &["decoder.", "post_quant_conv."],
+            Parts::Decoder => &["encoder.", "quant_conv."],
+        }
+    }
+
+    pub fn encoder(self) -> bool {
+        self != Parts::Decoder
+    }
+
+    pub fn decoder(self) -> bool {
+        self != Parts::Encoder
+    }
+}
+
+/// Loads the VAE of `source` (the halves in `parts`) onto `device`, as f32.
 ///
 /// The scaling factor is `scaling_factor` when given, else the one of
 /// `config.json`, else SD 1.x's 0.18215.
@@ -176,6 +203,7 @@ pub fn load(
     source: &WeightsSource,
     device: &Device,
     scaling_factor: Option<f64>,
+    parts: Parts,
 ) -> Result<(AutoencoderKl, WeightsInfo), WeightsError> {
     let json = match &source.config_json {
         Some(path) => read_config_json(path)?,
@@ -189,7 +217,7 @@ pub fn load(
         check_config(&config).map_err(|reason| WeightsError::Config { path: path(), reason })?;
     }
 
-    let mut loader = ParamLoader::new(&file, &keys.names, device);
+    let mut loader = ParamLoader::new(&file, &keys.names, device).skipping(parts.unused_prefixes());
     let model = AutoencoderKl::load(&mut loader, &config);
     loader.finish()?;
 

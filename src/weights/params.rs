@@ -32,11 +32,22 @@ pub struct ParamLoader<'a> {
     used: BTreeSet<String>,
     mismatch: Mismatch,
     error: Option<WeightsError>,
+    /// Name prefixes whose tensors are checked but not read (a part of the
+    /// model this run does not use).
+    skip: &'static [&'static str],
 }
 
 impl<'a> ParamLoader<'a> {
     pub fn new(file: &'a TensorFile, names: &'a BTreeMap<String, String>, device: &Device) -> Self {
-        Self { file, names, device: device.clone(), used: BTreeSet::new(), mismatch: Mismatch::default(), error: None }
+        let (used, mismatch) = (BTreeSet::new(), Mismatch::default());
+        Self { file, names, device: device.clone(), used, mismatch, error: None, skip: &[] }
+    }
+
+    /// Checks the tensors under `prefixes` but hands out empty stand-ins for
+    /// them, so that an unused half of the model takes no memory.
+    pub fn skipping(mut self, prefixes: &'static [&'static str]) -> Self {
+        self.skip = prefixes;
+        self
     }
 
     /// The parameter `name` with shape `shape`, as f32 on the loader's device.
@@ -66,8 +77,10 @@ impl<'a> ParamLoader<'a> {
             self.mismatch.misshaped.push((name.to_owned(), shape.to_vec(), raw.shape.clone()));
             return None;
         }
-        match self.file.to_f32(key, raw) {
-            Ok(values) => Some(values),
+        let skipped = self.skip.iter().any(|prefix| name.starts_with(prefix));
+        let read = if skipped { self.file.check_float(key, raw).map(|()| Vec::new()) } else { self.file.to_f32(key, raw) };
+        match read.map(|values| (!skipped).then_some(values)) {
+            Ok(values) => values,
             Err(err) => {
                 self.error.get_or_insert(err);
                 None

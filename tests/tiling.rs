@@ -1,0 +1,92 @@
+//! Banded (bounded-memory) encode and decode give the untiled result: the
+//! same diffusers fixtures as tests/parity.rs, at the same tolerance with f32
+//! storage, for band heights that do and don't divide the image, a band of a
+//! single latent row, and one band for the whole image.
+
+mod common;
+
+use std::path::Path;
+
+use vae::Vae;
+use vae::imageio::{self, DEFAULT_MAX_PIXELS};
+use vae::latent::{Latent, LatentMeta, Posterior};
+use vae::tiling::{Plan, Storage, Tile, TileOptions};
+
+use common::parity::{TOLERANCE, load};
+use common::{fixtures, max_abs_diff, read_tensors};
+
+/// f16 storage rounds each stored activation (relative 2^-11); ~40 layers
+/// of that move latents and images by a few 1e-3 at most.
+const F16_TOLERANCE: f32 = 5e-2;
+
+fn banded(vae: &mut Vae, rows: usize, max_memory: u64) {
+    vae.tiling = TileOptions { tile: Tile::Rows(rows), max_memory };
+}
+
+/// Max abs errors of (latent mean, decoded image) against diffusers for
+/// `image` (the decoded image where the fixture holds it, else 0).
+fn errors(vae: &Vae, expected: &str, image: &str) -> (f32, f32) {
+    let cfg = &vae.model.config;
+    let want = read_tensors(&fixtures().join(format!("expected/{expected}__{image}.safetensors")));
+    let input = imageio::load(&fixtures().join(format!("images/{image}.png")), DEFAULT_MAX_PIXELS).unwrap();
+    let latent = vae.encode(&input, Posterior::Mean);
+    let mean: Vec<f32> =
+        latent.data.iter().map(|v| (*v as f64 / cfg.scaling_factor + cfg.shift_factor) as f32).collect();
+    let latent_err = max_abs_diff(&mean, &want["mean"].1);
+    let (shape, expected_mean) = &want["mean"];
+    let fixture_latent = Latent {
+        channels: shape[1],
+        height: shape[2],
+        width: shape[3],
+        data: expected_mean.iter().map(|v| ((*v as f64 - cfg.shift_factor) * cfg.scaling_factor) as f32).collect(),
+        meta: LatentMeta::default(),
+    };
+    let decoded = vae.decode_planar(&fixture_latent, Path::new("fixture")).unwrap();
+    (latent_err, want.get("decoded").map_or(0.0, |(_, d)| max_abs_diff(&decoded, d)))
+}
+
+#[test]
+fn f32_bands_match_diffusers() {
+    // 8 rows: one latent row per band; 24 and 200 don't divide the images;
+    // 4096: one band.
+    for (weights, bands) in [("tiny_sd", [8, 200]), ("tiny_flux", [24, 4096])] {
+        let (mut vae, expected) = (load(weights), weights);
+        for rows in bands {
+            banded(&mut vae, rows, u64::MAX);
+            let input = imageio::load(&fixtures().join("images/kodim03.png"), DEFAULT_MAX_PIXELS).unwrap();
+            assert!(matches!(vae.encode_plan(&input), Plan::Banded { storage: Storage::F32, .. }));
+            for image in ["kodim03", "kodim04"] {
+                let (latent, decoded) = errors(&vae, expected, image);
+                eprintln!("{weights} rows {rows} {image}: latent {latent:e}, decoded {decoded:e}");
+                assert!(latent <= TOLERANCE, "{weights}, {rows}-row bands, {image}: latent error {latent:e}");
+                assert!(decoded <= TOLERANCE, "{weights}, {rows}-row bands, {image}: decoded error {decoded:e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn f16_storage_stays_close() {
+    let mut vae = load("tiny_sd");
+    // A budget too small for f32 storage.
+    banded(&mut vae, 40, 1);
+    let input = imageio::load(&fixtures().join("images/kodim03.png"), DEFAULT_MAX_PIXELS).unwrap();
+    assert!(matches!(vae.encode_plan(&input), Plan::Banded { storage: Storage::F16, .. }));
+    for image in ["kodim03", "kodim04"] {
+        let (latent, decoded) = errors(&vae, "tiny_sd", image);
+        eprintln!("f16 {image}: latent {latent:e}, decoded {decoded:e}");
+        assert!(latent <= F16_TOLERANCE && decoded <= F16_TOLERANCE, "{image}: {latent:e} {decoded:e}");
+    }
+}
+
+#[test]
+fn auto_bands_only_over_budget() {
+    let mut vae = load("tiny_sd");
+    let input = imageio::load(&fixtures().join("images/kodim03.png"), DEFAULT_MAX_PIXELS).unwrap();
+    vae.tiling = TileOptions { tile: Tile::Auto, max_memory: u64::MAX };
+    assert!(matches!(vae.encode_plan(&input), Plan::Whole { .. }));
+    vae.tiling = TileOptions { tile: Tile::Auto, max_memory: 1 };
+    assert!(matches!(vae.encode_plan(&input), Plan::Banded { .. }));
+    vae.tiling = TileOptions { tile: Tile::Off, max_memory: 1 };
+    assert!(matches!(vae.encode_plan(&input), Plan::Whole { .. }));
+}
