@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::Vae;
 use crate::imageio::{self, DEFAULT_MAX_PIXELS};
-use crate::latent::{Latent, Posterior};
+use crate::latent::{Latent, LatentFormat, Posterior};
 use crate::metrics;
 use crate::output::{Overwrite, check_writable, same_file};
 use crate::tiling::{Plan, Tile, TileOptions, default_max_memory, parse_size};
@@ -93,7 +93,8 @@ struct EncodeArgs {
     /// Images to encode (PNG, JPEG, WebP, BMP, TIFF), or folders of them.
     #[arg(required = true, value_name = "IMAGE")]
     images: Vec<PathBuf>,
-    /// Latent file to write; with several inputs or a folder, a folder
+    /// Latent file to write: .safetensors (ours), .latent (ComfyUI) or .npy
+    /// (NumPy), by extension. With several inputs or a folder, a folder
     /// (created if missing). Default: beside each image, as NAME.safetensors.
     #[arg(short, long, value_name = "PATH")]
     output: Option<PathBuf>,
@@ -108,8 +109,9 @@ struct EncodeArgs {
 
 #[derive(Debug, Args)]
 struct DecodeArgs {
-    /// Latent files (ours, or any safetensors file with one [C,h,w] or
-    /// [1,C,h,w] float tensor holding a scaled latent), or folders of them.
+    /// Latent files (ours; ComfyUI .latent; NumPy .npy; any safetensors file
+    /// with one [C,h,w] or [1,C,h,w] float tensor holding a scaled latent),
+    /// or folders of them.
     #[arg(required = true, value_name = "LATENT")]
     latents: Vec<PathBuf>,
     /// PNG to write; with several inputs or a folder, a folder (created if
@@ -186,10 +188,24 @@ impl Session {
         out
     }
 
-    /// Says when `path` runs in bands, and how (with --timings, always).
-    fn plan(&self, path: &Path, plan: Plan) {
+    /// Says when `path` runs in bands, and how (with --timings, always),
+    /// and warns when even bands are expected to exceed --max-memory.
+    fn plan(&self, path: &Path, plan: Plan, max_memory: u64) {
         if matches!(plan, Plan::Banded { .. }) || self.timings.is_some() {
             self.info(format_args!("{}: {plan}", path.display()));
+        }
+        let estimate = match plan {
+            Plan::Banded { estimate, .. } => estimate,
+            Plan::Whole { .. } => 0,
+        };
+        if estimate > max_memory {
+            let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+            self.info(format_args!(
+                "{}: warning: needs about {:.2} GiB even in bands, over --max-memory {:.2} GiB",
+                path.display(),
+                gib(estimate),
+                gib(max_memory)
+            ));
         }
     }
 
@@ -344,7 +360,7 @@ fn encode(ctx: &mut Session, args: EncodeArgs) -> Result<ExitCode> {
     Ok(for_each(ctx, "encoded", &plan, |ctx, (input, output)| {
         check_writable(output, overwrite(args.force))?;
         let image = ctx.stage("read", || imageio::load(input, args.input.max_pixels))?;
-        ctx.plan(input, vae.encode_plan(&image));
+        ctx.plan(input, vae.encode_plan(&image), vae.tiling.max_memory);
         let latent = ctx.stage("encode", || vae.encode(&image, posterior(&args.input)));
         ctx.stage("write", || latent.write(output, overwrite(args.force)))?;
         ctx.info(format_args!(
@@ -361,13 +377,13 @@ fn encode(ctx: &mut Session, args: EncodeArgs) -> Result<ExitCode> {
 }
 
 fn decode(ctx: &mut Session, args: DecodeArgs) -> Result<ExitCode> {
-    let inputs = expand_inputs(&args.latents, &["safetensors"])?;
+    let inputs = expand_inputs(&args.latents, &LatentFormat::EXTENSIONS)?;
     let plan = plan_outputs(&args.latents, inputs, args.output.as_deref(), "png")?;
     let vae = ctx.load(&args.model, Parts::Decoder)?;
     Ok(for_each(ctx, "decoded", &plan, |ctx, (input, output)| {
         check_writable(output, overwrite(args.force))?;
         let latent = ctx.stage("read", || Latent::read(input))?;
-        ctx.plan(input, vae.decode_plan(&latent));
+        ctx.plan(input, vae.decode_plan(&latent), vae.tiling.max_memory);
         let image = ctx.stage("decode", || vae.decode(&latent, input, args.max_pixels))?;
         ctx.stage("write", || image.save_png(output, overwrite(args.force)))?;
         ctx.info(format_args!("wrote {} ({}x{})", output.display(), image.width, image.height));
@@ -417,9 +433,11 @@ fn roundtrip_one(
     error_map: Option<&Path>,
 ) -> Result<()> {
     let image = ctx.stage("read", || imageio::load(path, args.input.max_pixels))?;
+    ctx.plan(path, vae.encode_plan(&image), vae.tiling.max_memory);
     let start = Instant::now();
     let latent = ctx.stage("encode", || vae.encode(&image, posterior(&args.input)));
     let encode_s = start.elapsed().as_secs_f64();
+    ctx.plan(path, vae.decode_plan(&latent), vae.tiling.max_memory);
     let start = Instant::now();
     let decoded = ctx.stage("decode", || vae.decode(&latent, path, args.input.max_pixels))?;
     let decode_s = start.elapsed().as_secs_f64();

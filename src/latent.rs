@@ -1,15 +1,52 @@
-//! Latent files: safetensors holding `latent` `[1, C, h, w]` f32, scaled as SD
-//! pipelines consume them, with metadata saying how they were made.
+//! Latent files, in three formats chosen by extension:
+//!
+//! - `.safetensors` (ours): `latent` `[1, C, h, w]` f32, scaled as SD pipelines
+//!   consume them, with metadata saying how they were made. Any safetensors file
+//!   with one float tensor is read as a scaled latent.
+//! - `.latent` (ComfyUI's SaveLatent / LoadLatent): `latent_tensor`, unscaled,
+//!   with an empty `latent_format_version_0` tensor as the marker. Files
+//!   without the marker are ComfyUI's legacy ones, scaled by 0.18215; both are
+//!   read as ComfyUI's LoadLatent reads them.
+//! - `.npy` (NumPy): one scaled `[C, h, w]` or `[1, C, h, w]` float array.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use npyz::WriterBuilder;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::output::{self, OutputError, Overwrite};
 
 /// Name of the tensor in files written by `vae encode`.
 pub const LATENT_TENSOR: &str = "latent";
+/// ComfyUI's tensor name, and the empty tensor that marks unscaled files.
+pub const COMFY_TENSOR: &str = "latent_tensor";
+pub const COMFY_MARKER: &str = "latent_format_version_0";
+/// What ComfyUI's legacy `.latent` files (without the marker) were scaled by.
+const COMFY_LEGACY_SCALING: f64 = 0.18215;
+const NPY_MAGIC: &[u8] = b"\x93NUMPY";
+
+/// A latent file format, chosen by the file's extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LatentFormat {
+    Safetensors,
+    Comfy,
+    Npy,
+}
+
+impl LatentFormat {
+    /// Extensions of latent files, for finding them in folders.
+    pub const EXTENSIONS: [&str; 3] = ["safetensors", "latent", "npy"];
+
+    /// `.latent` is ComfyUI's, `.npy` NumPy's, anything else ours.
+    pub fn of(path: &Path) -> Self {
+        match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+            Some("latent") => LatentFormat::Comfy,
+            Some("npy") => LatentFormat::Npy,
+            _ => LatentFormat::Safetensors,
+        }
+    }
+}
 /// Value of the `format` metadata key.
 pub const FORMAT: &str = "vae-latent";
 pub const FORMAT_VERSION: &str = "1";
@@ -20,6 +57,8 @@ pub enum LatentError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{}: not a safetensors latent file: {reason}", path.display())]
     Format { path: PathBuf, reason: String },
+    #[error("{}: not a NumPy .npy latent: {reason}", path.display())]
+    Npy { path: PathBuf, reason: String },
     #[error("{}: holds no tensor", path.display())]
     NoTensor { path: PathBuf },
     #[error("{}: several tensors and none named `latent`: {}", path.display(), names.join(", "))]
@@ -69,15 +108,50 @@ pub struct Latent {
 }
 
 impl Latent {
+    /// Writes the latent in the format of `path`'s extension ([`LatentFormat`]).
     pub fn write(&self, path: &Path, overwrite: Overwrite) -> Result<(), LatentError> {
-        let bytes: Vec<u8> = self.data.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let shape = vec![1, self.channels, self.height, self.width];
-        let view = safetensors::tensor::TensorView::new(Dtype::F32, shape, &bytes)
-            .map_err(|e| LatentError::Format { path: path.to_owned(), reason: e.to_string() })?;
-        let serialized = safetensors::serialize([(LATENT_TENSOR, view)], Some(self.meta.to_map()))
-            .map_err(|e| LatentError::Format { path: path.to_owned(), reason: e.to_string() })?;
-        output::write_atomic(path, overwrite, |out| out.write_all(&serialized))?;
+        let bytes = match LatentFormat::of(path) {
+            LatentFormat::Safetensors => self.to_safetensors(LATENT_TENSOR, &self.data, &self.meta),
+            LatentFormat::Comfy => self.to_comfy(),
+            LatentFormat::Npy => self.to_npy(),
+        }
+        .map_err(|reason| LatentError::Format { path: path.to_owned(), reason })?;
+        output::write_atomic(path, overwrite, |out| out.write_all(&bytes))?;
         Ok(())
+    }
+
+    fn to_safetensors(&self, name: &str, values: &[f32], meta: &LatentMeta) -> Result<Vec<u8>, String> {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let shape = vec![1, self.channels, self.height, self.width];
+        let view = safetensors::tensor::TensorView::new(Dtype::F32, shape, &bytes).map_err(|e| e.to_string())?;
+        let mut tensors = vec![(name, view)];
+        if name == COMFY_TENSOR {
+            let marker = safetensors::tensor::TensorView::new(Dtype::F32, vec![0], &[]).map_err(|e| e.to_string())?;
+            tensors.push((COMFY_MARKER, marker));
+        }
+        safetensors::serialize(tensors, Some(meta.to_map())).map_err(|e| e.to_string())
+    }
+
+    /// ComfyUI stores the unscaled latent, `z / scaling + shift`.
+    fn to_comfy(&self) -> Result<Vec<u8>, String> {
+        let (scaling, shift) = (self.meta.scaling_factor.unwrap_or(1.0), self.meta.shift_factor.unwrap_or(0.0));
+        let raw: Vec<f32> = self.data.iter().map(|&v| (v as f64 / scaling + shift) as f32).collect();
+        let meta = LatentMeta { scaling_factor: None, shift_factor: None, ..self.meta.clone() };
+        self.to_safetensors(COMFY_TENSOR, &raw, &meta)
+    }
+
+    fn to_npy(&self) -> Result<Vec<u8>, String> {
+        let mut bytes = Vec::new();
+        let shape = [1, self.channels as u64, self.height as u64, self.width as u64];
+        let mut writer = npyz::WriteOptions::<f32>::new()
+            .default_dtype()
+            .shape(&shape)
+            .writer(&mut bytes)
+            .begin_nd()
+            .map_err(|e| e.to_string())?;
+        writer.extend(self.data.iter().copied()).map_err(|e| e.to_string())?;
+        writer.finish().map_err(|e| e.to_string())?;
+        Ok(bytes)
     }
 
     pub fn read(path: &Path) -> Result<Self, LatentError> {
@@ -85,16 +159,22 @@ impl Latent {
         Self::from_bytes(&bytes, path)
     }
 
-    /// Parses a latent file's bytes; `path` only names the file in errors.
+    /// Parses a latent file's bytes (any of the formats, told apart by
+    /// content); `path` only names the file in errors.
     pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self, LatentError> {
+        if bytes.starts_with(NPY_MAGIC) {
+            return Self::from_npy(bytes, path);
+        }
         let err_path = || path.to_owned();
         let format = |e| LatentError::Format { path: err_path(), reason: crate::safetensors_io::describe(&e, bytes) };
         let st = SafeTensors::deserialize(bytes).map_err(format)?;
         let (_, header) = SafeTensors::read_metadata(bytes).map_err(format)?;
         let mut names: Vec<String> = st.names().into_iter().map(str::to_owned).collect();
         names.sort();
+        let comfy = names.iter().any(|n| n == COMFY_TENSOR);
         let name = match names.as_slice() {
             [] => return Err(LatentError::NoTensor { path: err_path() }),
+            _ if comfy => COMFY_TENSOR.to_owned(),
             [only] => only.clone(),
             _ if names.iter().any(|n| n == LATENT_TENSOR) => LATENT_TENSOR.to_owned(),
             _ => return Err(LatentError::Ambiguous { path: err_path(), names }),
@@ -110,11 +190,52 @@ impl Latent {
             name: name.clone(),
             dtype: format!("{:?}", view.dtype()),
         })?;
+        let mut meta = LatentMeta::from_map(header.metadata().as_ref(), path)?;
+        if comfy {
+            // As ComfyUI's LoadLatent: unscaled with the marker, else legacy-scaled.
+            let marked = names.iter().any(|n| n == COMFY_MARKER);
+            meta.scaling_factor = Some(if marked { 1.0 } else { COMFY_LEGACY_SCALING });
+            meta.shift_factor = Some(0.0);
+        }
+        Self::checked(channels, height, width, data, meta, &name, path)
+    }
+
+    fn from_npy(bytes: &[u8], path: &Path) -> Result<Self, LatentError> {
+        let npy_err = |reason: String| LatentError::Npy { path: path.to_owned(), reason };
+        let file = npyz::NpyFile::new(bytes).map_err(|e| npy_err(e.to_string()))?;
+        if file.order() == npyz::Order::Fortran {
+            return Err(npy_err("Fortran-ordered arrays are not supported; save it C-ordered".to_owned()));
+        }
+        let shape: Vec<usize> = file.shape().iter().map(|&d| d as usize).collect();
+        let [channels, height, width] = match shape.as_slice() {
+            &[c, h, w] | &[1, c, h, w] if c > 0 && h > 0 && w > 0 => [c, h, w],
+            _ => return Err(LatentError::Shape { path: path.to_owned(), name: "the array".to_owned(), shape }),
+        };
+        let dtype = file.dtype().descr();
+        let read = match dtype.trim_matches('\'').get(1..) {
+            Some("f4") => file.into_vec::<f32>(),
+            Some("f8") => file.into_vec::<f64>().map(|v| v.into_iter().map(|x| x as f32).collect()),
+            Some("f2") => file.into_vec::<half::f16>().map(|v| v.into_iter().map(f32::from).collect()),
+            _ => return Err(LatentError::Dtype { path: path.to_owned(), name: "the array".to_owned(), dtype }),
+        };
+        let data = read.map_err(|e| npy_err(e.to_string()))?;
+        Self::checked(channels, height, width, data, LatentMeta::default(), "the array", path)
+    }
+
+    /// Refuses values that are not finite.
+    fn checked(
+        channels: usize,
+        height: usize,
+        width: usize,
+        data: Vec<f32>,
+        meta: LatentMeta,
+        name: &str,
+        path: &Path,
+    ) -> Result<Self, LatentError> {
         let count = data.iter().filter(|v| !v.is_finite()).count();
         if count > 0 {
-            return Err(LatentError::NotFinite { path: err_path(), name, count });
+            return Err(LatentError::NotFinite { path: path.to_owned(), name: name.to_owned(), count });
         }
-        let meta = LatentMeta::from_map(header.metadata().as_ref(), path)?;
         Ok(Self { channels, height, width, data, meta })
     }
 }
@@ -235,6 +356,63 @@ mod tests {
         assert_eq!(Latent::read(&path).unwrap(), latent);
         // A second write without --force is refused and leaves the file intact.
         assert!(matches!(latent.write(&path, Overwrite::Refuse), Err(LatentError::Output(OutputError::Exists { .. }))));
+    }
+
+    #[test]
+    fn comfyui_files_hold_the_unscaled_latent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("z.latent");
+        let mut latent = sample();
+        latent.meta.shift_factor = Some(0.1);
+        latent.write(&path, Overwrite::Refuse).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        assert_eq!(st.tensor(COMFY_MARKER).unwrap().shape(), [0]);
+        let raw = crate::safetensors_io::floats(st.tensor(COMFY_TENSOR).unwrap().data(), Dtype::F32).unwrap();
+        assert!((raw[5] as f64 - (latent.data[5] as f64 / 0.18215 + 0.1)).abs() < 1e-5);
+        // Read back as unscaled: decoding divides by 1 and adds 0.
+        let back = Latent::read(&path).unwrap();
+        assert_eq!((back.meta.scaling_factor, back.meta.shift_factor), (Some(1.0), Some(0.0)));
+        assert_eq!(back.data, raw);
+        assert_eq!((back.meta.width, back.meta.height), (Some(20), Some(13)));
+    }
+
+    #[test]
+    fn comfyui_legacy_files_are_scaled_by_0_18215() {
+        let data: Vec<u8> = (0..4 * 2 * 2).flat_map(|i| (i as f32).to_le_bytes()).collect();
+        let view = safetensors::tensor::TensorView::new(Dtype::F32, vec![1, 4, 2, 2], &data).unwrap();
+        let bytes = safetensors::serialize([(COMFY_TENSOR, view)], None).unwrap();
+        let latent = Latent::from_bytes(&bytes, Path::new("old.latent")).unwrap();
+        assert_eq!((latent.meta.scaling_factor, latent.meta.shift_factor), (Some(0.18215), Some(0.0)));
+        assert_eq!(latent.data[3], 3.0);
+    }
+
+    #[test]
+    fn npy_roundtrip_and_numpy_dtypes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("z.npy");
+        let latent = sample();
+        latent.write(&path, Overwrite::Refuse).unwrap();
+        let back = Latent::read(&path).unwrap();
+        assert_eq!((back.channels, back.height, back.width), (4, 2, 3));
+        assert_eq!(back.data, latent.data);
+        assert_eq!(back.meta, LatentMeta::default());
+        // f64 [C, h, w], as np.save writes a float64 array.
+        let mut bytes = Vec::new();
+        let mut w =
+            npyz::WriteOptions::<f64>::new().default_dtype().shape(&[4, 1, 1]).writer(&mut bytes).begin_nd().unwrap();
+        w.extend([0.5, 1.5, -2.0, 3.25]).unwrap();
+        w.finish().unwrap();
+        let z = Latent::from_bytes(&bytes, Path::new("z.npy")).unwrap();
+        assert_eq!((z.channels, z.data), (4, vec![0.5, 1.5, -2.0, 3.25]));
+        // An integer array is refused by dtype.
+        let mut bytes = Vec::new();
+        let mut w =
+            npyz::WriteOptions::<i32>::new().default_dtype().shape(&[1, 1, 1]).writer(&mut bytes).begin_nd().unwrap();
+        w.extend([1]).unwrap();
+        w.finish().unwrap();
+        let err = Latent::from_bytes(&bytes, Path::new("z.npy")).unwrap_err().to_string();
+        assert!(err.contains("dtype '<i4'"), "{err}");
     }
 
     #[test]

@@ -202,3 +202,66 @@ fn runs_without_avx512() {
     let err = native.data.iter().zip(&emulated.data).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
     assert!(err < 1e-5, "AVX-512 and fallback paths differ by {err}");
 }
+
+#[test]
+fn bands_give_the_untiled_png_and_say_so() {
+    let dir = tempfile::tempdir().unwrap();
+    photo(dir.path(), "in.png", 203, 133); // not multiples of 8
+    let w = tiny_sd();
+    let out = vae(dir.path(), &["encode", "in.png", "-o", "z.safetensors", "--tile", "off", "--weights", &w]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for (tile, png) in [("off", "whole.png"), ("16", "bands.png")] {
+        let out = vae(dir.path(), &["decode", "z.safetensors", "-o", png, "--tile", tile, "--weights", &w]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(stderr(&out).contains("bands of 16 image rows, activations stored in f32"), tile == "16");
+    }
+    let whole = image::open(dir.path().join("whole.png")).unwrap().to_rgb8();
+    let bands = image::open(dir.path().join("bands.png")).unwrap().to_rgb8();
+    let worst = whole.as_raw().iter().zip(bands.as_raw()).map(|(a, b)| a.abs_diff(*b)).max();
+    assert_eq!(worst, Some(0), "16-row bands changed the decoded PNG");
+}
+
+#[test]
+fn a_tiny_memory_budget_stores_f16_and_warns() {
+    let dir = tempfile::tempdir().unwrap();
+    photo(dir.path(), "in.png", 128, 96);
+    let w = tiny_sd();
+    let out = vae(dir.path(), &["roundtrip", "in.png", "--max-memory", "1K", "--weights", &w]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("activations stored in f16"), "{err}");
+    assert!(err.contains("warning: needs about") && err.contains("over --max-memory"), "{err}");
+}
+
+#[test]
+fn bad_tile_and_memory_values_are_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [["--tile", "4"], ["--tile", "big"], ["--max-memory", "lots"], ["--max-memory", "0"]] {
+        let out = vae(dir.path(), &["decode", "z.safetensors", args[0], args[1]]);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(args[1]), "{args:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn comfyui_and_numpy_latents_decode_like_ours() {
+    let dir = tempfile::tempdir().unwrap();
+    photo(dir.path(), "in.png", 64, 48);
+    let w = tiny_sd();
+    for z in ["a.safetensors", "b.latent", "c.npy"] {
+        let out = vae(dir.path(), &["encode", "in.png", "-o", z, "--weights", &w]);
+        assert!(out.status.success(), "{z}: {}", stderr(&out));
+    }
+    // A folder of latents: all three formats are found.
+    let out = vae(dir.path(), &["decode", ".", "-o", "png", "--weights", &w]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(listing(&dir.path().join("png")), ["a.png", "b.png", "c.png"]);
+    let ours = image::open(dir.path().join("png/a.png")).unwrap().to_rgb8();
+    assert_eq!(ours.dimensions(), (64, 48));
+    for png in ["b.png", "c.png"] {
+        let other = image::open(dir.path().join("png").join(png)).unwrap().to_rgb8();
+        assert_eq!(other.dimensions(), (64, 48), "{png}");
+        let worst = ours.as_raw().iter().zip(other.as_raw()).map(|(a, b)| a.abs_diff(*b)).max();
+        assert!(worst <= Some(1), "{png} is {worst:?} levels away from the safetensors decode");
+    }
+}

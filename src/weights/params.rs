@@ -78,7 +78,8 @@ impl<'a> ParamLoader<'a> {
             return None;
         }
         let skipped = self.skip.iter().any(|prefix| name.starts_with(prefix));
-        let read = if skipped { self.file.check_float(key, raw).map(|()| Vec::new()) } else { self.file.to_f32(key, raw) };
+        let read =
+            if skipped { self.file.check_float(key, raw).map(|()| Vec::new()) } else { self.file.to_f32(key, raw) };
         match read.map(|values| (!skipped).then_some(values)) {
             Ok(values) => values,
             Err(err) => {
