@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::Vae;
 use crate::imageio::{self, DEFAULT_MAX_PIXELS};
@@ -42,6 +42,12 @@ enum Command {
     Decode(DecodeArgs),
     /// Encode and decode images in memory and report PSNR, SSIM and max error.
     Roundtrip(RoundtripArgs),
+    /// Print a completion script for SHELL on stdout, e.g.
+    /// `vae completions bash > ~/.local/share/bash-completion/completions/vae`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -159,6 +165,14 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     let code = match cli.command {
         Command::Encode(args) => encode(&mut ctx, args),
         Command::Decode(args) => decode(&mut ctx, args),
+        Command::Completions { shell } => {
+            // Into memory first: clap_complete panics on a failed write.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "vae", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout(), &script)
+                .map(|()| ExitCode::SUCCESS)
+                .context("writing the completion script")
+        }
         Command::Roundtrip(args) => roundtrip(&mut ctx, args),
     };
     ctx.print_timings();

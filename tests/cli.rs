@@ -265,3 +265,15 @@ fn comfyui_and_numpy_latents_decode_like_ours() {
         assert!(worst <= Some(1), "{png} is {worst:?} levels away from the safetensors decode");
     }
 }
+
+#[test]
+fn shell_completions() {
+    let dir = tempfile::tempdir().unwrap();
+    for (shell, marker) in [("bash", "_vae()"), ("zsh", "#compdef vae"), ("fish", "complete -c vae")] {
+        let out = vae(dir.path(), &["completions", shell]);
+        assert!(out.status.success(), "{shell}: {}", stderr(&out));
+        let script = stdout(&out);
+        assert!(script.contains(marker) && script.contains("max-memory"), "{shell}: {script}");
+    }
+    assert_eq!(vae(dir.path(), &["completions", "tcsh"]).status.code(), Some(2));
+}
