@@ -42,6 +42,15 @@ enum Command {
     Decode(DecodeArgs),
     /// Encode and decode images in memory and report PSNR, SSIM and max error.
     Roundtrip(RoundtripArgs),
+    /// Describe weights or latent files: layout, family, dtype, parameters and
+    /// checks for weights; shape, metadata and per-channel statistics for latents.
+    Inspect {
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// One JSON object per file on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a completion script for SHELL on stdout, e.g.
     /// `vae completions bash > ~/.local/share/bash-completion/completions/vae`.
     Completions {
@@ -165,6 +174,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     let code = match cli.command {
         Command::Encode(args) => encode(&mut ctx, args),
         Command::Decode(args) => decode(&mut ctx, args),
+        Command::Inspect { files, json } => inspect(&ctx, &files, json),
         Command::Completions { shell } => {
             // Into memory first: clap_complete panics on a failed write.
             let mut script = Vec::new();
@@ -249,6 +259,24 @@ impl Session {
         ));
         Ok(vae)
     }
+}
+
+fn inspect(ctx: &Session, files: &[PathBuf], json: bool) -> Result<ExitCode> {
+    let mut failed = 0;
+    for file in files {
+        match crate::inspect::inspect(file) {
+            Ok(report) if json => println!("{report}"),
+            Ok(report) => print!("{}{}", if files.len() > 1 { "\n" } else { "" }, crate::inspect::render(&report)),
+            Err(e) => {
+                failed += 1;
+                eprintln!("vae: error: {e:#}");
+            }
+        }
+    }
+    if failed > 0 && files.len() > 1 {
+        ctx.info(format_args!("inspected {} of {} files; {failed} failed", files.len() - failed, files.len()));
+    }
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn posterior(args: &InputArgs) -> Posterior {

@@ -9,6 +9,7 @@
 
 pub mod cli;
 pub mod imageio;
+pub mod inspect;
 pub mod kernels;
 pub mod latent;
 pub mod metrics;

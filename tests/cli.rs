@@ -277,3 +277,31 @@ fn shell_completions() {
     }
     assert_eq!(vae(dir.path(), &["completions", "tcsh"]).status.code(), Some(2));
 }
+
+#[test]
+fn inspect_weights_and_latents() {
+    let dir = tempfile::tempdir().unwrap();
+    photo(dir.path(), "in.png", 64, 48);
+    let w = tiny_sd();
+    assert!(vae(dir.path(), &["encode", "in.png", "-o", "z.latent", "--weights", &w]).status.success());
+    let ckpt = fixtures().join("weights/tiny_sd_ckpt.safetensors").display().to_string();
+    let out = vae(dir.path(), &["inspect", &ckpt, "z.latent", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let reports: Vec<serde_json::Value> = stdout(&out).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let (weights, latent) = (&reports[0], &reports[1]);
+    assert_eq!(weights["kind"], "weights");
+    assert_eq!(weights["layout"], "CompVis/LDM");
+    assert_eq!(weights["prefix"], "first_stage_model.");
+    assert_eq!(weights["dtype"], "f16");
+    assert_eq!(weights["parameters"], 1_399_879);
+    assert_eq!(weights["other_tensors"], 4);
+    assert_eq!(latent["kind"], "latent");
+    assert_eq!(latent["format"], "ComfyUI .latent");
+    assert_eq!(latent["shape"], serde_json::json!([1, 4, 6, 8]));
+    assert_eq!(latent["channels"].as_array().map(Vec::len), Some(4));
+    // Human output, and a bad file among good ones.
+    let out = vae(dir.path(), &["inspect", "z.latent", "in.png"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).contains("kind: latent"), "{}", stdout(&out));
+    assert!(stderr(&out).contains("in.png"), "{}", stderr(&out));
+}

@@ -63,6 +63,23 @@ impl AutoencoderKlConfig {
         }
     }
 
+    /// The model family these settings point to, for reports. SD 1.x/2.x and
+    /// SDXL share one architecture: only the scaling factor (from
+    /// `config.json` or `--scaling-factor`) tells them apart.
+    pub fn family(&self) -> &'static str {
+        let is = |a: f64, b: f64| (a - b).abs() < 1e-4;
+        match (self.latent_channels, self.scaling_factor, self.shift_factor) {
+            (4, f, s) if is(f, SD15_SCALING_FACTOR) && is(s, 0.0) => {
+                "sd1/sd2 (or sdxl, whose config.json says 0.13025)"
+            }
+            (4, f, s) if is(f, 0.13025) && is(s, 0.0) => "sdxl",
+            (16, f, s) if is(f, 1.5305) && is(s, 0.0609) => "sd3",
+            (16, f, s) if is(f, 0.3611) && is(s, 0.1159) => "flux",
+            (16, ..) => "16-channel (sd3 or flux; scaling unknown)",
+            _ => "unknown",
+        }
+    }
+
     /// Spatial downsampling between image and latent: 2^(levels - 1), 8 for SD.
     pub fn downscale(&self) -> usize {
         1 << (self.block_out_channels.len().saturating_sub(1))

@@ -166,6 +166,8 @@ pub struct WeightsInfo {
     pub sha256: String,
     /// Tensors of the file that are not part of the VAE (other checkpoint parts).
     pub ignored: usize,
+    /// Parameters of the VAE (elements of its tensors).
+    pub parameters: u64,
 }
 
 /// Which halves of the model a run needs. The other half is checked like the
@@ -175,6 +177,8 @@ pub enum Parts {
     Both,
     Encoder,
     Decoder,
+    /// Nothing: every tensor is checked (name, shape, dtype), none is read.
+    Neither,
 }
 
 impl Parts {
@@ -183,15 +187,16 @@ impl Parts {
             Parts::Both => &[],
             Parts::Encoder => &["decoder.", "post_quant_conv."],
             Parts::Decoder => &["encoder.", "quant_conv."],
+            Parts::Neither => &[""],
         }
     }
 
     pub fn encoder(self) -> bool {
-        self != Parts::Decoder
+        matches!(self, Parts::Both | Parts::Encoder)
     }
 
     pub fn decoder(self) -> bool {
-        self != Parts::Encoder
+        matches!(self, Parts::Both | Parts::Decoder)
     }
 }
 
@@ -232,6 +237,7 @@ pub fn load(
         dtype: dtypes.join("+"),
         sha256: file.sha256_hex(),
         ignored: keys.ignored,
+        parameters: keys.names.values().map(|k| file.tensors[k].shape.iter().product::<usize>() as u64).sum(),
     };
     Ok((model, info))
 }
