@@ -14,6 +14,7 @@ use crate::Vae;
 use crate::imageio::{self, DEFAULT_MAX_PIXELS};
 use crate::latent::{Latent, LatentFormat, Posterior};
 use crate::metrics;
+use crate::model::Family;
 use crate::output::{Overwrite, check_writable, same_file};
 use crate::tiling::{Plan, Tile, TileOptions, default_max_memory, parse_size};
 use crate::weights::Parts;
@@ -65,9 +66,14 @@ struct ModelArgs {
     /// checkpoint) or a diffusers folder. Default: $VAE_WEIGHTS, then ./weights/.
     #[arg(short, long, value_name = "PATH")]
     weights: Option<PathBuf>,
-    /// Latent scaling factor. Default: config.json's, else 0.18215 (SD 1.x/2.x).
+    /// Latent scaling factor. Default: config.json's, else --family's, else
+    /// 0.18215 (SD 1.x/2.x).
     #[arg(long, value_name = "F")]
     scaling_factor: Option<f64>,
+    /// Model family, for its latent scaling and shift when the weights come
+    /// without a config.json: sd1, sd2, sdxl, sd3 or flux. Recorded in latents.
+    #[arg(long, value_name = "NAME")]
+    family: Option<Family>,
     /// Where to compute.
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     device: DeviceArg,
@@ -248,6 +254,9 @@ impl Session {
         let source = crate::weights::resolve(args.weights.as_deref())?;
         let mut vae = self.stage("load", || Vae::load_parts(&source, &device, args.scaling_factor, parts))?;
         vae.tiling = TileOptions { tile: args.tile, max_memory: args.max_memory.unwrap_or_else(default_max_memory) };
+        if let Some(family) = args.family {
+            self.apply_family(&mut vae, family, source.config_json.is_some(), args.scaling_factor.is_some())?;
+        }
         let cfg = &vae.model.config;
         self.info(format_args!(
             "weights: {} ({} layout, {}, {} latent channels, scaling {})",
@@ -258,6 +267,41 @@ impl Session {
             cfg.scaling_factor
         ));
         Ok(vae)
+    }
+}
+
+impl Session {
+    /// `--family`: its scaling unless config.json or --scaling-factor says
+    /// otherwise (config.json wins, with a warning when they disagree).
+    fn apply_family(&self, vae: &mut Vae, family: Family, has_config: bool, explicit_scaling: bool) -> Result<()> {
+        let cfg = &mut vae.model.config;
+        if cfg.latent_channels != family.latent_channels() {
+            bail!(
+                "{}: the weights have {} latent channels; --family {} has {}",
+                vae.info.path.display(),
+                cfg.latent_channels,
+                family.name(),
+                family.latent_channels()
+            );
+        }
+        let (scaling, shift) = family.scaling();
+        if has_config {
+            if (cfg.scaling_factor, cfg.shift_factor) != (scaling, shift) {
+                self.info(format_args!(
+                    "warning: config.json's scaling {} (shift {}) differs from --family {}'s {scaling} (shift {shift}); using config.json's",
+                    cfg.scaling_factor,
+                    cfg.shift_factor,
+                    family.name()
+                ));
+            }
+        } else {
+            if !explicit_scaling {
+                cfg.scaling_factor = scaling;
+            }
+            cfg.shift_factor = shift;
+        }
+        vae.family = Some(family);
+        Ok(())
     }
 }
 
@@ -426,6 +470,14 @@ fn decode(ctx: &mut Session, args: DecodeArgs) -> Result<ExitCode> {
         check_writable(output, overwrite(args.force))?;
         let latent = ctx.stage("read", || Latent::read(input))?;
         ctx.plan(input, vae.decode_plan(&latent), vae.tiling.max_memory);
+        let std = vae.rescaled_std(&latent);
+        if !(0.2..=5.0).contains(&std) {
+            ctx.info(format_args!(
+                "{}: warning: its std after scaling is {std:.3}, far from the ~1 of a latent of this family; \
+                 was it scaled for another one (see --family, --scaling-factor)?",
+                input.display()
+            ));
+        }
         let image = ctx.stage("decode", || vae.decode(&latent, input, args.max_pixels))?;
         ctx.stage("write", || image.save_png(output, overwrite(args.force)))?;
         ctx.info(format_args!("wrote {} ({}x{})", output.display(), image.width, image.height));

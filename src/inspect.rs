@@ -7,6 +7,7 @@ use burn::tensor::Device;
 use serde_json::{Value, json};
 
 use crate::latent::{Latent, LatentFormat};
+use crate::model::Family;
 use crate::weights::{self, Parts, WeightsSource};
 
 /// A report on `path` as JSON: weights (a folder, or a safetensors file with
@@ -40,7 +41,11 @@ fn inspect_weights(path: &Path) -> Result<Value> {
         "dtype": info.dtype,
         "parameters": info.parameters,
         "other_tensors": info.ignored,
-        "family": c.family(),
+        "family": match c.family() {
+            Some(Family::Sd1) => "sd1/sd2 (or sdxl: same architecture, its config.json says scaling 0.13025)",
+            Some(f) => f.name(),
+            None => "unknown (scaling and channels fit no preset)",
+        },
         "scaling_factor": c.scaling_factor,
         "shift_factor": c.shift_factor,
         "latent_channels": c.latent_channels,
@@ -80,6 +85,7 @@ fn inspect_latent(path: &Path) -> Result<Value> {
         "format": format,
         "shape": [1, latent.channels, latent.height, latent.width],
         "decodes_to": format!("{}x{} (at 8x)", m.width.unwrap_or(8 * latent.width), m.height.unwrap_or(8 * latent.height)),
+        "family": m.family,
         "scaling_factor": m.scaling_factor,
         "shift_factor": m.shift_factor,
         "weights": m.weights,

@@ -95,6 +95,8 @@ pub struct LatentMeta {
     pub weights: Option<String>,
     pub weights_sha256: Option<String>,
     pub tool_version: Option<String>,
+    /// The model family (`sd1`, `sdxl`, `sd3`, `flux`, ...) whose latent space this is.
+    pub family: Option<String>,
 }
 
 /// A latent `[C, h, w]` (batch of one), as stored: scaled.
@@ -271,6 +273,7 @@ impl LatentMeta {
         put("weights", self.weights.clone());
         put("weights_sha256", self.weights_sha256.clone());
         put("vae_version", self.tool_version.clone());
+        put("family", self.family.clone());
         m
     }
 
@@ -320,6 +323,7 @@ impl LatentMeta {
             weights: map.get("weights").cloned(),
             weights_sha256: map.get("weights_sha256").cloned(),
             tool_version: map.get("vae_version").cloned(),
+            family: map.get("family").cloned(),
         })
     }
 }
@@ -343,6 +347,7 @@ mod tests {
                 weights: Some("w.safetensors".into()),
                 weights_sha256: Some("0123456789abcdef".into()),
                 tool_version: Some("0.1.0".into()),
+                family: Some("sd1".into()),
             },
         }
     }

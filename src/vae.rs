@@ -8,7 +8,7 @@ use rand_distr::{Distribution, StandardNormal};
 
 use crate::imageio::{InputImage, OutputImage};
 use crate::latent::{Latent, LatentMeta, Posterior};
-use crate::model::{AutoencoderKl, DiagonalGaussian};
+use crate::model::{AutoencoderKl, DiagonalGaussian, Family};
 use crate::tiling::{self, Plan, TileOptions};
 use crate::weights::{self, Parts, WeightsError, WeightsInfo, WeightsSource};
 
@@ -23,6 +23,9 @@ pub struct Vae {
     /// Resident bytes once the weights were loaded: the base of every estimate.
     resident: u64,
     parts: Parts,
+    /// The family named on the command line, recorded in latents (else
+    /// the one the model's scaling points to).
+    pub family: Option<Family>,
     device: Device,
 }
 
@@ -50,7 +53,7 @@ impl Vae {
         let (model, info) = weights::load(source, device, scaling_factor, parts)?;
         // Without a reading from the OS, assume the weights in f32 twice over.
         let resident = tiling::resident_memory().unwrap_or(2 << 30);
-        Ok(Self { model, info, tiling: TileOptions::default(), resident, parts, device: device.clone() })
+        Ok(Self { model, info, tiling: TileOptions::default(), resident, parts, family: None, device: device.clone() })
     }
 
     /// How `image` is encoded: whole or in bands (see [`tiling`]).
@@ -96,6 +99,7 @@ impl Vae {
             weights: file_name,
             weights_sha256: Some(self.info.sha256[..HASH_PREFIX.min(self.info.sha256.len())].to_owned()),
             tool_version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+            family: self.family.or(cfg.family()).map(|f| f.name().to_owned()),
         };
         Latent { channels, height, width, data, meta }
     }
@@ -130,14 +134,36 @@ impl Vae {
                 expected: cfg.latent_channels,
             });
         }
-        let scaling = latent.meta.scaling_factor.unwrap_or(cfg.scaling_factor);
-        let shift = latent.meta.shift_factor.unwrap_or(cfg.shift_factor);
+        let (scaling, shift) = self.latent_scaling(latent);
         let shape = [1, latent.channels, latent.height, latent.width];
         let z = Tensor::<4>::from_data(TensorData::new(latent.data.clone(), shape), &self.device);
         assert!(self.parts.decoder(), "Vae::decode on a model loaded without its decoder");
         let plan = self.decode_plan(latent);
         let image = tiling::run(&tiling::decoder(&self.model), z / scaling + shift, plan, |z| self.model.decode(z));
         Ok(image.into_data().try_into_vec::<f32>().expect("the model computes in f32"))
+    }
+}
+
+impl Vae {
+    /// How `latent` was scaled: its metadata, else its family's, else the model's.
+    fn latent_scaling(&self, latent: &Latent) -> (f64, f64) {
+        let cfg = &self.model.config;
+        let family = latent.meta.family.as_deref().and_then(|f| f.parse::<Family>().ok()).map(Family::scaling);
+        let (scaling, shift) = family.unwrap_or((cfg.scaling_factor, cfg.shift_factor));
+        (latent.meta.scaling_factor.unwrap_or(scaling), latent.meta.shift_factor.unwrap_or(shift))
+    }
+
+    /// Standard deviation of `latent` unscaled as its file says and scaled
+    /// again as this model's family would: about 1 when they fit (scaling
+    /// factors are chosen to give unit variance).
+    pub fn rescaled_std(&self, latent: &Latent) -> f64 {
+        let cfg = &self.model.config;
+        let (scaling, shift) = self.latent_scaling(latent);
+        let (target, target_shift) = self.family.map_or((cfg.scaling_factor, cfg.shift_factor), Family::scaling);
+        let values = latent.data.iter().map(|&v| ((v as f64 / scaling + shift) - target_shift) * target);
+        let n = latent.data.len().max(1) as f64;
+        let (sum, sum_sq) = values.fold((0.0, 0.0), |(s, q), v| (s + v, q + v * v));
+        (sum_sq / n - (sum / n).powi(2)).max(0.0).sqrt()
     }
 }
 

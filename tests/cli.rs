@@ -305,3 +305,24 @@ fn inspect_weights_and_latents() {
     assert!(stdout(&out).contains("kind: latent"), "{}", stdout(&out));
     assert!(stderr(&out).contains("in.png"), "{}", stderr(&out));
 }
+
+#[test]
+fn family_sets_and_records_the_scaling() {
+    let dir = tempfile::tempdir().unwrap();
+    photo(dir.path(), "in.png", 64, 48);
+    let loose = fixtures().join("weights/tiny_sd_f16.safetensors").display().to_string();
+    let out = vae(dir.path(), &["encode", "in.png", "-o", "z.safetensors", "--family", "sdxl", "--weights", &loose]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let meta = Latent::read(&dir.path().join("z.safetensors")).unwrap().meta;
+    assert_eq!((meta.scaling_factor, meta.family.as_deref()), (Some(0.13025), Some("sdxl")));
+    // A folder with config.json keeps its scaling, and says so.
+    let out =
+        vae(dir.path(), &["encode", "in.png", "-o", "c.safetensors", "--family", "sdxl", "--weights", &tiny_sd()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("using config.json's"), "{}", stderr(&out));
+    assert_eq!(Latent::read(&dir.path().join("c.safetensors")).unwrap().meta.scaling_factor, Some(0.18215));
+    // A 16-channel family on 4-channel weights is an error naming the file.
+    let out = vae(dir.path(), &["encode", "in.png", "--family", "flux", "--weights", &loose]);
+    assert_fails(&out, "tiny_sd_f16.safetensors", "the weights have 4 latent channels; --family flux has 16");
+    assert_eq!(vae(dir.path(), &["encode", "in.png", "--family", "sd9"]).status.code(), Some(2));
+}

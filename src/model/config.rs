@@ -63,26 +63,76 @@ impl AutoencoderKlConfig {
         }
     }
 
-    /// The model family these settings point to, for reports. SD 1.x/2.x and
-    /// SDXL share one architecture: only the scaling factor (from
-    /// `config.json` or `--scaling-factor`) tells them apart.
-    pub fn family(&self) -> &'static str {
-        let is = |a: f64, b: f64| (a - b).abs() < 1e-4;
-        match (self.latent_channels, self.scaling_factor, self.shift_factor) {
-            (4, f, s) if is(f, SD15_SCALING_FACTOR) && is(s, 0.0) => {
-                "sd1/sd2 (or sdxl, whose config.json says 0.13025)"
-            }
-            (4, f, s) if is(f, 0.13025) && is(s, 0.0) => "sdxl",
-            (16, f, s) if is(f, 1.5305) && is(s, 0.0609) => "sd3",
-            (16, f, s) if is(f, 0.3611) && is(s, 0.1159) => "flux",
-            (16, ..) => "16-channel (sd3 or flux; scaling unknown)",
-            _ => "unknown",
-        }
+    /// The family these settings point to, for reports.
+    pub fn family(&self) -> Option<Family> {
+        Family::of(self.latent_channels, self.scaling_factor, self.shift_factor)
     }
 
     /// Spatial downsampling between image and latent: 2^(levels - 1), 8 for SD.
     pub fn downscale(&self) -> usize {
         1 << (self.block_out_channels.len().saturating_sub(1))
+    }
+}
+
+/// Model families sharing a latent space, with the scaling of their
+/// `config.json` (`--family`, and the `family` latent metadata).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Sd1,
+    Sd2,
+    Sdxl,
+    Sd3,
+    Flux,
+}
+
+impl Family {
+    pub const ALL: [Family; 5] = [Family::Sd1, Family::Sd2, Family::Sdxl, Family::Sd3, Family::Flux];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Sd1 => "sd1",
+            Family::Sd2 => "sd2",
+            Family::Sdxl => "sdxl",
+            Family::Sd3 => "sd3",
+            Family::Flux => "flux",
+        }
+    }
+
+    /// `(scaling_factor, shift_factor)`, from each family's VAE `config.json`.
+    pub fn scaling(self) -> (f64, f64) {
+        match self {
+            Family::Sd1 | Family::Sd2 => (SD15_SCALING_FACTOR, 0.0),
+            Family::Sdxl => (0.13025, 0.0),
+            Family::Sd3 => (1.5305, 0.0609),
+            Family::Flux => (0.3611, 0.1159),
+        }
+    }
+
+    pub fn latent_channels(self) -> usize {
+        match self {
+            Family::Sd1 | Family::Sd2 | Family::Sdxl => 4,
+            Family::Sd3 | Family::Flux => 16,
+        }
+    }
+
+    /// The family whose channels and scaling these are (SD 1.x and 2.x share
+    /// theirs; `sd1` stands for both).
+    pub fn of(latent_channels: usize, scaling: f64, shift: f64) -> Option<Family> {
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-4;
+        Family::ALL.into_iter().find(|f| {
+            let (s, t) = f.scaling();
+            f.latent_channels() == latent_channels && close(s, scaling) && close(t, shift)
+        })
+    }
+}
+
+impl std::str::FromStr for Family {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Family::ALL.into_iter().find(|f| f.name() == s.to_ascii_lowercase()).ok_or_else(|| {
+            let names: Vec<&str> = Family::ALL.iter().map(|f| f.name()).collect();
+            format!("unknown family '{s}' (one of {})", names.join(", "))
+        })
     }
 }
 

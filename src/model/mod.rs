@@ -12,7 +12,7 @@ mod sampling;
 
 pub use attention::Attention;
 pub use autoencoder::{AutoencoderKl, DiagonalGaussian};
-pub use config::{AutoencoderKlConfig, SD15_SCALING_FACTOR};
+pub use config::{AutoencoderKlConfig, Family, SD15_SCALING_FACTOR};
 pub use encoder::UNetMidBlock2d;
 pub use layers::{Conv2d, GroupNorm, VAE_NORM_EPS};
 pub use resnet::ResnetBlock2d;
