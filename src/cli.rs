@@ -43,6 +43,9 @@ enum Command {
     Decode(DecodeArgs),
     /// Encode and decode images in memory and report PSNR, SSIM and max error.
     Roundtrip(RoundtripArgs),
+    /// A quick RGB look at latent files without the decoder (a per-family
+    /// linear map from latent channels to colours, as ComfyUI's previews).
+    Preview(PreviewArgs),
     /// Describe weights or latent files: layout, family, dtype, parameters and
     /// checks for weights; shape, metadata and per-channel statistics for latents.
     Inspect {
@@ -150,6 +153,30 @@ struct DecodeArgs {
 }
 
 #[derive(Debug, Args)]
+struct PreviewArgs {
+    /// Latent files (any format `decode` reads), or folders of them.
+    #[arg(required = true, value_name = "LATENT")]
+    latents: Vec<PathBuf>,
+    /// PNG to write; with several inputs or a folder, a folder. Default:
+    /// beside each latent, as NAME.preview.png.
+    #[arg(short, long, value_name = "PATH")]
+    output: Option<PathBuf>,
+    /// The latents' family (sd1, sd2, sdxl, sd3, flux). Default: the latent's
+    /// metadata, else 4 channels: sd1, 16: flux.
+    #[arg(long, value_name = "NAME")]
+    family: Option<Family>,
+    /// Pixels per latent position along each side (8: the image's size).
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+    scale: u16,
+    /// Replace the output file if it exists.
+    #[arg(short, long)]
+    force: bool,
+    /// Refuse previews with more pixels than this.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_PIXELS)]
+    max_pixels: u64,
+}
+
+#[derive(Debug, Args)]
 struct RoundtripArgs {
     /// Images to encode and decode.
     #[arg(required = true)]
@@ -181,6 +208,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Encode(args) => encode(&mut ctx, args),
         Command::Decode(args) => decode(&mut ctx, args),
         Command::Inspect { files, json } => inspect(&ctx, &files, json),
+        Command::Preview(args) => preview(&mut ctx, args),
         Command::Completions { shell } => {
             // Into memory first: clap_complete panics on a failed write.
             let mut script = Vec::new();
@@ -481,6 +509,33 @@ fn decode(ctx: &mut Session, args: DecodeArgs) -> Result<ExitCode> {
         let image = ctx.stage("decode", || vae.decode(&latent, input, args.max_pixels))?;
         ctx.stage("write", || image.save_png(output, overwrite(args.force)))?;
         ctx.info(format_args!("wrote {} ({}x{})", output.display(), image.width, image.height));
+        Ok(())
+    }))
+}
+
+fn preview(ctx: &mut Session, args: PreviewArgs) -> Result<ExitCode> {
+    let inputs = expand_inputs(&args.latents, &LatentFormat::EXTENSIONS)?;
+    let plan = plan_outputs(&args.latents, inputs, args.output.as_deref(), "preview.png")?;
+    let scale = usize::from(args.scale);
+    Ok(for_each(ctx, "previewed", &plan, |ctx, (input, output)| {
+        check_writable(output, overwrite(args.force))?;
+        let latent = Latent::read(input)?;
+        let Some(family) = crate::preview::family_of(&latent, args.family) else {
+            bail!("{}: no preview for a latent of {} channels with this family", input.display(), latent.channels);
+        };
+        let pixels = (latent.height * scale) as u64 * (latent.width * scale) as u64;
+        if pixels > args.max_pixels {
+            bail!("{}: preview of {pixels} pixels is over --max-pixels {}", input.display(), args.max_pixels);
+        }
+        let image = crate::preview::preview(&latent, family, scale);
+        image.save_png(output, overwrite(args.force))?;
+        ctx.info(format_args!(
+            "wrote {} ({}x{}, {} factors)",
+            output.display(),
+            image.width,
+            image.height,
+            family.name()
+        ));
         Ok(())
     }))
 }

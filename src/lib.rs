@@ -15,6 +15,7 @@ pub mod latent;
 pub mod metrics;
 pub mod model;
 pub mod output;
+pub mod preview;
 mod safetensors_io;
 pub mod tiling;
 pub mod vae;

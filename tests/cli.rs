@@ -326,3 +326,35 @@ fn family_sets_and_records_the_scaling() {
     assert_fails(&out, "tiny_sd_f16.safetensors", "the weights have 4 latent channels; --family flux has 16");
     assert_eq!(vae(dir.path(), &["encode", "in.png", "--family", "sd9"]).status.code(), Some(2));
 }
+
+#[test]
+fn preview_maps_channels_to_colours_without_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    // Channel 0 at 1.0, the rest 0, scaled as SD 1.x: each pixel is the first
+    // row of ComfyUI's SD 1.x factors.
+    let (h, w) = (3, 4);
+    let mut data = vec![0.0f32; 4 * h * w];
+    data[..h * w].fill(1.0);
+    let meta = vae::latent::LatentMeta {
+        scaling_factor: Some(0.18215),
+        width: Some(27),
+        height: Some(21),
+        family: Some("sd1".into()),
+        ..Default::default()
+    };
+    let latent = Latent { channels: 4, height: h, width: w, data, meta };
+    latent.write(&dir.path().join("z.safetensors"), vae::output::Overwrite::Refuse).unwrap();
+    let out = vae(dir.path(), &["preview", "z.safetensors"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let png = image::open(dir.path().join("z.preview.png")).unwrap().to_rgb8();
+    assert_eq!(png.dimensions(), (27, 21), "cropped to the recorded image size");
+    let want = [0.3512f32, 0.2297, 0.3227].map(vae::imageio::to_u8);
+    assert!(png.pixels().all(|p| p.0 == want), "{:?} vs {want:?}", png.get_pixel(0, 0));
+    // --scale 1: one pixel per latent position; a 16-channel family on a
+    // 4-channel latent is refused.
+    let out = vae(dir.path(), &["preview", "z.safetensors", "--scale", "1", "-o", "small.png"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(image::open(dir.path().join("small.png")).unwrap().to_rgb8().dimensions(), (4, 3));
+    let out = vae(dir.path(), &["preview", "z.safetensors", "--family", "flux", "-o", "f.png"]);
+    assert_fails(&out, "z.safetensors", "no preview for a latent of 4 channels");
+}
