@@ -125,6 +125,9 @@ struct EncodeArgs {
     /// Replace the output file if it exists.
     #[arg(short, long)]
     force: bool,
+    /// Leave inputs whose output exists alone (resume an interrupted batch).
+    #[arg(long, conflicts_with = "force")]
+    skip_existing: bool,
     #[command(flatten)]
     input: InputArgs,
     #[command(flatten)]
@@ -145,6 +148,9 @@ struct DecodeArgs {
     /// Replace the output file if it exists.
     #[arg(short, long)]
     force: bool,
+    /// Leave inputs whose output exists alone (resume an interrupted batch).
+    #[arg(long, conflicts_with = "force")]
+    skip_existing: bool,
     /// Refuse latents that would decode to more pixels than this.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_PIXELS)]
     max_pixels: u64,
@@ -443,6 +449,19 @@ fn plan_outputs(
 
 /// Runs `job` on each (input, output) pair: a failure is reported on one line
 /// and the rest go on; a summary follows when there were several.
+/// With `skip`, drops the inputs whose output exists, saying how many.
+fn skip_existing(ctx: &Session, plan: Vec<(PathBuf, PathBuf)>, skip: bool) -> Vec<(PathBuf, PathBuf)> {
+    if !skip {
+        return plan;
+    }
+    let total = plan.len();
+    let todo: Vec<_> = plan.into_iter().filter(|(_, output)| !output.exists()).collect();
+    if todo.len() < total {
+        ctx.info(format_args!("skipping {} of {total} files whose output exists", total - todo.len()));
+    }
+    todo
+}
+
 fn for_each<P>(
     ctx: &mut Session,
     verb: &str,
@@ -470,6 +489,10 @@ fn for_each<P>(
 fn encode(ctx: &mut Session, args: EncodeArgs) -> Result<ExitCode> {
     let inputs = expand_inputs(&args.images, &IMAGE_EXTENSIONS)?;
     let plan = plan_outputs(&args.images, inputs, args.output.as_deref(), "safetensors")?;
+    let plan = skip_existing(ctx, plan, args.skip_existing);
+    if plan.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
     let vae = ctx.load(&args.model, Parts::Encoder)?;
     Ok(for_each(ctx, "encoded", &plan, |ctx, (input, output)| {
         check_writable(output, overwrite(args.force))?;
@@ -493,6 +516,10 @@ fn encode(ctx: &mut Session, args: EncodeArgs) -> Result<ExitCode> {
 fn decode(ctx: &mut Session, args: DecodeArgs) -> Result<ExitCode> {
     let inputs = expand_inputs(&args.latents, &LatentFormat::EXTENSIONS)?;
     let plan = plan_outputs(&args.latents, inputs, args.output.as_deref(), "png")?;
+    let plan = skip_existing(ctx, plan, args.skip_existing);
+    if plan.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
     let vae = ctx.load(&args.model, Parts::Decoder)?;
     Ok(for_each(ctx, "decoded", &plan, |ctx, (input, output)| {
         check_writable(output, overwrite(args.force))?;

@@ -358,3 +358,23 @@ fn preview_maps_channels_to_colours_without_weights() {
     let out = vae(dir.path(), &["preview", "z.safetensors", "--family", "flux", "-o", "f.png"]);
     assert_fails(&out, "z.safetensors", "no preview for a latent of 4 channels");
 }
+
+#[test]
+fn skip_existing_resumes_a_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("in")).unwrap();
+    photo(&dir.path().join("in"), "a.png", 32, 32);
+    photo(&dir.path().join("in"), "b.png", 32, 32);
+    std::fs::create_dir(dir.path().join("out")).unwrap();
+    std::fs::write(dir.path().join("out/a.safetensors"), b"from an earlier run").unwrap();
+    let out = vae(dir.path(), &["encode", "in", "-o", "out", "--skip-existing", "--weights", &tiny_sd()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("skipping 1 of 2 files whose output exists"), "{}", stderr(&out));
+    assert_eq!(std::fs::read(dir.path().join("out/a.safetensors")).unwrap(), b"from an earlier run");
+    assert!(Latent::read(&dir.path().join("out/b.safetensors")).is_ok());
+    // All done: nothing to load, nothing to do.
+    let out = vae(dir.path(), &["encode", "in", "-o", "out", "--skip-existing", "--weights", "missing"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = vae(dir.path(), &["encode", "in", "-o", "out", "--skip-existing", "--force"]);
+    assert_eq!(out.status.code(), Some(2));
+}
