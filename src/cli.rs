@@ -209,7 +209,7 @@ struct RoundtripArgs {
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<ExitCode> {
-    let mut ctx = Session { quiet: cli.quiet, timings: cli.timings.then(Vec::new) };
+    let mut ctx = Session { quiet: cli.quiet, timings: cli.timings.then(Vec::new), progress: None };
     let code = match cli.command {
         Command::Encode(args) => encode(&mut ctx, args),
         Command::Decode(args) => decode(&mut ctx, args),
@@ -233,12 +233,22 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 struct Session {
     quiet: bool,
     timings: Option<Vec<(String, Duration)>>,
+    /// The bar of a batch; drawn only when stderr is a terminal.
+    progress: Option<indicatif::ProgressBar>,
 }
 
 impl Session {
     fn info(&self, message: impl std::fmt::Display) {
         if !self.quiet {
-            eprintln!("{message}");
+            self.eprint(message);
+        }
+    }
+
+    /// A line on stderr, above the progress bar when there is one.
+    fn eprint(&self, message: impl std::fmt::Display) {
+        match &self.progress {
+            Some(bar) => bar.suspend(|| eprintln!("{message}")),
+            None => eprintln!("{message}"),
         }
     }
 
@@ -469,11 +479,22 @@ fn for_each<P>(
     mut job: impl FnMut(&mut Session, &P) -> Result<()>,
 ) -> ExitCode {
     let mut failed = 0;
+    if plan.len() > 1 && !ctx.quiet {
+        let style = indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} files, {elapsed} (eta {eta})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+        ctx.progress = Some(indicatif::ProgressBar::new(plan.len() as u64).with_style(style));
+    }
     for item in plan {
         if let Err(err) = job(ctx, item) {
-            eprintln!("vae: error: {err:#}");
+            ctx.eprint(format_args!("vae: error: {err:#}"));
             failed += 1;
         }
+        if let Some(bar) = &ctx.progress {
+            bar.inc(1);
+        }
+    }
+    if let Some(bar) = ctx.progress.take() {
+        bar.finish_and_clear();
     }
     if plan.len() > 1 {
         ctx.info(format_args!(
