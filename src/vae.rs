@@ -9,7 +9,7 @@ use rand_distr::{Distribution, StandardNormal};
 use crate::imageio::{InputImage, OutputImage};
 use crate::latent::{Latent, LatentMeta, Posterior};
 use crate::model::{AutoencoderKl, DiagonalGaussian, Family};
-use crate::tiling::{self, Plan, TileOptions};
+use crate::tiling::{self, Plan, Program, TileOptions};
 use crate::weights::{self, Parts, WeightsError, WeightsInfo, WeightsSource};
 
 /// Characters of the weights' SHA-256 recorded in latent metadata.
@@ -60,14 +60,14 @@ impl Vae {
     pub fn encode_plan(&self, image: &InputImage) -> Plan {
         let f = self.model.config.downscale();
         let (height, width) = (image.height.div_ceil(f) * f, image.width.div_ceil(f) * f);
-        self.tiling.plan(&tiling::encoder(&self.model), (3, height, width), height, self.resident)
+        self.tiling.plan(&Program::encoder(&self.model), (3, height, width), height, self.resident)
     }
 
     /// How `latent` is decoded: whole or in bands.
     pub fn decode_plan(&self, latent: &Latent) -> Plan {
         let f = self.model.config.downscale();
         let shape = (latent.channels, latent.height, latent.width);
-        self.tiling.plan(&tiling::decoder(&self.model), shape, f * latent.height, self.resident)
+        self.tiling.plan(&Program::decoder(&self.model), shape, f * latent.height, self.resident)
     }
 
     /// Encodes an image to a scaled latent: `(z - shift) * scaling_factor`,
@@ -77,7 +77,7 @@ impl Vae {
         let x = image.to_tensor(cfg.downscale(), &self.device);
         assert!(self.parts.encoder(), "Vae::encode on a model loaded without its encoder");
         let plan = self.encode_plan(image);
-        let moments = tiling::run(&tiling::encoder(&self.model), x, plan, |x| self.model.moments(x));
+        let moments = tiling::run(&Program::encoder(&self.model), x, plan, |x| self.model.moments(x));
         let dist = DiagonalGaussian::from_moments(moments);
         let z = match posterior {
             Posterior::Mean => dist.mean,
@@ -139,7 +139,7 @@ impl Vae {
         let z = Tensor::<4>::from_data(TensorData::new(latent.data.clone(), shape), &self.device);
         assert!(self.parts.decoder(), "Vae::decode on a model loaded without its decoder");
         let plan = self.decode_plan(latent);
-        let image = tiling::run(&tiling::decoder(&self.model), z / scaling + shift, plan, |z| self.model.decode(z));
+        let image = tiling::run(&Program::decoder(&self.model), z / scaling + shift, plan, |z| self.model.decode(z));
         Ok(image.into_data().try_into_vec::<f32>().expect("the model computes in f32"))
     }
 }

@@ -25,7 +25,6 @@ use std::str::FromStr;
 use burn::tensor::{Device, Tensor};
 
 use crate::kernels;
-use crate::model::AutoencoderKl;
 pub use program::{Peak, Program};
 pub use store::{Activation, Storage};
 
@@ -222,16 +221,6 @@ pub fn run(program: &Program, x: Tensor<4>, plan: Plan, whole: impl FnOnce(Tenso
             kernels::tensor(out.into_values(), shape, &device)
         }
     }
-}
-
-/// The decoder program of `model` (for [`TileOptions::plan`] and [`run`]).
-pub fn decoder(model: &AutoencoderKl) -> Program<'_> {
-    Program::decoder(model)
-}
-
-/// The encoder program of `model`, through `quant_conv`.
-pub fn encoder(model: &AutoencoderKl) -> Program<'_> {
-    Program::encoder(model)
 }
 
 #[cfg(test)]
