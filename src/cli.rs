@@ -16,7 +16,7 @@ use crate::latent::{Latent, LatentFormat, Posterior};
 use crate::metrics;
 use crate::model::Family;
 use crate::output::{Overwrite, check_writable, same_file};
-use crate::tiling::{Plan, Tile, TileOptions, default_max_memory, parse_size};
+use crate::tiling::{Plan, Tile, TileOptions, default_max_memory, gib, parse_size};
 use crate::weights::Parts;
 
 /// Stable Diffusion VAE: images to latents and back, matching diffusers.
@@ -273,7 +273,6 @@ impl Session {
             Plan::Whole { .. } => 0,
         };
         if estimate > max_memory {
-            let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
             self.info(format_args!(
                 "{}: warning: needs about {:.2} GiB even in bands, over --max-memory {:.2} GiB",
                 path.display(),

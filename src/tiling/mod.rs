@@ -69,6 +69,11 @@ impl Default for TileOptions {
 }
 
 const GIB: u64 = 1 << 30;
+
+/// Bytes in GiB, for messages.
+pub fn gib(bytes: u64) -> f64 {
+    bytes as f64 / GIB as f64
+}
 const MIB: u64 = 1 << 20;
 
 /// The default `--max-memory`: half of the memory available now, at most
@@ -148,7 +153,6 @@ impl Rows {
 
 impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let gib = |b: u64| b as f64 / GIB as f64;
         match *self {
             Plan::Whole { estimate } => write!(f, "untiled, estimated peak {:.2} GiB", gib(estimate)),
             Plan::Banded { storage, rows, estimate } => {
