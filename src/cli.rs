@@ -128,6 +128,9 @@ struct EncodeArgs {
     /// Leave inputs whose output exists alone (resume an interrupted batch).
     #[arg(long, conflicts_with = "force")]
     skip_existing: bool,
+    /// Print one JSON object per file written on stdout.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     input: InputArgs,
     #[command(flatten)]
@@ -151,6 +154,9 @@ struct DecodeArgs {
     /// Leave inputs whose output exists alone (resume an interrupted batch).
     #[arg(long, conflicts_with = "force")]
     skip_existing: bool,
+    /// Print one JSON object per file written on stdout.
+    #[arg(long)]
+    json: bool,
     /// Refuse latents that would decode to more pixels than this.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_PIXELS)]
     max_pixels: u64,
@@ -458,6 +464,12 @@ fn plan_outputs(
 
 /// Runs `job` on each (input, output) pair: a failure is reported on one line
 /// and the rest go on; a summary follows when there were several.
+/// One JSON object on its own line on stdout (a closed pipe is an error, not a panic).
+fn json_line(value: serde_json::Value) -> Result<()> {
+    use std::io::Write;
+    writeln!(std::io::stdout(), "{value}").context("writing to stdout")
+}
+
 /// With `skip`, drops the inputs whose output exists, saying how many.
 fn skip_existing(ctx: &Session, plan: Vec<(PathBuf, PathBuf)>, skip: bool) -> Vec<(PathBuf, PathBuf)> {
     if !skip {
@@ -520,6 +532,13 @@ fn encode(ctx: &mut Session, args: EncodeArgs) -> Result<ExitCode> {
         ctx.plan(input, vae.encode_plan(&image), vae.tiling.max_memory);
         let latent = ctx.stage("encode", || vae.encode(&image, posterior(&args.input)));
         ctx.stage("write", || latent.write(output, overwrite(args.force)))?;
+        if args.json {
+            let shape = [1, latent.channels, latent.height, latent.width];
+            let (width, height) = (image.width, image.height);
+            json_line(
+                serde_json::json!({ "input": input, "output": output, "latent": shape, "width": width, "height": height }),
+            )?;
+        }
         ctx.info(format_args!(
             "wrote {} (latent [1, {}, {}, {}] from {}x{})",
             output.display(),
@@ -555,6 +574,10 @@ fn decode(ctx: &mut Session, args: DecodeArgs) -> Result<ExitCode> {
         }
         let image = ctx.stage("decode", || vae.decode(&latent, input, args.max_pixels))?;
         ctx.stage("write", || image.save_png(output, overwrite(args.force)))?;
+        if args.json {
+            let (width, height) = (image.width, image.height);
+            json_line(serde_json::json!({ "input": input, "output": output, "width": width, "height": height }))?;
+        }
         ctx.info(format_args!("wrote {} ({}x{})", output.display(), image.width, image.height));
         Ok(())
     }))

@@ -378,3 +378,21 @@ fn skip_existing_resumes_a_batch() {
     let out = vae(dir.path(), &["encode", "in", "-o", "out", "--skip-existing", "--force"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn json_lines_for_encode_and_decode() {
+    let dir = tempfile::tempdir().unwrap();
+    photo(dir.path(), "a.png", 40, 24);
+    photo(dir.path(), "b.png", 16, 16);
+    let w = tiny_sd();
+    let out = vae(dir.path(), &["encode", "a.png", "b.png", "-o", "z", "--json", "--weights", &w]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines: Vec<serde_json::Value> = stdout(&out).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["latent"], serde_json::json!([1, 4, 3, 5]));
+    assert_eq!((lines[0]["width"].as_u64(), lines[0]["height"].as_u64()), (Some(40), Some(24)));
+    let out = vae(dir.path(), &["decode", "z/a.safetensors", "-o", "a.out.png", "--json", "--weights", &w]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let line: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!((line["output"].as_str(), line["width"].as_u64()), (Some("a.out.png"), Some(40)));
+}
