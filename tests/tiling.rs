@@ -9,10 +9,10 @@ use std::path::Path;
 
 use vae::Vae;
 use vae::imageio::{self, DEFAULT_MAX_PIXELS};
-use vae::latent::{Latent, LatentMeta, Posterior};
+use vae::latent::Posterior;
 use vae::tiling::{Plan, Storage, Tile, TileOptions};
 
-use common::parity::{TOLERANCE, load};
+use common::parity::{TOLERANCE, load, scaled_latent};
 use common::{fixtures, max_abs_diff, read_tensors};
 
 /// f16 storage rounds each stored activation (relative 2^-11); ~40 layers
@@ -34,13 +34,7 @@ fn errors(vae: &Vae, expected: &str, image: &str) -> (f32, f32) {
         latent.data.iter().map(|v| (*v as f64 / cfg.scaling_factor + cfg.shift_factor) as f32).collect();
     let latent_err = max_abs_diff(&mean, &want["mean"].1);
     let (shape, expected_mean) = &want["mean"];
-    let fixture_latent = Latent {
-        channels: shape[1],
-        height: shape[2],
-        width: shape[3],
-        data: expected_mean.iter().map(|v| ((*v as f64 - cfg.shift_factor) * cfg.scaling_factor) as f32).collect(),
-        meta: LatentMeta::default(),
-    };
+    let fixture_latent = scaled_latent(vae, shape, expected_mean);
     let decoded = vae.decode_planar(&fixture_latent, Path::new("fixture")).unwrap();
     (latent_err, want.get("decoded").map_or(0.0, |(_, d)| max_abs_diff(&decoded, d)))
 }

@@ -44,11 +44,23 @@ pub fn check_encoder(vae: &Vae, expected: &str) {
     }
 }
 
+/// diffusers' unscaled `mean` (`shape` `[1, C, h, w]`) scaled as a latent
+/// file holds it, with the model's scaling and no metadata.
+pub fn scaled_latent(vae: &Vae, shape: &[usize], mean: &[f32]) -> Latent {
+    let cfg = &vae.model.config;
+    Latent {
+        channels: shape[1],
+        height: shape[2],
+        width: shape[3],
+        data: mean.iter().map(|v| ((*v as f64 - cfg.shift_factor) * cfg.scaling_factor) as f32).collect(),
+        meta: LatentMeta::default(),
+    }
+}
+
 /// Decodes diffusers' own latent of each image and compares the 8-bit PNG
 /// (within one level: rounding at x.5 may flip) and, where the fixture has it,
 /// the float output before quantisation.
 pub fn check_decoder(vae: &Vae, expected: &str) {
-    let cfg = &vae.model.config;
     for image in IMAGES {
         let want = read_tensors(&fixtures().join(format!("expected/{expected}__{image}.safetensors")));
         let (shape, mean) = &want["mean"];
@@ -59,13 +71,7 @@ pub fn check_decoder(vae: &Vae, expected: &str) {
             assert!(err <= TOLERANCE, "{expected}/{image}: decoded max abs error {err:e} > {TOLERANCE:e}");
         }
         // Through the user-facing path: a scaled latent, as a file would hold it.
-        let latent = Latent {
-            channels: shape[1],
-            height: shape[2],
-            width: shape[3],
-            data: mean.iter().map(|v| ((*v as f64 - cfg.shift_factor) * cfg.scaling_factor) as f32).collect(),
-            meta: LatentMeta::default(),
-        };
+        let latent = scaled_latent(vae, shape, mean);
         let got = vae.decode(&latent, Path::new("fixture"), DEFAULT_MAX_PIXELS).unwrap();
         let want_png = image::open(fixtures().join(format!("expected/{expected}__{image}.png"))).unwrap().to_rgb8();
         assert_eq!((got.width as u32, got.height as u32), want_png.dimensions());
