@@ -14,7 +14,7 @@ use crate::Vae;
 use crate::imageio::{self, DEFAULT_MAX_PIXELS};
 use crate::latent::{Latent, LatentFormat, Posterior};
 use crate::metrics;
-use crate::model::Family;
+use crate::model::{Family, Model};
 use crate::output::{Overwrite, check_writable, same_file};
 use crate::tiling::{Plan, Tile, TileOptions, default_max_memory, gib, parse_size};
 use crate::weights::Parts;
@@ -303,18 +303,29 @@ impl Session {
         let source = crate::weights::resolve(args.weights.as_deref())?;
         let mut vae = self.stage("load", || Vae::load_parts(&source, &device, args.scaling_factor, parts))?;
         vae.tiling = TileOptions { tile: args.tile, max_memory: args.max_memory.unwrap_or_else(default_max_memory) };
+        // Only an AutoencoderKL's config.json says how its latents are scaled.
+        let scaling_in_config = source.config_json.is_some() && matches!(vae.model, Model::Kl(_));
         if let Some(family) = args.family {
-            self.apply_family(&mut vae, family, source.config_json.is_some(), args.scaling_factor.is_some())?;
+            self.apply_family(&mut vae, family, scaling_in_config, args.scaling_factor.is_some())?;
         }
-        let cfg = &vae.model.config;
+        let (scaling, _) = vae.model.latent_scaling();
         self.info(format_args!(
-            "weights: {} ({} layout, {}, {} latent channels, scaling {})",
+            "weights: {} ({}, {} layout, {}, {} latent channels, scaling {})",
             vae.info.path.display(),
+            vae.model.class_name(),
             vae.info.layout,
             vae.info.dtype,
-            cfg.latent_channels,
-            cfg.scaling_factor
+            vae.model.latent_channels(),
+            scaling
         ));
+        if args.family.is_none() {
+            for note in &vae.info.notes {
+                self.info(format_args!("weights: {note}"));
+            }
+        }
+        if matches!(vae.model, Model::Tiny(_)) && args.tile != Tile::Auto {
+            self.info("weights: TAESD runs untiled; --tile applies to AutoencoderKL");
+        }
         Ok(vae)
     }
 }
@@ -323,31 +334,27 @@ impl Session {
     /// `--family`: its scaling unless config.json or --scaling-factor says
     /// otherwise (config.json wins, with a warning when they disagree).
     fn apply_family(&self, vae: &mut Vae, family: Family, has_config: bool, explicit_scaling: bool) -> Result<()> {
-        let cfg = &mut vae.model.config;
-        if cfg.latent_channels != family.latent_channels() {
+        let channels = vae.model.latent_channels();
+        if channels != family.latent_channels() {
             bail!(
                 "{}: the weights have {} latent channels; --family {} has {}",
                 vae.info.path.display(),
-                cfg.latent_channels,
+                channels,
                 family.name(),
                 family.latent_channels()
             );
         }
         let (scaling, shift) = family.scaling();
+        let (current, current_shift) = vae.model.latent_scaling();
         if has_config {
-            if (cfg.scaling_factor, cfg.shift_factor) != (scaling, shift) {
+            if (current, current_shift) != (scaling, shift) {
                 self.info(format_args!(
-                    "warning: config.json's scaling {} (shift {}) differs from --family {}'s {scaling} (shift {shift}); using config.json's",
-                    cfg.scaling_factor,
-                    cfg.shift_factor,
+                    "warning: config.json's scaling {current} (shift {current_shift}) differs from --family {}'s {scaling} (shift {shift}); using config.json's",
                     family.name()
                 ));
             }
         } else {
-            if !explicit_scaling {
-                cfg.scaling_factor = scaling;
-            }
-            cfg.shift_factor = shift;
+            vae.model.set_latent_scaling(if explicit_scaling { current } else { scaling }, shift);
         }
         vae.family = Some(family);
         Ok(())
@@ -370,6 +377,17 @@ fn inspect(ctx: &Session, files: &[PathBuf], json: bool) -> Result<ExitCode> {
         ctx.info(format_args!("inspected {} of {} files; {failed} failed", files.len() - failed, files.len()));
     }
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// `--sample` needs a posterior, which TAESD's deterministic encoder lacks.
+fn check_posterior(vae: &Vae, args: &InputArgs) -> Result<()> {
+    if args.sample && matches!(vae.model, Model::Tiny(_)) {
+        bail!(
+            "{}: TAESD's encoder is deterministic (no posterior to sample from); drop --sample",
+            vae.info.path.display()
+        );
+    }
+    Ok(())
 }
 
 fn posterior(args: &InputArgs) -> Posterior {
@@ -526,6 +544,7 @@ fn encode(ctx: &mut Session, args: EncodeArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let vae = ctx.load(&args.model, Parts::Encoder)?;
+    check_posterior(&vae, &args.input)?;
     Ok(for_each(ctx, "encoded", &plan, |ctx, (input, output)| {
         check_writable(output, overwrite(args.force))?;
         let image = ctx.stage("read", || imageio::load(input, args.input.max_pixels))?;
@@ -635,6 +654,7 @@ fn roundtrip(ctx: &mut Session, args: RoundtripArgs) -> Result<ExitCode> {
         plan.push((image.clone(), recon, error_map));
     }
     let vae = ctx.load(&args.model, Parts::Both)?;
+    check_posterior(&vae, &args.input)?;
     Ok(for_each(ctx, "round-tripped", &plan, |ctx, (path, recon, error_map)| {
         for out in recon.iter().chain(error_map) {
             check_writable(out, overwrite(args.force))?;

@@ -7,7 +7,7 @@ use burn::tensor::Device;
 use serde_json::{Value, json};
 
 use crate::latent::{Latent, LatentFormat};
-use crate::model::Family;
+use crate::model::{Family, Model};
 use crate::weights::{self, Parts, WeightsSource};
 
 /// A report on `path` as JSON: weights (a folder, or a safetensors file with
@@ -32,31 +32,62 @@ fn inspect_weights(path: &Path) -> Result<Value> {
     let source = WeightsSource::from_path(path)?;
     // Every tensor is checked by name, shape and dtype; none is read.
     let (model, info) = weights::load(&source, &Device::flex(), None, Parts::Neither)?;
-    let c = &model.config;
-    Ok(json!({
+    let family = match model.family() {
+        Some(Family::Sd1) => "sd1/sd2 (or sdxl: same architecture, its config.json says scaling 0.13025)",
+        Some(f) => f.name(),
+        None => "unknown (scaling and channels fit no preset)",
+    };
+    let (scaling, shift) = model.latent_scaling();
+    let mut report = json!({
         "kind": "weights",
+        "model": model.class_name(),
         "file": info.path.display().to_string(),
         "layout": info.layout.to_string(),
         "prefix": info.prefix,
         "dtype": info.dtype,
         "parameters": info.parameters,
         "other_tensors": info.ignored,
-        "family": match c.family() {
-            Some(Family::Sd1) => "sd1/sd2 (or sdxl: same architecture, its config.json says scaling 0.13025)",
-            Some(f) => f.name(),
-            None => "unknown (scaling and channels fit no preset)",
-        },
-        "scaling_factor": c.scaling_factor,
-        "shift_factor": c.shift_factor,
-        "latent_channels": c.latent_channels,
-        "block_out_channels": c.block_out_channels,
-        "layers_per_block": c.layers_per_block,
-        "norm_num_groups": c.norm_num_groups,
-        "quant_convs": c.use_quant_conv,
-        "mid_block_attention": c.mid_block_add_attention,
-        "sha256": info.sha256,
-        "check": "every VAE tensor present, with the expected shape and a float dtype",
-    }))
+        "family": family,
+        "scaling_factor": scaling,
+        "shift_factor": shift,
+        "latent_channels": model.latent_channels(),
+    });
+    let architecture = match &model {
+        Model::Kl(m) => {
+            let c = &m.config;
+            json!({
+                "block_out_channels": c.block_out_channels,
+                "layers_per_block": c.layers_per_block,
+                "norm_num_groups": c.norm_num_groups,
+                "quant_convs": c.use_quant_conv,
+                "mid_block_attention": c.mid_block_add_attention,
+            })
+        }
+        Model::Tiny(m) => {
+            let c = &m.config;
+            let halves = match (c.has_encoder(), c.has_decoder()) {
+                (true, true) => "encoder and decoder",
+                (true, false) => "encoder only",
+                _ => "decoder only",
+            };
+            json!({
+                // TAESD's family is that of the big VAE it was distilled from.
+                "family": format!("{} ({})", c.family().map_or("unknown", Family::name), info.notes.join("; ")),
+                "halves": halves,
+                "encoder_block_out_channels": c.encoder_block_out_channels,
+                "num_encoder_blocks": c.num_encoder_blocks,
+                "decoder_block_out_channels": c.decoder_block_out_channels,
+                "num_decoder_blocks": c.num_decoder_blocks,
+                "tiling": "always untiled (--tile applies to AutoencoderKL)",
+            })
+        }
+    };
+    if let (Value::Object(report), Value::Object(more)) = (&mut report, architecture) {
+        report.extend(more);
+        report.insert("sha256".to_owned(), json!(info.sha256));
+        report.insert("check".to_owned(), json!("every VAE tensor present, with the expected shape and a float dtype"));
+    }
+    Ok(report)
 }
 
 fn inspect_latent(path: &Path) -> Result<Value> {

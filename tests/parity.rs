@@ -11,13 +11,13 @@ use vae::Vae;
 use vae::imageio::{self, DEFAULT_MAX_PIXELS};
 use vae::weights::WeightsSource;
 
-use common::parity::{TOLERANCE, check_decoder, check_encoder, device, load};
+use common::parity::{TOLERANCE, check_decoder, check_encoder, device, kl, load};
 use common::{max_abs_diff, read_tensors};
 
 #[test]
 fn diffusers_folder_f32() {
     let vae = load("tiny_sd");
-    assert_eq!(vae.model.config.block_out_channels, [32, 32, 64, 64]);
+    assert_eq!(kl(&vae).config.block_out_channels, [32, 32, 64, 64]);
     check_encoder(&vae, "tiny_sd");
     check_decoder(&vae, "tiny_sd");
 }
@@ -70,7 +70,7 @@ fn full_checkpoint_vae_prefix() {
 #[test]
 fn sixteen_channel_vae_without_quant_convs() {
     let vae = load("tiny_flux");
-    let cfg = &vae.model.config;
+    let cfg = &kl(&vae).config;
     assert_eq!((cfg.latent_channels, cfg.use_quant_conv, cfg.use_post_quant_conv), (16, false, false));
     assert_eq!((cfg.scaling_factor, cfg.shift_factor), (0.3611, 0.1159));
     check_encoder(&vae, "tiny_flux");
@@ -88,17 +88,17 @@ fn full_size_sd15() {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fixtures-full"));
     let source = WeightsSource::from_path(&dir.join("sd15_random")).expect("full-size fixtures exist");
     let vae = Vae::load(&source, &device(), None).unwrap();
-    assert_eq!(vae.model.config.block_out_channels, [128, 256, 512, 512]);
+    assert_eq!(kl(&vae).config.block_out_channels, [128, 256, 512, 512]);
     let input = imageio::load(&dir.join("images/kodim03.png"), DEFAULT_MAX_PIXELS).unwrap();
     let want = read_tensors(&dir.join("expected/sd15_random__kodim03.safetensors"));
-    let posterior = vae.model.encode(input.to_tensor(8, &device()));
+    let posterior = kl(&vae).encode(input.to_tensor(8, &device()));
     let mean = posterior.mean.into_data().try_into_vec::<f32>().unwrap();
     let err = max_abs_diff(&mean, &want["mean"].1);
     eprintln!("full size: latent mean max abs error {err:e}");
     assert!(err <= TOLERANCE, "latent mean max abs error {err:e}");
     let (shape, expected_mean) = &want["mean"];
     let z = Tensor::<4>::from_data(TensorData::new(expected_mean.clone(), shape.clone()), &device());
-    let decoded = vae.model.decode(z).into_data().try_into_vec::<f32>().unwrap();
+    let decoded = kl(&vae).decode(z).into_data().try_into_vec::<f32>().unwrap();
     let err = max_abs_diff(&decoded, &want["decoded"].1);
     eprintln!("full size: decoded max abs error {err:e}");
     assert!(err <= TOLERANCE, "decoded max abs error {err:e}");

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::parity::{check_decoder, check_encoder, load};
+use common::parity::{check_decoder, check_encoder, check_tiny, load};
 
 #[test]
 fn burn_ops_sd_layout() {
@@ -19,4 +19,12 @@ fn burn_ops_sixteen_channels() {
     let vae = load("tiny_flux");
     check_encoder(&vae, "tiny_flux");
     check_decoder(&vae, "tiny_flux");
+}
+
+#[test]
+fn burn_ops_taesd() {
+    vae::kernels::set_enabled(false);
+    // Stride-2 convolutions padded on all sides, convolutions without bias,
+    // and nearest upsampling as burn's interpolate.
+    check_tiny(&load("tiny_taesd"), "tiny_taesd");
 }

@@ -26,12 +26,11 @@ fn banded(vae: &mut Vae, rows: usize, max_memory: u64) {
 /// Max abs errors of (latent mean, decoded image) against diffusers for
 /// `image` (the decoded image where the fixture holds it, else 0).
 fn errors(vae: &Vae, expected: &str, image: &str) -> (f32, f32) {
-    let cfg = &vae.model.config;
+    let (scaling, shift) = vae.model.latent_scaling();
     let want = read_tensors(&fixtures().join(format!("expected/{expected}__{image}.safetensors")));
     let input = imageio::load(&fixtures().join(format!("images/{image}.png")), DEFAULT_MAX_PIXELS).unwrap();
     let latent = vae.encode(&input, Posterior::Mean);
-    let mean: Vec<f32> =
-        latent.data.iter().map(|v| (*v as f64 / cfg.scaling_factor + cfg.shift_factor) as f32).collect();
+    let mean: Vec<f32> = latent.data.iter().map(|v| (*v as f64 / scaling + shift) as f32).collect();
     let latent_err = max_abs_diff(&mean, &want["mean"].1);
     let (shape, expected_mean) = &want["mean"];
     let fixture_latent = scaled_latent(vae, shape, expected_mean);

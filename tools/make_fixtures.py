@@ -7,8 +7,8 @@
 
 Everything is seeded and runs on the CPU with two threads, so a rerun with the versions
 pinned in tools/requirements.txt rewrites byte-identical files. The models are diffusers
-`AutoencoderKL`s with float32 weights, all redrawn (see `redraw_parameters`) so that every
-layer visibly changes the output. The expected outputs run the same diffusers modules in
+`AutoencoderKL`s and `AutoencoderTiny`s (TAESD) with float32 weights, all redrawn (see
+`redraw_parameters`, `redraw_tiny`) so that every layer visibly changes the output. The expected outputs run the same diffusers modules in
 float64 (see `REFERENCE_DTYPE`) and are stored as float32. tests/fixtures/README.md
 describes the files.
 """
@@ -33,7 +33,7 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 import diffusers
-from diffusers import AutoencoderKL
+from diffusers import AutoencoderKL, AutoencoderTiny
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
@@ -86,6 +86,30 @@ TINY_FLUX = dict(
 # The real SD 1.x VAE shape (runwayml/stable-diffusion-v1-5 vae/config.json), random weights.
 SD15_RANDOM = dict(TINY_SD, block_out_channels=[128, 256, 512, 512])
 
+# TAESD (madebyollin/taesd config.json: 64 channels, blocks (1, 3, 3, 3) / (3, 3, 3, 1)) shrunk to
+# 16 channels; every other setting is diffusers' default (relu, nearest, upsampling 2, scaling 1).
+TINY_TAESD = dict(encoder_block_out_channels=[16] * 4, decoder_block_out_channels=[16] * 4, latent_channels=4)
+
+# TAEF1-style: 16 latent channels, and other block counts than TAESD's (read from config.json).
+TINY_TAEF1 = dict(
+    encoder_block_out_channels=[16] * 4,
+    decoder_block_out_channels=[16] * 4,
+    latent_channels=16,
+    num_encoder_blocks=[1, 2, 2, 2],
+    num_decoder_blocks=[2, 2, 2, 1],
+)
+
+# TAESD runs on crops, to keep the fixtures small: (image, crop box (left, top, right, bottom)).
+# Sizes are multiples of 8; kodim04's latent is 12 x 17 (an odd height).
+TAESD_IMAGES = {
+    "kodim03_160x128": ("kodim03", (300, 200, 460, 328)),
+    "kodim04_96x136": ("kodim04", (100, 300, 196, 436)),
+}
+
+# ComfyUI's latent scaling scalars for the combined TAESD fixture: SDXL's, so that a test can tell
+# them from the "taesd" (SD 1.x) of the file name.
+COMFY_VAE_SCALE, COMFY_VAE_SHIFT = 0.13025, 0.0
+
 
 # --------------------------------------------------------------------------- models
 
@@ -115,6 +139,30 @@ def redraw_parameters(model: torch.nn.Module, generator: torch.Generator) -> Non
                 seen.add(f"{name}.bias")
     missed = set(dict(model.named_parameters())) - seen
     assert not missed, f"parameters not redrawn: {sorted(missed)}"
+
+
+def redraw_tiny(model: AutoencoderTiny, generator: torch.Generator) -> None:
+    """`redraw_parameters` for a TAESD (conv weights ~ N(0, 1/fan_in), biases 0.05 N(0, 1)), then
+    three gains that keep a ReLU network of that depth in range:
+
+    - the encoder's last conv x 8: latents of std ~1.5 to 2, so the decoder's soft clamp
+      tanh(x / 3) * 3 bends some of them;
+    - the decoder's first conv x 0.5 and its last conv's bias + 0.5 (TAESD decodes to [0, 1]):
+      decoded images of std ~0.5 around 0 after diffusers' map to [-1, 1], few values clipped.
+    """
+    redraw_parameters(model, generator)
+    with torch.no_grad():
+        model.encoder.layers[-1].weight.mul_(8.0)
+        model.decoder.layers[0].weight.mul_(0.5)
+        model.decoder.layers[-1].bias.add_(0.5)
+
+
+def build_tiny(config: dict, seed: int) -> AutoencoderTiny:
+    """A seeded AutoencoderTiny with redrawn parameters, float32, CPU, eval mode."""
+    torch.manual_seed(seed)
+    model = AutoencoderTiny(**config)
+    redraw_tiny(model, torch.Generator().manual_seed(seed))
+    return model.float().eval()
 
 
 def _randn(shape, generator: torch.Generator) -> torch.Tensor:
@@ -214,6 +262,46 @@ def check_ldm_with_diffusers(checkpoint: dict, diffusers_state: dict, config: di
     """Prove an LDM-layout file: diffusers' own single-file converter must give back the diffusers state."""
     back = convert_ldm_vae_checkpoint(checkpoint, config)
     assert_same_state(back, diffusers_state, f"convert_ldm_vae_checkpoint({what})")
+
+
+def taesd_original_halves(state: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+    """diffusers TAESD keys -> madebyollin's split files (`taesd_encoder` / `taesd_decoder`).
+
+    The encoder is the same nn.Sequential: `encoder.layers.N.` -> `N.`. The original decoder starts
+    with a parameterless Clamp() module that diffusers moved into DecoderTiny.forward, so its
+    indices are one higher: `decoder.layers.N.` -> `{N+1}.`."""
+    encoder, decoder = {}, {}
+    for key, tensor in state.items():
+        half, _, rest = key.partition(".layers.")
+        index, _, param = rest.partition(".")
+        if half == "encoder":
+            encoder[f"{index}.{param}"] = tensor.contiguous()
+        else:
+            assert half == "decoder", key
+            decoder[f"{int(index) + 1}.{param}"] = tensor.contiguous()
+    assert len(encoder) + len(decoder) == len(state)
+    return encoder, decoder
+
+
+class _Clamp(torch.nn.Module):
+    """madebyollin/taesd's Clamp: the first module of its decoder."""
+
+    def forward(self, x):
+        return torch.tanh(x / 3) * 3
+
+
+@torch.no_grad()
+def check_taesd_original_halves(model: AutoencoderTiny, encoder: dict, decoder: dict, x: torch.Tensor) -> None:
+    """Prove the split files: madebyollin's architecture (the diffusers layers as one nn.Sequential
+    each, a Clamp in front of the decoder) loads them strictly and computes what diffusers does,
+    with its own conventions (images in [0, 1])."""
+    enc = torch.nn.Sequential(*copy.deepcopy(model.encoder.layers))
+    dec = torch.nn.Sequential(_Clamp(), *copy.deepcopy(model.decoder.layers))
+    enc.load_state_dict(encoder, strict=True)
+    dec.load_state_dict(decoder, strict=True)
+    latents = model.encode(x).latents
+    assert torch.equal(enc(x.add(1).div(2)), latents), "original encoder differs"
+    assert torch.equal(dec(latents).mul(2).sub(1), model.decode(latents).sample), "original decoder differs"
 
 
 def check_old_attention_with_diffusers(old: dict, diffusers_state: dict, config: dict) -> None:
@@ -402,8 +490,114 @@ def make_tiny_fixtures(root: Path) -> None:
             print(f"  {variant:13s} {stem}: {describe(result, torch_f32_off[(variant, stem)])}")
 
     write_metrics(expected / "metrics.json", images)
-    write_expected_readme(expected / "README.md", torch_f32_off)
+    taesd_off = make_taesd_fixtures(root, models["tiny_sd"])
+    write_expected_readme(expected / "README.md", torch_f32_off, taesd_off)
     print_sizes(root)
+
+
+# --------------------------------------------------------------------------- TAESD fixtures
+
+
+def write_taesd_weights(weights: Path, taesd: AutoencoderTiny, taef1: AutoencoderTiny, x: torch.Tensor) -> dict:
+    """The TAESD weight files; returns the state dict each expected-output variant runs."""
+    state = {k: v.detach().clone().contiguous() for k, v in taesd.state_dict().items()}
+    f16 = cast_state(state, torch.float16)
+    save_pretrained(taesd, weights / "tiny_taesd")
+    save_pretrained(taef1, weights / "tiny_taef1")
+
+    encoder, decoder = taesd_original_halves(state)
+    check_taesd_original_halves(taesd, encoder, decoder, x)
+    (weights / "tiny_taesd_split").mkdir()
+    safetensors.torch.save_file(encoder, weights / "tiny_taesd_split" / "taesd_encoder.safetensors")
+    safetensors.torch.save_file(decoder, weights / "tiny_taesd_split" / "taesd_decoder.safetensors")
+
+    # ComfyUI's combined layout: both original halves under taesd_encoder. / taesd_decoder., plus
+    # its latent scaling scalars (f32, shape []), here in f16.
+    enc16, dec16 = taesd_original_halves(f16)
+    comfy = {f"taesd_encoder.{k}": v for k, v in enc16.items()} | {f"taesd_decoder.{k}": v for k, v in dec16.items()}
+    comfy["vae_scale"] = torch.tensor(COMFY_VAE_SCALE, dtype=torch.float32)
+    comfy["vae_shift"] = torch.tensor(COMFY_VAE_SHIFT, dtype=torch.float32)
+    safetensors.torch.save_file(comfy, weights / "tiny_taesd_comfy_f16.safetensors")
+
+    load = lambda name: safetensors.torch.load_file(weights / name)  # noqa: E731
+    assert_same_state(load("tiny_taesd/diffusion_pytorch_model.safetensors"), state, "tiny_taesd")
+    assert_same_state(load("tiny_taesd_split/taesd_encoder.safetensors"), encoder, "taesd_encoder")
+    assert_same_state(load("tiny_taesd_split/taesd_decoder.safetensors"), decoder, "taesd_decoder")
+    assert_same_state(load("tiny_taesd_comfy_f16.safetensors"), comfy, "tiny_taesd_comfy_f16")
+    return {"tiny_taesd": state, "tiny_taesd_f16": f16}
+
+
+def tiny_from_state_dict(config: dict, state: dict[str, torch.Tensor]) -> AutoencoderTiny:
+    model = AutoencoderTiny(**config)
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    return model.float().eval()
+
+
+@torch.no_grad()
+def run_tiny(model: AutoencoderTiny, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """TAESD's latents and the decode of those latents rounded to float32 (the stored tensor)."""
+    dtype = next(model.parameters()).dtype
+    latents = model.encode(x.to(dtype)).latents
+    decoded = model.decode(latents.float().to(dtype)).sample
+    return {"latents": latents, "decoded": decoded}
+
+
+def tiny_reference(model: AutoencoderTiny, x: torch.Tensor) -> tuple[dict, dict]:
+    """As `reference_outputs`, for a TAESD."""
+    reference = run_tiny(copy.deepcopy(model).to(REFERENCE_DTYPE), x)
+    reference = {k: v.float().contiguous() for k, v in reference.items()}
+    f32 = run_tiny(model, x)
+    err = {k: float((f32[k].double() - reference[k].double()).abs().max()) for k in reference}
+    return reference, {"latent": err["latents"], "decoded": err["decoded"]}
+
+
+@torch.no_grad()
+def cross_decodes(taesd: AutoencoderTiny, sd: AutoencoderKL, taesd_latents: torch.Tensor, sd_mean: torch.Tensor):
+    """What a diffusers pipeline gets when one model encodes and the other decodes (float64):
+    pipelines hand the VAE `latents / vae.config.scaling_factor` (1 for TAESD) and get back
+    `vae.encode(x) * scaling_factor`, so TAESD latents are the big VAE's scaled ones."""
+    sd64, taesd64 = copy.deepcopy(sd).to(REFERENCE_DTYPE), copy.deepcopy(taesd).to(REFERENCE_DTYPE)
+    scaling = sd.config.scaling_factor
+    by_sd = sd64.decode(taesd_latents.to(REFERENCE_DTYPE) / scaling).sample
+    by_taesd = taesd64.decode(sd_mean.to(REFERENCE_DTYPE) * scaling).sample
+    return by_sd.float(), by_taesd.float()
+
+
+def make_taesd_fixtures(root: Path, sd: AutoencoderKL) -> dict:
+    """TAESD weights in each layout, crops of the Kodak images, and diffusers' outputs."""
+    images = {}
+    for name, (stem, box) in TAESD_IMAGES.items():
+        images[name] = root / "images" / f"{name}.png"
+        load_rgb(KODAK / f"{stem}.png").crop(box).save(images[name])
+    inputs = {name: preprocess(load_rgb(path)) for name, path in images.items()}
+
+    taesd, taef1 = build_tiny(TINY_TAESD, seed=0), build_tiny(TINY_TAEF1, seed=1)
+    states = write_taesd_weights(root / "weights", taesd, taef1, inputs["kodim03_160x128"])
+    models = {name: tiny_from_state_dict(TINY_TAESD, state) for name, state in states.items()}
+    models["tiny_taef1"] = taef1
+
+    off = {}
+    for stem, x in inputs.items():
+        for variant, model in models.items():
+            result, off[(variant, stem)] = tiny_reference(model, x)
+            safetensors.torch.save_file(result, root / "expected" / f"{variant}__{stem}.safetensors")
+            postprocess(result["decoded"]).save(root / "expected" / f"{variant}__{stem}.png")
+            lat, dec = result["latents"], result["decoded"]
+            print(
+                f"  {variant:13s} {stem}: latents {tuple(lat.shape)}, std {lat.std():.3f}, "
+                f"{100 * float((lat.abs() > 3).float().mean()):.1f}% beyond the clamp's +-3; decoded "
+                f"[{dec.min():.2f}, {dec.max():.2f}], std {dec.std():.3f}; torch f32 off by "
+                f"{off[(variant, stem)]['latent']:.1e} (latents), {off[(variant, stem)]['decoded']:.1e} (decoded)"
+            )
+
+    # One model encodes, the other decodes: tiny_taesd and tiny_sd share SD 1.x's latent space.
+    stem = "kodim03_160x128"
+    taesd_latents = safetensors.torch.load_file(root / "expected" / f"tiny_taesd__{stem}.safetensors")["latents"]
+    sd_mean = reference_outputs(sd, inputs[stem])[0]["mean"]
+    by_sd, by_taesd = cross_decodes(models["tiny_taesd"], sd, taesd_latents, sd_mean)
+    postprocess(by_sd).save(root / "expected" / f"tiny_taesd_to_tiny_sd__{stem}.png")
+    postprocess(by_taesd).save(root / "expected" / f"tiny_sd_to_tiny_taesd__{stem}.png")
+    return off
 
 
 def describe(result: dict, torch_f32_off: dict) -> str:
@@ -444,7 +638,7 @@ def write_metrics(path: Path, images: dict[str, Path]) -> None:
     path.write_text(json.dumps(metrics, indent=2) + "\n")
 
 
-def write_expected_readme(path: Path, torch_f32_off: dict) -> None:
+def write_expected_readme(path: Path, torch_f32_off: dict, taesd_off: dict) -> None:
     rows = [
         ("weights/tiny_sd/", "tiny_sd", "f32 diffusers folder"),
         ("weights/tiny_sd_ldm.safetensors", "tiny_sd", "same f32 values, LDM names"),
@@ -454,6 +648,12 @@ def write_expected_readme(path: Path, torch_f32_off: dict) -> None:
         ("weights/tiny_sd_vae_prefix.safetensors", "tiny_sd_f16", "identical f16 values, `vae.` prefix"),
         ("weights/tiny_sd_bf16.safetensors", "tiny_sd_bf16", "bf16"),
         ("weights/tiny_flux/", "tiny_flux", "f32 diffusers folder, 16 latent channels"),
+    ]
+    taesd_rows = [
+        ("weights/tiny_taesd/", "tiny_taesd", "f32 diffusers folder (AutoencoderTiny)"),
+        ("weights/tiny_taesd_split/", "tiny_taesd", "same f32 values, madebyollin's two files"),
+        ("weights/tiny_taesd_comfy_f16.safetensors", "tiny_taesd_f16", "f16, ComfyUI's combined layout"),
+        ("weights/tiny_taef1/", "tiny_taef1", "f32 diffusers folder, 16 latent channels"),
     ]
     lines = [
         "# Expected outputs",
@@ -467,6 +667,8 @@ def write_expected_readme(path: Path, torch_f32_off: dict) -> None:
         "|---|---|---|",
     ]
     lines += [f"| `{w}` | `{v}__kodim03.*`, `{v}__kodim04.*` | {h} |" for w, v, h in rows]
+    crops = ", ".join(f"`{{v}}__{name}.*`" for name in TAESD_IMAGES)
+    lines += [f"| `{w}` | {crops.format(v=v)} | {h} |" for w, v, h in taesd_rows]
     lines += [
         "",
         "The f16 and bf16 expectations run the rounded weights upcast to f32 (then f64, as all of them).",
@@ -481,7 +683,21 @@ def write_expected_readme(path: Path, torch_f32_off: dict) -> None:
     lines += [
         f"| {v} | {s} | {off['latent']:.1e} | {off['decoded']:.1e} |" for (v, s), off in sorted(torch_f32_off.items())
     ]
-    lines += [""]
+    lines += [
+        "",
+        "TAESD variants (`latents`, and `decoded`: the decode of the stored `latents`):",
+        "",
+        "| variant | image | torch f32: latents | torch f32: decoded |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {v} | {s} | {off['latent']:.1e} | {off['decoded']:.1e} |" for (v, s), off in sorted(taesd_off.items())]
+    lines += [
+        "",
+        "`tiny_taesd_to_tiny_sd__kodim03_160x128.png`: tiny_sd decoding tiny_taesd's latents divided by",
+        "0.18215; `tiny_sd_to_tiny_taesd__kodim03_160x128.png`: tiny_taesd decoding tiny_sd's mean times",
+        "0.18215 (what a diffusers pipeline does with one model encoding and the other decoding).",
+        "",
+    ]
     path.write_text("\n".join(lines))
 
 

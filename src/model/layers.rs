@@ -46,6 +46,35 @@ impl Conv2d {
     ) -> Self {
         let weight = p.tensor(&format!("{name}.weight"), [c_out, c_in, kernel, kernel]);
         let bias = p.tensor(&format!("{name}.bias"), [c_out]);
+        Self::from_tensors(weight, bias, c_in, c_out, kernel, stride, padding)
+    }
+
+    /// [`Conv2d::load_with`] of a `bias=False` convolution (TAESD's
+    /// stride-2 and upsampling convolutions): the file holds no `bias`, and
+    /// the layer adds zeros.
+    pub fn load_without_bias(
+        p: &mut ParamLoader,
+        name: &str,
+        c_in: usize,
+        c_out: usize,
+        kernel: usize,
+        stride: usize,
+        padding: [(usize, usize); 2],
+    ) -> Self {
+        let weight = p.tensor(&format!("{name}.weight"), [c_out, c_in, kernel, kernel]);
+        let bias = Tensor::zeros([c_out], &weight.device());
+        Self::from_tensors(weight, bias, c_in, c_out, kernel, stride, padding)
+    }
+
+    fn from_tensors(
+        weight: Tensor<4>,
+        bias: Tensor<1>,
+        c_in: usize,
+        c_out: usize,
+        kernel: usize,
+        stride: usize,
+        padding: [(usize, usize); 2],
+    ) -> Self {
         let loaded = weight.dims() == [c_out, c_in, kernel, kernel] && bias.dims() == [c_out];
         let params = if loaded && kernels::applies_to(&weight.device()) {
             let (w, b) = (kernels::values(weight), kernels::values(bias));

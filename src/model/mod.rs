@@ -1,5 +1,6 @@
 //! The Stable Diffusion VAE, laid out as diffusers lays it out so that a
-//! reader who knows `diffusers.AutoencoderKL` knows this code.
+//! reader who knows `diffusers.AutoencoderKL` knows this code; and TAESD,
+//! diffusers' `AutoencoderTiny`, which shares its latent space.
 
 mod attention;
 mod autoencoder;
@@ -9,6 +10,7 @@ mod encoder;
 mod layers;
 mod resnet;
 mod sampling;
+mod tiny;
 
 pub use attention::Attention;
 pub use autoencoder::{AutoencoderKl, DiagonalGaussian};
@@ -16,3 +18,70 @@ pub use config::{AutoencoderKlConfig, Family, SD15_SCALING_FACTOR};
 pub use encoder::UNetMidBlock2d;
 pub use layers::{Conv2d, GroupNorm, VAE_NORM_EPS};
 pub use resnet::ResnetBlock2d;
+pub use tiny::{AutoencoderTiny, AutoencoderTinyBlock, AutoencoderTinyConfig, DecoderTiny, EncoderTiny, TinyLayer};
+
+/// The network a weights file holds: the VAE, or its tiny stand-in.
+#[derive(Debug, Clone)]
+pub enum Model {
+    Kl(Box<AutoencoderKl>),
+    Tiny(AutoencoderTiny),
+}
+
+impl Model {
+    /// diffusers' class name, for reports.
+    pub fn class_name(&self) -> &'static str {
+        match self {
+            Model::Kl(_) => "AutoencoderKL",
+            Model::Tiny(_) => "AutoencoderTiny",
+        }
+    }
+
+    pub fn latent_channels(&self) -> usize {
+        match self {
+            Model::Kl(m) => m.config.latent_channels,
+            Model::Tiny(m) => m.config.latent_channels,
+        }
+    }
+
+    /// Image pixels per latent position along a side, encoding (8).
+    pub fn downscale(&self) -> usize {
+        match self {
+            Model::Kl(m) => m.config.downscale(),
+            Model::Tiny(m) => m.config.downscale(),
+        }
+    }
+
+    /// The same, decoding (8).
+    pub fn upscale(&self) -> usize {
+        match self {
+            Model::Kl(m) => m.config.downscale(),
+            Model::Tiny(m) => m.config.upscale(),
+        }
+    }
+
+    /// How latent files of this model are scaled, `(scaling_factor,
+    /// shift_factor)`: a file holds `(z - shift) * scaling` for the big VAE's
+    /// latent `z` (for TAESD, the big VAE it stands in for).
+    pub fn latent_scaling(&self) -> (f64, f64) {
+        match self {
+            Model::Kl(m) => (m.config.scaling_factor, m.config.shift_factor),
+            Model::Tiny(m) => (m.config.vae_scaling_factor, m.config.vae_shift_factor),
+        }
+    }
+
+    /// Sets what [`Model::latent_scaling`] returns.
+    pub fn set_latent_scaling(&mut self, scaling: f64, shift: f64) {
+        match self {
+            Model::Kl(m) => (m.config.scaling_factor, m.config.shift_factor) = (scaling, shift),
+            Model::Tiny(m) => (m.config.vae_scaling_factor, m.config.vae_shift_factor) = (scaling, shift),
+        }
+    }
+
+    /// The family whose latent space this is, for reports and metadata.
+    pub fn family(&self) -> Option<Family> {
+        match self {
+            Model::Kl(m) => m.config.family(),
+            Model::Tiny(m) => m.config.family(),
+        }
+    }
+}

@@ -17,6 +17,10 @@ pub enum Layout {
     /// The original CompVis/LDM names (`vae-ft-mse-840000-ema-pruned.safetensors`,
     /// and the VAE inside full SD checkpoints).
     Ldm,
+    /// TAESD as madebyollin/taesd ships it: `taesd_encoder.safetensors` and
+    /// `taesd_decoder.safetensors`, or both halves in one file (see
+    /// [`crate::weights`]'s TAESD layouts).
+    Taesd,
 }
 
 impl fmt::Display for Layout {
@@ -25,6 +29,7 @@ impl fmt::Display for Layout {
             Layout::Diffusers => "diffusers",
             Layout::DiffusersLegacyAttention => "diffusers (legacy attention names)",
             Layout::Ldm => "CompVis/LDM",
+            Layout::Taesd => "TAESD original (madebyollin)",
         })
     }
 }
@@ -123,29 +128,24 @@ pub fn detect<'a>(keys: impl IntoIterator<Item = &'a str> + Clone) -> Option<Vae
     let total = keys.into_iter().count();
     let has = |needle: &str| vae.iter().any(|(k, _)| k.contains(needle));
 
-    let layout = if has("encoder.down_blocks.") || has("decoder.up_blocks.") {
-        if has(".attentions.0.query.") { Layout::DiffusersLegacyAttention } else { Layout::Diffusers }
-    } else if has("encoder.down.") || has("decoder.up.") {
-        Layout::Ldm
-    } else {
-        return None;
-    };
     let levels = vae
         .iter()
         .filter_map(|(k, _)| k.strip_prefix("decoder.up.")?.split('.').next()?.parse::<usize>().ok())
         .max()
         .map_or(0, |m| m + 1);
-    let names = vae
-        .iter()
-        .map(|&(k, original)| {
-            let name = match layout {
-                Layout::Diffusers => k.to_owned(),
-                Layout::DiffusersLegacyAttention => apply(&LEGACY, k),
-                Layout::Ldm => apply(&LDM, &reverse_ldm_up_index(k, levels)),
-            };
-            (name, original.to_owned())
-        })
-        .collect();
+    let (layout, rename): (Layout, &dyn Fn(&str) -> String) =
+        if has("encoder.down_blocks.") || has("decoder.up_blocks.") {
+            if has(".attentions.0.query.") {
+                (Layout::DiffusersLegacyAttention, &|k| apply(&LEGACY, k))
+            } else {
+                (Layout::Diffusers, &|k| k.to_owned())
+            }
+        } else if has("encoder.down.") || has("decoder.up.") {
+            (Layout::Ldm, &|k| apply(&LDM, &reverse_ldm_up_index(k, levels)))
+        } else {
+            return None;
+        };
+    let names = vae.iter().map(|&(k, original)| (rename(k), original.to_owned())).collect();
     Some(VaeKeys { layout, prefix, names, ignored: total - vae.len() })
 }
 

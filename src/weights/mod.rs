@@ -1,11 +1,13 @@
 //! Stable Diffusion VAE weights from safetensors files, in the layouts people
 //! have them: diffusers folders and files, original CompVis/LDM files, and full
-//! checkpoints that contain a VAE. Pickles are refused, never opened.
+//! checkpoints that contain a VAE; and TAESD (`AutoencoderTiny`), in diffusers'
+//! layout or madebyollin's (see [`tiny`]). Pickles are refused, never opened.
 
 mod file;
 mod infer;
 mod layout;
 mod params;
+pub mod tiny;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -19,7 +21,7 @@ pub use infer::{DiffusersConfig, infer_config};
 pub use layout::{Layout, VaeKeys, detect};
 pub use params::{Mismatch, ParamLoader};
 
-use crate::model::{AutoencoderKl, AutoencoderKlConfig, SD15_SCALING_FACTOR};
+use crate::model::{AutoencoderKl, AutoencoderKlConfig, AutoencoderTinyConfig, Model, SD15_SCALING_FACTOR};
 
 /// Environment variable naming the weights when `--weights` is not given.
 pub const WEIGHTS_ENV: &str = "VAE_WEIGHTS";
@@ -49,7 +51,10 @@ pub enum WeightsError {
     Pickle { path: PathBuf },
     #[error("{}: not a safetensors file: {reason}", path.display())]
     NotSafetensors { path: PathBuf, reason: String },
-    #[error("{}: no Stable Diffusion VAE in this file (unknown layout; first keys: {keys})", path.display())]
+    #[error(
+        "{}: no Stable Diffusion VAE (AutoencoderKL) or TAESD (AutoencoderTiny) in this file (unknown layout; first keys: {keys})",
+        path.display()
+    )]
     NoVae { path: PathBuf, keys: String },
     #[error("{}: tensor {tensor} has dtype {dtype}; only f32, f16, bf16 and f64 weights are supported", path.display())]
     Dtype { path: PathBuf, tensor: String, dtype: String },
@@ -57,8 +62,14 @@ pub enum WeightsError {
     Architecture { path: PathBuf, tensor: String },
     #[error("{}: {reason}", path.display())]
     Config { path: PathBuf, reason: String },
-    #[error("{}: tensors do not fit an AutoencoderKL: {}", path.display(), describe(mismatch))]
-    Mismatch { path: PathBuf, mismatch: Mismatch },
+    #[error("{}: tensors do not fit an {class}: {}", path.display(), describe(mismatch))]
+    Mismatch { path: PathBuf, class: &'static str, mismatch: Mismatch },
+    #[error(
+        "{}: holds only the {have} of a TAESD, and {needs} needs its {missing}: pass the {missing} file \
+         (madebyollin's *_{missing}.safetensors), or a folder holding both halves",
+        path.display()
+    )]
+    MissingHalf { path: PathBuf, have: &'static str, missing: &'static str, needs: &'static str },
 }
 
 /// A weights file, plus the diffusers `config.json` beside it when there is one.
@@ -66,6 +77,9 @@ pub enum WeightsError {
 pub struct WeightsSource {
     pub file: PathBuf,
     pub config_json: Option<PathBuf>,
+    /// The other half of a TAESD kept in two files (`file` is the
+    /// `*_encoder.safetensors`, this its `*_decoder.safetensors`).
+    pub companion: Option<PathBuf>,
 }
 
 impl WeightsSource {
@@ -73,11 +87,14 @@ impl WeightsSource {
     pub fn from_path(path: &Path) -> Result<Self, WeightsError> {
         if path.is_dir() {
             let file = DIFFUSERS_FILES.iter().map(|f| path.join(f)).find(|f| f.is_file());
-            let file = match file {
-                Some(file) => file,
-                None => single_safetensors(path)?
-                    .ok_or_else(|| WeightsError::NotFound { searched: path.display().to_string() })?,
-            };
+            if let Some(file) = file {
+                return Ok(Self::from_file(file));
+            }
+            if let Some((encoder, decoder)) = tiny::split_pair(&safetensors_in(path)?) {
+                return Ok(Self { file: encoder, config_json: None, companion: Some(decoder) });
+            }
+            let file = single_safetensors(path)?
+                .ok_or_else(|| WeightsError::NotFound { searched: path.display().to_string() })?;
             return Ok(Self::from_file(file));
         }
         if !path.exists() {
@@ -94,7 +111,7 @@ impl WeightsSource {
         let is_diffusers =
             file.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("diffusion_pytorch_model"));
         let config_json = file.parent().map(|d| d.join("config.json")).filter(|c| is_diffusers && c.is_file());
-        Self { file, config_json }
+        Self { file, config_json, companion: None }
     }
 }
 
@@ -168,6 +185,9 @@ pub struct WeightsInfo {
     pub ignored: usize,
     /// Parameters of the VAE (elements of its tensors).
     pub parameters: u64,
+    /// What a user may want to know about how the weights were read (for
+    /// TAESD: where its latent scaling came from).
+    pub notes: Vec<String>,
 }
 
 /// Which halves of the model a run needs. The other half is checked like the
@@ -202,21 +222,26 @@ impl Parts {
 
 /// Loads the VAE of `source` (the halves in `parts`) onto `device`, as f32.
 ///
-/// The scaling factor is `scaling_factor` when given, else the one of
-/// `config.json`, else SD 1.x's 0.18215.
+/// For an `AutoencoderKL`, the scaling factor is `scaling_factor` when given,
+/// else the one of `config.json`, else SD 1.x's 0.18215. For TAESD it is the
+/// latent scaling of the big VAE it stands in for (see [`tiny`]).
 pub fn load(
     source: &WeightsSource,
     device: &Device,
     scaling_factor: Option<f64>,
     parts: Parts,
-) -> Result<(AutoencoderKl, WeightsInfo), WeightsError> {
-    let json = match &source.config_json {
-        Some(path) => read_config_json(path)?,
-        None => DiffusersConfig::default(),
-    };
+) -> Result<(Model, WeightsInfo), WeightsError> {
+    let json = source.config_json.as_deref().map(ConfigJson::read).transpose()?;
     let file = TensorFile::open(&source.file)?;
+    if let Some(companion) = &source.companion {
+        return tiny::load_pair(&file, &TensorFile::open(companion)?, device, scaling_factor, parts);
+    }
+    let (keys, architecture) = read_architecture(&file.tensors, &source.file, json.as_ref())?;
     let path = || source.file.clone();
-    let (keys, mut config) = read_architecture(&file.tensors, &source.file, &json)?;
+    let mut config = match architecture {
+        Architecture::Tiny(config) => return tiny::load(&file, &keys, config, device, scaling_factor, parts),
+        Architecture::Kl(config) => config,
+    };
     if let Some(factor) = scaling_factor {
         config.scaling_factor = factor;
         check_config(&config).map_err(|reason| WeightsError::Config { path: path(), reason })?;
@@ -225,57 +250,135 @@ pub fn load(
     let mut loader = ParamLoader::new(&file, &keys.names, device).skipping(parts.unused_prefixes());
     let model = AutoencoderKl::load(&mut loader, &config);
     loader.finish()?;
-
-    let mut dtypes: Vec<String> =
-        keys.names.values().map(|k| format!("{:?}", file.tensors[k].dtype).to_lowercase()).collect();
-    dtypes.sort();
-    dtypes.dedup();
-    let info = WeightsInfo {
-        path: path(),
-        layout: keys.layout,
-        prefix: keys.prefix,
-        dtype: dtypes.join("+"),
-        sha256: file.sha256_hex(),
-        ignored: keys.ignored,
-        parameters: keys.names.values().map(|k| file.tensors[k].shape.iter().product::<usize>() as u64).sum(),
-    };
-    Ok((model, info))
+    Ok((Model::Kl(Box::new(model)), WeightsInfo::of(&file, &keys, None, Vec::new())))
 }
 
-/// Finds the VAE among `tensors` and reads its architecture off their shapes,
-/// without building anything: what `load` checks before allocating a byte.
+impl WeightsInfo {
+    /// The report on the VAE tensors `keys` of `file`, plus those of `other`
+    /// for a TAESD whose halves are in two files (`file` being the one whose
+    /// hash latents record).
+    fn of(file: &TensorFile, keys: &VaeKeys, other: Option<(&TensorFile, &VaeKeys)>, notes: Vec<String>) -> Self {
+        let tensors: Vec<&file::RawTensor> = std::iter::once((file, keys))
+            .chain(other)
+            .flat_map(|(f, k)| k.names.values().map(move |key| &f.tensors[key]))
+            .collect();
+        let mut dtypes: Vec<String> = tensors.iter().map(|t| format!("{:?}", t.dtype).to_lowercase()).collect();
+        dtypes.sort();
+        dtypes.dedup();
+        Self {
+            path: file.path.clone(),
+            layout: keys.layout,
+            prefix: keys.prefix,
+            dtype: dtypes.join("+"),
+            sha256: file.sha256_hex(),
+            ignored: keys.ignored + other.map_or(0, |(_, k)| k.ignored),
+            parameters: tensors.iter().map(|t| t.shape.iter().product::<usize>() as u64).sum(),
+            notes,
+        }
+    }
+}
+
+/// What a weights file holds, read off its key set and tensor shapes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Architecture {
+    Kl(AutoencoderKlConfig),
+    Tiny(AutoencoderTinyConfig),
+}
+
+/// Finds the VAE among `tensors` and reads its architecture off their shapes
+/// (or `config.json`, for TAESD), without building anything: what `load`
+/// checks before allocating a byte.
 pub fn read_architecture(
     tensors: &BTreeMap<String, file::RawTensor>,
     path: &Path,
-    json: &DiffusersConfig,
-) -> Result<(VaeKeys, AutoencoderKlConfig), WeightsError> {
-    let keys = detect(tensors.keys().map(String::as_str)).ok_or_else(|| WeightsError::NoVae {
+    json: Option<&ConfigJson>,
+) -> Result<(VaeKeys, Architecture), WeightsError> {
+    let config_error = |reason: String| WeightsError::Config { path: path.to_owned(), reason };
+    let keys = tensors.keys().map(String::as_str);
+    if let Some(keys) = detect(keys.clone()) {
+        let json = match json {
+            Some(json) => json.kl()?,
+            None => DiffusersConfig::default(),
+        };
+        let shape_of = |name: &str| keys.names.get(name).map(|key| tensors[key].shape.as_slice());
+        let config = infer_config(shape_of, &json, SD15_SCALING_FACTOR)
+            .map_err(|tensor| WeightsError::Architecture { path: path.to_owned(), tensor })?;
+        check_config(&config).map_err(config_error)?;
+        return Ok((keys, Architecture::Kl(config)));
+    }
+    if let Some(keys) = tiny::detect(keys) {
+        let shape_of = |name: &str| keys.names.get(name).map(|key| tensors[key].shape.as_slice());
+        let config = match json {
+            Some(json) => json.tiny()?.to_config().map_err(config_error)?,
+            None => tiny::infer_config(shape_of)
+                .map_err(|tensor| WeightsError::Architecture { path: path.to_owned(), tensor })?,
+        };
+        config.check().map_err(config_error)?;
+        return Ok((keys, Architecture::Tiny(config)));
+    }
+    Err(WeightsError::NoVae {
         path: path.to_owned(),
         keys: tensors.keys().take(5).cloned().collect::<Vec<_>>().join(", "),
-    })?;
-    let shape_of = |name: &str| keys.names.get(name).map(|key| tensors[key].shape.as_slice());
-    let config = infer_config(shape_of, json, SD15_SCALING_FACTOR)
-        .map_err(|tensor| WeightsError::Architecture { path: path.to_owned(), tensor })?;
-    check_config(&config).map_err(|reason| WeightsError::Config { path: path.to_owned(), reason })?;
-    Ok((keys, config))
+    })
 }
 
 /// [`read_architecture`] of safetensors bytes (for inspection and fuzzing).
-pub fn inspect_bytes(bytes: &[u8], path: &Path) -> Result<(VaeKeys, AutoencoderKlConfig), WeightsError> {
+pub fn inspect_bytes(bytes: &[u8], path: &Path) -> Result<(VaeKeys, Architecture), WeightsError> {
     let tensors = file::list_tensors(bytes, path)?;
-    read_architecture(&tensors, path, &DiffusersConfig::default())
+    read_architecture(&tensors, path, None)
 }
 
-fn read_config_json(path: &Path) -> Result<DiffusersConfig, WeightsError> {
-    let text = fs::read_to_string(path).map_err(|source| WeightsError::Io { path: path.to_owned(), source })?;
-    let config: DiffusersConfig = serde_json::from_str(&text)
-        .map_err(|e| WeightsError::Config { path: path.to_owned(), reason: format!("invalid config.json: {e}") })?;
-    match config.class_name.as_deref() {
-        None | Some("AutoencoderKL") => Ok(config),
-        Some(other) => Err(WeightsError::Config {
-            path: path.to_owned(),
-            reason: format!("describes a {other}, not an AutoencoderKL"),
-        }),
+/// A diffusers `config.json`, read once and taken as the model the weights
+/// turn out to hold.
+#[derive(Debug, Clone)]
+pub struct ConfigJson {
+    path: PathBuf,
+    class_name: Option<String>,
+    value: serde_json::Value,
+}
+
+impl ConfigJson {
+    pub fn read(path: &Path) -> Result<Self, WeightsError> {
+        let error = |reason: String| WeightsError::Config { path: path.to_owned(), reason };
+        let text = fs::read_to_string(path).map_err(|source| WeightsError::Io { path: path.to_owned(), source })?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| error(format!("invalid config.json: {e}")))?;
+        let class_name = match value.get("_class_name") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(name)) => Some(name.clone()),
+            Some(other) => return Err(error(format!("invalid config.json: _class_name is {other}"))),
+        };
+        match class_name.as_deref() {
+            None | Some("AutoencoderKL" | "AutoencoderTiny") => Ok(Self { path: path.to_owned(), class_name, value }),
+            Some(other) => Err(error(format!("describes a {other}, not an AutoencoderKL or AutoencoderTiny"))),
+        }
+    }
+
+    /// As the config of an `AutoencoderKL`.
+    fn kl(&self) -> Result<DiffusersConfig, WeightsError> {
+        self.expect("AutoencoderKL", "AutoencoderTiny")?;
+        self.parse()
+    }
+
+    /// As the config of an `AutoencoderTiny`.
+    fn tiny(&self) -> Result<tiny::TinyConfigJson, WeightsError> {
+        self.expect("AutoencoderTiny", "AutoencoderKL")?;
+        self.parse()
+    }
+
+    fn expect(&self, weights: &str, other: &str) -> Result<(), WeightsError> {
+        match self.class_name.as_deref() {
+            Some(class) if class == other => Err(WeightsError::Config {
+                path: self.path.clone(),
+                reason: format!("describes an {other}, but the weights beside it hold an {weights}"),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, WeightsError> {
+        T::deserialize(&self.value)
+            .map_err(|e| WeightsError::Config { path: self.path.clone(), reason: format!("invalid config.json: {e}") })
     }
 }
 

@@ -35,12 +35,20 @@ pub struct ParamLoader<'a> {
     /// Name prefixes whose tensors are checked but not read (a part of the
     /// model this run does not use).
     skip: &'static [&'static str],
+    /// diffusers' class of the model being built, for the error.
+    class: &'static str,
 }
 
 impl<'a> ParamLoader<'a> {
     pub fn new(file: &'a TensorFile, names: &'a BTreeMap<String, String>, device: &Device) -> Self {
         let (used, mismatch) = (BTreeSet::new(), Mismatch::default());
-        Self { file, names, device: device.clone(), used, mismatch, error: None, skip: &[] }
+        Self { file, names, device: device.clone(), used, mismatch, error: None, skip: &[], class: "AutoencoderKL" }
+    }
+
+    /// Names the model being built (`AutoencoderTiny`) in the mismatch error.
+    pub fn building(mut self, class: &'static str) -> Self {
+        self.class = class;
+        self
     }
 
     /// Checks the tensors under `prefixes` but hands out empty stand-ins for
@@ -60,6 +68,25 @@ impl<'a> ParamLoader<'a> {
         match self.values(name, &shape) {
             Some(values) => Tensor::from_data(TensorData::new(values, shape), &self.device),
             None => Tensor::empty([0; D], &self.device),
+        }
+    }
+
+    /// The scalar `name` (shape `[]` or `[1]`) when the file has it, read
+    /// even in a skipped part (it is one number).
+    pub fn scalar(&mut self, name: &str) -> Option<f32> {
+        let key = self.names.get(name)?;
+        self.used.insert(name.to_owned());
+        let raw = &self.file.tensors[key];
+        if raw.shape.len() > 1 || raw.shape.iter().product::<usize>() != 1 {
+            self.mismatch.misshaped.push((name.to_owned(), vec![], raw.shape.clone()));
+            return None;
+        }
+        match self.file.to_f32(key, raw) {
+            Ok(values) => values.first().copied(),
+            Err(err) => {
+                self.error.get_or_insert(err);
+                None
+            }
         }
     }
 
@@ -99,7 +126,7 @@ impl<'a> ParamLoader<'a> {
         if self.mismatch.is_empty() {
             Ok(())
         } else {
-            Err(WeightsError::Mismatch { path: self.file.path.clone(), mismatch: self.mismatch })
+            Err(WeightsError::Mismatch { path: self.file.path.clone(), class: self.class, mismatch: self.mismatch })
         }
     }
 }
