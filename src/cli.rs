@@ -66,11 +66,13 @@ enum Command {
 #[derive(Debug, Args)]
 struct ModelArgs {
     /// VAE weights: a .safetensors file (diffusers, CompVis/LDM, or a full SD
-    /// checkpoint) or a diffusers folder. Default: $VAE_WEIGHTS, then ./weights/.
+    /// checkpoint) or a diffusers folder; or TAESD's (diffusers', or madebyollin's
+    /// taesd_encoder/taesd_decoder files or their folder). Default: $VAE_WEIGHTS,
+    /// then ./weights/.
     #[arg(short, long, value_name = "PATH")]
     weights: Option<PathBuf>,
     /// Latent scaling factor. Default: config.json's, else --family's, else
-    /// 0.18215 (SD 1.x/2.x).
+    /// 0.18215 (SD 1.x/2.x). For TAESD, the big VAE's it stands in for.
     #[arg(long, value_name = "F")]
     scaling_factor: Option<f64>,
     /// Model family, for its latent scaling and shift when the weights come
@@ -82,7 +84,7 @@ struct ModelArgs {
     device: DeviceArg,
     /// Run in bands of rows to bound memory: auto (when the estimated peak
     /// exceeds --max-memory), off, or a band height in image pixels. Bands
-    /// give the untiled result (README: "Large images").
+    /// give the untiled result (README: "Large images"). TAESD always runs untiled.
     #[arg(long, value_name = "auto|off|PIXELS", default_value = "auto")]
     tile: Tile,
     /// Peak memory to stay under with --tile auto, e.g. 1.5G or 800M.

@@ -4,14 +4,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-
 use burn::tensor::{Tensor, TensorData};
 use vae::Vae;
 use vae::imageio::{self, DEFAULT_MAX_PIXELS};
 use vae::weights::WeightsSource;
 
-use common::parity::{TOLERANCE, check_decoder, check_encoder, device, kl, load};
+use common::parity::{TOLERANCE, check_decoder, check_encoder, device, full_fixtures, kl, load};
 use common::{max_abs_diff, read_tensors};
 
 #[test]
@@ -83,9 +81,7 @@ fn sixteen_channel_vae_without_quant_convs() {
 #[test]
 #[ignore = "needs Python-made full-size fixtures; see README"]
 fn full_size_sd15() {
-    let dir = std::env::var_os("VAE_FULL_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fixtures-full"));
+    let dir = full_fixtures();
     let source = WeightsSource::from_path(&dir.join("sd15_random")).expect("full-size fixtures exist");
     let vae = Vae::load(&source, &device(), None).unwrap();
     assert_eq!(kl(&vae).config.block_out_channels, [128, 256, 512, 512]);

@@ -7,12 +7,14 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use burn::tensor::{Tensor, TensorData};
 use vae::Vae;
 use vae::imageio::{self, DEFAULT_MAX_PIXELS};
 use vae::latent::{Latent, Posterior};
+use vae::model::AutoencoderTinyConfig;
 use vae::weights::{Layout, Parts, WeightsSource};
 
-use common::parity::{TINY_IMAGES, TINY_TOLERANCE, assert_png_close, check_tiny, device, load, tiny};
+use common::parity::{TINY_IMAGES, TINY_TOLERANCE, assert_png_close, check_tiny, device, full_fixtures, load, tiny};
 use common::{assert_fails, fixtures, max_abs_diff, read_tensors, stderr, stdout, vae};
 
 fn weights(name: &str) -> String {
@@ -112,6 +114,32 @@ fn taesd_and_the_big_vae_read_each_other_latents() {
     assert!(max_abs_diff(&a, &b) < 1e-5);
 }
 
+/// madebyollin/taesd's real shape (64 channels, about 1.2M parameters a half)
+/// with random weights, on the whole 768x512 kodim03; needs the fixtures of
+/// `python3 tools/make_fixtures.py --full-size` (see `full_fixtures`).
+/// Run: `cargo test --release --test taesd -- --ignored`.
+#[test]
+#[ignore = "needs Python-made full-size fixtures; see README"]
+fn full_size_taesd() {
+    let dir = full_fixtures();
+    let source = WeightsSource::from_path(&dir.join("taesd_random")).expect("full-size fixtures exist");
+    let vae = Vae::load(&source, &device(), None).unwrap();
+    assert_eq!(tiny(&vae).config, AutoencoderTinyConfig::taesd());
+    let model = tiny(&vae);
+    let want = read_tensors(&dir.join("expected/taesd_random__kodim03.safetensors"));
+    let input = imageio::load(&dir.join("images/kodim03.png"), DEFAULT_MAX_PIXELS).unwrap();
+    let latents = model.encode(input.to_tensor(8, &device())).unwrap().into_data().try_into_vec::<f32>().unwrap();
+    let err = max_abs_diff(&latents, &want["latents"].1);
+    eprintln!("full size: latents max abs error {err:e}");
+    assert!(err <= TINY_TOLERANCE, "latents max abs error {err:e}");
+    let (shape, values) = &want["latents"];
+    let z = Tensor::<4>::from_data(TensorData::new(values.clone(), shape.clone()), &device());
+    let decoded = model.decode(z).unwrap().into_data().try_into_vec::<f32>().unwrap();
+    let err = max_abs_diff(&decoded, &want["decoded"].1);
+    eprintln!("full size: decoded max abs error {err:e}");
+    assert!(err <= TINY_TOLERANCE, "decoded max abs error {err:e}");
+}
+
 // ---------------------------------------------------------------- command line
 
 fn photo(dir: &Path, name: &str) -> String {
@@ -144,6 +172,15 @@ fn cli_encode_decode_and_roundtrip() {
     }
     let ours = image::open(p.join("taesd.png")).unwrap().to_rgb8();
     assert_png_close(ours.as_raw(), &fixtures().join(format!("expected/tiny_taesd__{}.png", TINY_IMAGES[0])));
+
+    // ComfyUI's .latent holds the unscaled latent: TAESD's over SD 1.x's scaling, and back.
+    for args in [&["encode", "in.png", "-o", "z.latent"][..], &["decode", "z.latent", "-o", "comfy.png"][..]] {
+        let out = vae(p, &[args, &["--weights", &w]].concat());
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let unscaled: Vec<f32> = latent.data.iter().map(|v| (*v as f64 / 0.18215) as f32).collect();
+    assert!(max_abs_diff(&Latent::read(&p.join("z.latent")).unwrap().data, &unscaled) < 1e-4);
+    assert_png_close(ours.as_raw(), &p.join("comfy.png"));
 
     // madebyollin's two files, given as their folder, round-trip.
     let out = vae(p, &["roundtrip", "in.png", "--json", "--weights", &weights("tiny_taesd_split")]);

@@ -705,15 +705,25 @@ def write_expected_readme(path: Path, torch_f32_off: dict, taesd_off: dict) -> N
 
 
 def make_full_size(root: Path) -> None:
-    """The real SD 1.x VAE shape with redrawn weights, for one image (not committed: ~330 MB)."""
+    """The real SD 1.x VAE shape with redrawn weights, for one image (not committed: ~330 MB), and
+    the real TAESD shape (madebyollin/taesd's config: 64 channels) likewise (~10 MB)."""
     shutil.rmtree(root, ignore_errors=True)
     (root / "expected").mkdir(parents=True)
     model = build_vae(SD15_RANDOM)
     save_pretrained(model, root / "sd15_random")
     images = copy_images(root / "images")
-    result, torch_f32_off = reference_outputs(model, preprocess(load_rgb(images["kodim03"])))
+    x = preprocess(load_rgb(images["kodim03"]))
+    result, torch_f32_off = reference_outputs(model, x)
     write_expected(root / "expected", "sd15_random", "kodim03", result, with_decoded=True)
     print(f"  sd15_random   kodim03: {describe(result, torch_f32_off)}")
+    taesd = build_tiny({}, seed=0)
+    save_pretrained(taesd, root / "taesd_random")
+    result, off = tiny_reference(taesd, x)
+    safetensors.torch.save_file(result, root / "expected" / "taesd_random__kodim03.safetensors")
+    print(
+        f"  taesd_random  kodim03: latents std {result['latents'].std():.3f}, decoded std "
+        f"{result['decoded'].std():.3f}; torch f32 off by {off['latent']:.1e} (latents), {off['decoded']:.1e} (decoded)"
+    )
     print_sizes(root)
 
 

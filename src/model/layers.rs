@@ -62,7 +62,9 @@ impl Conv2d {
         padding: [(usize, usize); 2],
     ) -> Self {
         let weight = p.tensor(&format!("{name}.weight"), [c_out, c_in, kernel, kernel]);
-        let bias = Tensor::zeros([c_out], &weight.device());
+        // Zeros only for a weight that loaded: `c_out` comes from a file.
+        let loaded = weight.dims() == [c_out, c_in, kernel, kernel];
+        let bias = if loaded { Tensor::zeros([c_out], &weight.device()) } else { Tensor::empty([0], &weight.device()) };
         Self::from_tensors(weight, bias, c_in, c_out, kernel, stride, padding)
     }
 

@@ -28,6 +28,14 @@ pub fn load(weights: &str) -> Vae {
     Vae::load(&source, &device(), None).unwrap_or_else(|e| panic!("loading {weights}: {e}"))
 }
 
+/// The fixtures of `python3 tools/make_fixtures.py --full-size` (not
+/// committed): `$VAE_FULL_FIXTURES`, else target/fixtures-full.
+pub fn full_fixtures() -> PathBuf {
+    std::env::var_os("VAE_FULL_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fixtures-full"))
+}
+
 /// The `AutoencoderKL` of a VAE that a test loaded as one.
 pub fn kl(vae: &Vae) -> &AutoencoderKl {
     match &vae.model {

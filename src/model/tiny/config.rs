@@ -105,6 +105,10 @@ impl AutoencoderTinyConfig {
             }
             Ok(())
         };
+        // A config.json can say anything; no TAESD has more than 3 blocks a stage.
+        if let Some(n) = self.num_encoder_blocks.iter().chain(&self.num_decoder_blocks).find(|&&n| n > 64) {
+            return Err(format!("{n} blocks in one stage"));
+        }
         stages("encoder", &self.encoder_block_out_channels, &self.num_encoder_blocks)?;
         stages("decoder", &self.decoder_block_out_channels, &self.num_decoder_blocks)?;
         if !self.has_encoder() && !self.has_decoder() {
