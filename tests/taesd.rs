@@ -243,6 +243,34 @@ fn cli_mismatched_kinds_fail_clearly() {
     assert!(!p.join("x.png").exists() && !p.join("y.safetensors").exists() && !p.join("s.safetensors").exists());
 }
 
+/// A TAESD file missing a tensor, or with one of the wrong shape, is refused
+/// with every such tensor named (by its diffusers name).
+#[test]
+fn incomplete_weights_name_the_tensors() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    photo(p, "in.png");
+    let bytes = std::fs::read(fixtures().join("weights/tiny_taesd_split/taesd_encoder.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let wrong = vec![0u8; 4 * 8];
+    let tensors: Vec<(String, safetensors::tensor::TensorView)> = st
+        .tensors()
+        .into_iter()
+        .filter(|(name, _)| name != "1.conv.2.bias")
+        .map(|(name, view)| match name.as_str() {
+            "3.conv.4.bias" => (name, safetensors::tensor::TensorView::new(view.dtype(), vec![8], &wrong).unwrap()),
+            _ => (name, view),
+        })
+        .collect();
+    std::fs::write(p.join("broken_encoder.safetensors"), safetensors::serialize(tensors, None).unwrap()).unwrap();
+    let out = vae(p, &["encode", "in.png", "-o", "z.safetensors", "--weights", "broken_encoder.safetensors"]);
+    assert_fails(&out, "broken_encoder.safetensors", "tensors do not fit an AutoencoderTiny");
+    let err = stderr(&out);
+    assert!(err.contains("missing 1: encoder.layers.1.conv.2.bias"), "{err}");
+    assert!(err.contains("encoder.layers.3.conv.4.bias (expected [16], file has [8])"), "{err}");
+    assert!(!p.join("z.safetensors").exists());
+}
+
 #[test]
 fn cli_family_and_inspect() {
     let dir = tempfile::tempdir().unwrap();
