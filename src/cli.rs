@@ -76,7 +76,8 @@ struct ModelArgs {
     #[arg(long, value_name = "F")]
     scaling_factor: Option<f64>,
     /// Model family, for its latent scaling and shift when the weights come
-    /// without a config.json: sd1, sd2, sdxl, sd3 or flux. Recorded in latents.
+    /// without a config.json: sd1, sd2, sdxl, sd3 or flux (for TAESD: that of
+    /// the big VAE it stands in for). Recorded in latents.
     #[arg(long, value_name = "NAME")]
     family: Option<Family>,
     /// Where to compute.
