@@ -49,7 +49,8 @@ impl Conv2d {
         let loaded = weight.dims() == [c_out, c_in, kernel, kernel] && bias.dims() == [c_out];
         let params = if loaded && kernels::applies_to(&weight.device()) {
             let (w, b) = (kernels::values(weight), kernels::values(bias));
-            ConvParams::Cpu(Arc::new(ConvWeights::new(&w, &b, c_out, c_in, kernel)))
+            let geometry = Geometry { stride, pad_h: padding[0], pad_w: padding[1] };
+            ConvParams::Cpu(Arc::new(ConvWeights::new(&w, &b, (c_out, c_in, kernel), geometry)))
         } else {
             ConvParams::Burn(Box::new((weight, bias)))
         };
@@ -99,9 +100,7 @@ impl Conv2d {
     /// `x` by value: when it is not shared, its buffer is handed over without a copy.
     fn forward_cpu(&self, x: Tensor<4>, up: usize, weights: &ConvWeights) -> Tensor<4> {
         let ([b, _, h, w], device) = (x.dims(), x.device());
-        let geometry =
-            Geometry { stride: self.options.stride[0], pad_h: self.options.padding[0], pad_w: self.options.padding[1] };
-        let (out, ho, wo) = kernels::conv::conv2d_upsampled(&kernels::values(x), b, (h, w), up, weights, geometry);
+        let (out, ho, wo) = kernels::conv::conv2d_upsampled(&kernels::values(x), b, (h, w), up, weights);
         kernels::tensor(out, [b, weights.c_out(), ho, wo], &device)
     }
 }
