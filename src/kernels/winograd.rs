@@ -93,10 +93,14 @@ pub fn conv3x3(
     let (tiles_y, tiles_x) = (h.div_ceil(2), w.div_ceil(2));
     let chunk_tiles = (CHUNK_FLOATS / (16 * (ci + co))).max(MIN_CHUNK_TILES);
     let rows_per_chunk = (chunk_tiles / tiles_x).clamp(1, tiles_y);
-    let mut out = vec![0.0f32; batch * co * h * w];
+    // Every element is written exactly once below, so the buffer is not
+    // zeroed first (that would be one more pass over the whole output).
+    let len = batch * co * h * w;
+    let mut out = Vec::<f32>::with_capacity(len);
     for b in 0..batch {
         let src = Source { x: &x[b * ci * h0 * w0..][..ci * h0 * w0], h0, w0, up };
-        let dst = SharedOut(out[b * co * h * w..][..co * h * w].as_mut_ptr());
+        // SAFETY: in bounds of the allocation of `len` floats.
+        let dst = SharedOut(unsafe { out.as_mut_ptr().add(b * co * h * w) });
         let chunks: Vec<usize> = (0..tiles_y).step_by(rows_per_chunk).collect();
         chunks.into_par_iter().for_each_init(Scratch::default, |scratch, ty0| {
             let ty1 = (ty0 + rows_per_chunk).min(tiles_y);
@@ -107,7 +111,16 @@ pub fn conv3x3(
             unsafe { chunk.run(&src, wts, bias, scratch, &dst) };
         });
     }
+    // SAFETY: the chunks of every image wrote all `co * h * w` of its elements
+    // (tile rows cover rows [0, h), and each row is written whole).
+    unsafe { out.set_len(len) };
     out
+}
+
+/// Which of the 16 products vanish: with a 2x-upsampled input, transformed
+/// row and column 2 of every patch are zero (`d2 - d1` of two equal pixels).
+fn vanishing(up: usize) -> impl Fn(usize) -> bool {
+    move |k| up == 2 && (k / 4 == 2 || k % 4 == 2)
 }
 
 /// One image's input as the padded 3x3 convolution sees it.
@@ -124,16 +137,19 @@ impl Source<'_> {
     /// is `2k`), each `half` long, zero outside the image.
     fn split_row(&self, c: usize, p: usize, even: &mut [f32], odd: &mut [f32]) {
         let (h, w) = (self.h0 * self.up, self.w0 * self.up);
-        even.fill(0.0);
-        odd.fill(0.0);
         if p == 0 || p > h {
+            even.fill(0.0);
+            odd.fill(0.0);
             return;
         }
         let row = &self.x[(c * self.h0 + (p - 1) / self.up) * self.w0..][..self.w0];
+        // Column -1 (even[0]) is padding; so is every column from w on.
+        even[0] = 0.0;
         if self.up == 2 {
             // Image column 2k - 1 is source column k - 1 and 2k is k.
             even[1..=self.w0].copy_from_slice(row);
             odd[..self.w0].copy_from_slice(row);
+            odd[self.w0..].fill(0.0);
             return;
         }
         // Image columns (2k - 1, 2k) for k >= 1, and column 0 alone.
@@ -142,8 +158,15 @@ impl Source<'_> {
             even[k + 1] = pair[0];
             odd[k + 1] = pair[1];
         }
+        // Even width: column w - 1 is even[w / 2] and odd[w / 2] (column w)
+        // is padding. Odd width: both even and odd end in padding.
+        let k = w / 2;
         if w % 2 == 0 {
-            even[w / 2] = row[w - 1];
+            even[k] = row[w - 1];
+            odd[k..].fill(0.0);
+        } else {
+            even[k + 1..].fill(0.0);
+            odd[k + 1..].fill(0.0);
         }
     }
 }
@@ -164,6 +187,9 @@ struct Scratch {
     rows: Vec<f32>,
     /// Output-transform intermediates.
     s: Vec<f32>,
+    /// A row of zeros standing for the products that vanish with an
+    /// upsampled input.
+    zeros: Vec<f32>,
 }
 
 /// Tile rows `[ty0, ty1)` of one image.
@@ -185,14 +211,9 @@ impl Chunk {
         scratch.v.resize(16 * ci * nt, 0.0);
         scratch.m.resize(16 * co * nt, 0.0);
         self.transform_input(src, ci, scratch);
-        // With a 2x-upsampled input, transformed row and column 2 are zero.
-        let zero = |k: usize| src.up == 2 && (k / 4 == 2 || k % 4 == 2);
-        for k in 0..16 {
+        let zero = vanishing(src.up);
+        for k in (0..16).filter(|&k| !zero(k)) {
             let m = &mut scratch.m[k * co * nt..][..co * nt];
-            if zero(k) {
-                m.fill(0.0);
-                continue;
-            }
             let u = &wts.u[k * co * ci..][..co * ci];
             let v = &scratch.v[k * ci * nt..][..ci * nt];
             // SAFETY: m is co x nt, u is co x ci, v is ci x nt, all row-major
@@ -222,7 +243,7 @@ impl Chunk {
             }
         }
         // SAFETY: forwarded from the caller.
-        unsafe { self.transform_output(co, bias, scratch, dst) };
+        unsafe { self.transform_output(co, bias, zero, scratch, dst) };
     }
 
     /// `V = B^T d B` for every tile and channel, where
@@ -276,13 +297,21 @@ impl Chunk {
     ///
     /// # Safety
     /// As for [`Chunk::run`].
-    unsafe fn transform_output(&self, co: usize, bias: &[f32], scratch: &mut Scratch, dst: &SharedOut) {
+    unsafe fn transform_output(
+        &self,
+        co: usize,
+        bias: &[f32],
+        zero: impl Fn(usize) -> bool,
+        scratch: &mut Scratch,
+        dst: &SharedOut,
+    ) {
         let (tx, nt, w) = (self.tiles_x, (self.ty1 - self.ty0) * self.tiles_x, self.w);
         scratch.s.resize(8 * tx, 0.0);
-        let m = &scratch.m;
+        scratch.zeros.resize(tx, 0.0);
+        let (m, zeros) = (&scratch.m, &scratch.zeros);
         for (o, &bias) in bias.iter().enumerate().take(co) {
             for (r, ty) in (self.ty0..self.ty1).enumerate() {
-                let mk = |k: usize| &m[(k * co + o) * nt + r * tx..][..tx];
+                let mk = |k: usize| if zero(k) { &zeros[..] } else { &m[(k * co + o) * nt + r * tx..][..tx] };
                 // Vertical: s[0][j] = m0j + m1j + m2j, s[1][j] = m1j - m2j - m3j.
                 let (s0, s1) = scratch.s.split_at_mut(4 * tx);
                 for j in 0..4 {

@@ -149,8 +149,9 @@ impl GroupNorm {
         let (a, b) = self.coefficients(sums, count);
         let ([batch, c, h, w], device) = (x.dims(), x.device());
         if kernels::applies_to(&device) {
-            let out = kernels::norm::affine(&kernels::values(x), h * w, &a, &b, true);
-            return kernels::tensor(out, [batch, c, h, w], &device);
+            let mut x = kernels::values(x);
+            kernels::norm::affine(&mut x, h * w, &a, &b, true);
+            return kernels::tensor(x, [batch, c, h, w], &device);
         }
         let a = kernels::tensor(a, [1, c, 1, 1], &device);
         let b = kernels::tensor(b, [1, c, 1, 1], &device);
@@ -184,8 +185,9 @@ impl GroupNorm {
         if kernels::applies_to(&device) {
             let (gamma, beta) = (kernels::values(self.weight.clone()), kernels::values(self.bias.clone()));
             let params = GroupNormParams { groups: self.groups, eps: self.eps, gamma: &gamma, beta: &beta };
-            let out = kernels::norm::group_norm(&kernels::values(x), c, h * w, params, with_silu);
-            return kernels::tensor(out, [b, c, h, w], &device);
+            let mut x = kernels::values(x);
+            kernels::norm::group_norm(&mut x, c, h * w, params, with_silu);
+            return kernels::tensor(x, [b, c, h, w], &device);
         }
         // [B, G, C/G * H, W]: statistics per (batch, group), reduced in two
         // levels (rows, then the row means) so that f32 sums over a whole
