@@ -2,6 +2,7 @@
 //! turns them into calls on the library, and errors are returned to `main`,
 //! which prints them on one line and exits non-zero.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -11,6 +12,7 @@ use burn::tensor::Device;
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::Vae;
+use crate::hub::{Hub, HubRepo};
 use crate::imageio::{self, DEFAULT_MAX_PIXELS};
 use crate::latent::{Latent, LatentFormat, Posterior};
 use crate::metrics;
@@ -55,6 +57,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Download a VAE from the Hugging Face Hub into its cache (config.json and
+    /// diffusion_pytorch_model.safetensors, checked against the Hub's SHA-256)
+    /// and print its local folder on stdout. Honours HF_HOME, HF_HUB_CACHE,
+    /// HF_ENDPOINT, HF_TOKEN and HF_HUB_OFFLINE.
+    Fetch {
+        /// The repo, e.g. stabilityai/sd-vae-ft-mse, or a folder in one,
+        /// e.g. stabilityai/stable-diffusion-xl-base-1.0/vae.
+        #[arg(value_name = "REPO")]
+        repo: String,
+        /// Branch, tag or commit. Default: main.
+        #[arg(long, value_name = "REV", value_parser = crate::hub::parse_revision)]
+        revision: Option<String>,
+    },
     /// Print a completion script for SHELL on stdout, e.g.
     /// `vae completions bash > ~/.local/share/bash-completion/completions/vae`.
     Completions {
@@ -66,9 +81,14 @@ enum Command {
 #[derive(Debug, Args)]
 struct ModelArgs {
     /// VAE weights: a .safetensors file (diffusers, CompVis/LDM, or a full SD
-    /// checkpoint) or a diffusers folder. Default: $VAE_WEIGHTS, then ./weights/.
-    #[arg(short, long, value_name = "PATH")]
+    /// checkpoint), a diffusers folder, or a Hugging Face Hub repo
+    /// (org/name[/subfolder], from the Hugging Face cache or downloaded into
+    /// it). Default: $VAE_WEIGHTS, then ./weights/.
+    #[arg(short, long, value_name = "PATH|REPO")]
     weights: Option<PathBuf>,
+    /// Branch, tag or commit of a Hub repo given to --weights. Default: main.
+    #[arg(long, value_name = "REV", value_parser = crate::hub::parse_revision)]
+    revision: Option<String>,
     /// Latent scaling factor. Default: config.json's, else --family's, else
     /// 0.18215 (SD 1.x/2.x).
     #[arg(long, value_name = "F")]
@@ -221,6 +241,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Decode(args) => decode(&mut ctx, args),
         Command::Inspect { files, json } => inspect(&ctx, &files, json),
         Command::Preview(args) => preview(&mut ctx, args),
+        Command::Fetch { repo, revision } => fetch(&ctx, &repo, revision.as_deref()),
         Command::Completions { shell } => {
             // Into memory first: clap_complete panics on a failed write.
             let mut script = Vec::new();
@@ -300,7 +321,8 @@ impl Session {
         let device = match args.device {
             DeviceArg::Auto | DeviceArg::Cpu => Device::flex(),
         };
-        let source = crate::weights::resolve(args.weights.as_deref())?;
+        let hub = Hub::from_env().verbose(!self.quiet);
+        let source = crate::weights::resolve(args.weights.as_deref(), args.revision.as_deref(), &hub)?;
         let mut vae = self.stage("load", || Vae::load_parts(&source, &device, args.scaling_factor, parts))?;
         vae.tiling = TileOptions { tile: args.tile, max_memory: args.max_memory.unwrap_or_else(default_max_memory) };
         if let Some(family) = args.family {
@@ -370,6 +392,16 @@ fn inspect(ctx: &Session, files: &[PathBuf], json: bool) -> Result<ExitCode> {
         ctx.info(format_args!("inspected {} of {} files; {failed} failed", files.len() - failed, files.len()));
     }
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn fetch(ctx: &Session, spec: &str, revision: Option<&str>) -> Result<ExitCode> {
+    let Some(repo) = HubRepo::parse(spec, revision) else {
+        bail!("{spec}: not a Hugging Face Hub repo id (org/name, or org/name/subfolder)");
+    };
+    let hub = Hub::from_env().verbose(!ctx.quiet);
+    let folder = hub.fetch(&repo)?;
+    writeln!(std::io::stdout(), "{}", folder.display()).context("writing to stdout")?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn posterior(args: &InputArgs) -> Posterior {
