@@ -47,17 +47,16 @@ pub enum HubError {
     Denied { repo: HubRepo, endpoint: String },
     #[error("{repo}: no diffusers safetensors weights ({}) in {folder}{found}", DIFFUSERS_FILES.join(" or "))]
     NoWeights { repo: HubRepo, folder: String, found: String },
-    #[error("{repo}: {endpoint}: {source}")]
-    Request {
-        repo: HubRepo,
-        endpoint: String,
-        #[source]
-        source: ApiError,
-    },
+    /// `reason` is the innermost error's message: hf-hub's errors repeat
+    /// their cause in their own message, so their chain would print it twice.
+    #[error("{repo}: downloading from {endpoint} failed: {reason}")]
+    Request { repo: HubRepo, endpoint: String, reason: String },
+    #[error("{repo}: {endpoint} answered with an unusable {what} {value:?}")]
+    BadAnswer { repo: HubRepo, endpoint: String, what: &'static str, value: String },
     #[error("{repo}: its files come from different commits ({0} and {1}): the repo changed meanwhile; run again", .commits.0, .commits.1)]
     Moved { repo: HubRepo, commits: (String, String) },
-    #[error("{}: {reason}; removed it from the cache, run again to download it anew", path.display())]
-    Corrupt { path: PathBuf, reason: String },
+    #[error("{repo}: {file} as downloaded: {reason}; removed it from the cache, run again to download it anew")]
+    Corrupt { repo: HubRepo, file: String, reason: String },
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
 }
@@ -228,6 +227,13 @@ impl Hub {
         let mut commit: Option<String> = None;
         for file in &files {
             let meta = api.metadata(&api_repo.url(file)).map_err(request)?;
+            // Both name paths in the cache (snapshots/COMMIT, blobs/ETAG): hex only.
+            for (what, value) in [("commit", meta.commit_hash()), ("etag", meta.etag())] {
+                if value.is_empty() || value.len() > 128 || !value.chars().all(|c| c.is_ascii_alphanumeric()) {
+                    let (repo, endpoint, value) = (repo.clone(), self.endpoint.clone(), value.to_owned());
+                    return Err(HubError::BadAnswer { repo, endpoint, what, value });
+                }
+            }
             match &commit {
                 Some(c) if c != meta.commit_hash() => {
                     return Err(HubError::Moved {
@@ -248,7 +254,7 @@ impl Hub {
                 // Nothing that failed its check stays usable: the link and its blob go.
                 let _ = fs::remove_file(&local);
                 let _ = fs::remove_file(repo_dir.join("blobs").join(meta.etag()));
-                return Err(HubError::Corrupt { path: local, reason });
+                return Err(HubError::Corrupt { repo: repo.clone(), file: file.clone(), reason });
             }
         }
         let commit = commit.unwrap_or_default();
@@ -294,7 +300,11 @@ impl Hub {
                 _ => {}
             }
         }
-        HubError::Request { repo, endpoint, source }
+        let reason = match &source {
+            ApiError::RequestError(e) => e.to_string(),
+            other => other.to_string(),
+        };
+        HubError::Request { repo, endpoint, reason }
     }
 }
 
