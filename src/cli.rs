@@ -241,7 +241,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Decode(args) => decode(&mut ctx, args),
         Command::Inspect { files, json } => inspect(&ctx, &files, json),
         Command::Preview(args) => preview(&mut ctx, args),
-        Command::Fetch { repo, revision } => fetch(&ctx, &repo, revision.as_deref()),
+        Command::Fetch { repo, revision } => fetch(&mut ctx, &repo, revision.as_deref()),
         Command::Completions { shell } => {
             // Into memory first: clap_complete panics on a failed write.
             let mut script = Vec::new();
@@ -394,12 +394,12 @@ fn inspect(ctx: &Session, files: &[PathBuf], json: bool) -> Result<ExitCode> {
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-fn fetch(ctx: &Session, spec: &str, revision: Option<&str>) -> Result<ExitCode> {
+fn fetch(ctx: &mut Session, spec: &str, revision: Option<&str>) -> Result<ExitCode> {
     let Some(repo) = HubRepo::parse(spec, revision) else {
         bail!("{spec}: not a Hugging Face Hub repo id (org/name, or org/name/subfolder)");
     };
     let hub = Hub::from_env().verbose(!ctx.quiet);
-    let folder = hub.fetch(&repo)?;
+    let folder = ctx.stage("fetch", || hub.fetch(&repo))?;
     writeln!(std::io::stdout(), "{}", folder.display()).context("writing to stdout")?;
     Ok(ExitCode::SUCCESS)
 }

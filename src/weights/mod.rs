@@ -35,7 +35,8 @@ pub enum WeightsError {
     #[error(
         "no VAE weights found (looked at --weights, ${WEIGHTS_ENV}, and {searched}): download one, e.g. \
          diffusion_pytorch_model.safetensors and config.json of stabilityai/sd-vae-ft-mse into ./weights/sd-vae-ft-mse/, \
-         and pass --weights or set ${WEIGHTS_ENV} (weights/README.md lists the known files)"
+         and pass --weights or set ${WEIGHTS_ENV} (weights/README.md lists the known files), or name a Hub repo: \
+         --weights stabilityai/sd-vae-ft-mse"
     )]
     NotFound { searched: String },
     #[error("{}: several weights files, choose one with --weights: {}", dir.display(), candidates.join(", "))]
