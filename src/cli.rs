@@ -134,7 +134,8 @@ struct InputArgs {
 
 #[derive(Debug, Args)]
 struct EncodeArgs {
-    /// Images to encode (PNG, JPEG, WebP, BMP, TIFF), or folders of them.
+    /// Images to encode (PNG, JPEG, WebP, BMP, TIFF), folders of them, or
+    /// patterns such as 'photos/*.png'.
     #[arg(required = true, value_name = "IMAGE")]
     images: Vec<PathBuf>,
     /// Latent file to write: .safetensors (ours), .latent (ComfyUI) or .npy
@@ -161,7 +162,7 @@ struct EncodeArgs {
 struct DecodeArgs {
     /// Latent files (ours; ComfyUI .latent; NumPy .npy; any safetensors file
     /// with one [C,h,w] or [1,C,h,w] float tensor holding a scaled latent),
-    /// or folders of them.
+    /// folders of them, or patterns such as 'latents/*.safetensors'.
     #[arg(required = true, value_name = "LATENT")]
     latents: Vec<PathBuf>,
     /// PNG to write; with several inputs or a folder, a folder (created if
@@ -186,7 +187,7 @@ struct DecodeArgs {
 
 #[derive(Debug, Args)]
 struct PreviewArgs {
-    /// Latent files (any format `decode` reads), or folders of them.
+    /// Latent files (any format `decode` reads), folders of them, or patterns.
     #[arg(required = true, value_name = "LATENT")]
     latents: Vec<PathBuf>,
     /// PNG to write; with several inputs or a folder, a folder. Default:
@@ -210,7 +211,7 @@ struct PreviewArgs {
 
 #[derive(Debug, Args)]
 struct RoundtripArgs {
-    /// Images to encode and decode.
+    /// Images to encode and decode, folders of them, or patterns.
     #[arg(required = true)]
     images: Vec<PathBuf>,
     /// Write the reconstruction here (with several images: an existing folder,
@@ -377,8 +378,9 @@ impl Session {
 }
 
 fn inspect(ctx: &Session, files: &[PathBuf], json: bool) -> Result<ExitCode> {
+    let files = expand_globs(files)?;
     let mut failed = 0;
-    for file in files {
+    for file in &files {
         match crate::inspect::inspect(file) {
             Ok(report) if json => println!("{report}"),
             Ok(report) => print!("{}{}", if files.len() > 1 { "\n" } else { "" }, crate::inspect::render(&report)),
@@ -427,7 +429,7 @@ const IMAGE_EXTENSIONS: [&str; 7] = ["png", "jpg", "jpeg", "webp", "bmp", "tif",
 /// recursively) whose extension is one of `extensions`, sorted by name.
 fn expand_inputs(inputs: &[PathBuf], extensions: &[&str]) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
-    for input in inputs {
+    for input in &expand_globs(inputs)? {
         if !input.is_dir() {
             files.push(input.clone());
             continue;
@@ -449,6 +451,31 @@ fn expand_inputs(inputs: &[PathBuf], extensions: &[&str]) -> Result<Vec<PathBuf>
         files.append(&mut found);
     }
     Ok(files)
+}
+
+/// Inputs with patterns (`photos/*.png`, `shot_?.jpg`, `[ab]*.png`) expanded
+/// as a shell would, for when it did not (quoted, or on Windows), in name
+/// order. A path that exists is taken as it is, even with `*` or `[` in its
+/// name; a pattern that matches nothing is an error.
+fn expand_globs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut expanded = Vec::new();
+    for input in inputs {
+        let text = input.to_string_lossy();
+        if input.exists() || !text.contains(['*', '?', '[']) {
+            expanded.push(input.clone());
+            continue;
+        }
+        // As shells do: `*` does not match a leading dot.
+        let options = glob::MatchOptions { require_literal_leading_dot: true, ..Default::default() };
+        let paths = glob::glob_with(&text, options).with_context(|| format!("{text}: not a valid pattern"))?;
+        let mut matches = paths.collect::<Result<Vec<_>, _>>().with_context(|| format!("{text}: cannot list"))?;
+        if matches.is_empty() {
+            bail!("{text}: no file matches this pattern");
+        }
+        matches.sort();
+        expanded.append(&mut matches);
+    }
+    Ok(expanded)
 }
 
 /// Pairs each input with its output path (`extension` replaced). With one
