@@ -26,6 +26,8 @@ use crate::weights::{DIFFUSERS_FILES, TensorFile};
 const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 const CONFIG_FILE: &str = "config.json";
 
+/// What went wrong with a Hub repo; `repo` is its display form (`org/name[/subfolder]`,
+/// and the revision unless `main`).
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
     #[error("no folder for the Hugging Face cache (no home folder): set HF_HOME or HF_HUB_CACHE")]
@@ -37,26 +39,26 @@ pub enum HubError {
          download it once with network access: {command}",
         cache.display()
     )]
-    NotCached { repo: HubRepo, file: String, cache: PathBuf, command: String },
+    NotCached { repo: String, file: String, cache: PathBuf, command: String },
     #[error(
         "{repo}: no such local file or folder, nor repo or revision on {endpoint} \
          (private and gated repos need HF_TOKEN)"
     )]
-    NotFound { repo: HubRepo, endpoint: String },
+    NotFound { repo: String, endpoint: String },
     #[error("{repo}: {endpoint} denies access (a gated repo: accept its conditions on its page, then set HF_TOKEN)")]
-    Denied { repo: HubRepo, endpoint: String },
+    Denied { repo: String, endpoint: String },
     #[error("{repo}: no diffusers safetensors weights ({}) in {folder}{found}", DIFFUSERS_FILES.join(" or "))]
-    NoWeights { repo: HubRepo, folder: String, found: String },
+    NoWeights { repo: String, folder: String, found: String },
     /// `reason` is the innermost error's message: hf-hub's errors repeat
     /// their cause in their own message, so their chain would print it twice.
     #[error("{repo}: downloading from {endpoint} failed: {reason}")]
-    Request { repo: HubRepo, endpoint: String, reason: String },
+    Request { repo: String, endpoint: String, reason: String },
     #[error("{repo}: {endpoint} answered with an unusable {what} {value:?}")]
-    BadAnswer { repo: HubRepo, endpoint: String, what: &'static str, value: String },
+    BadAnswer { repo: String, endpoint: String, what: &'static str, value: String },
     #[error("{repo}: its files come from different commits ({0} and {1}): the repo changed meanwhile; run again", .commits.0, .commits.1)]
-    Moved { repo: HubRepo, commits: (String, String) },
+    Moved { repo: String, commits: (String, String) },
     #[error("{repo}: {file} as downloaded: {reason}; removed it from the cache, run again to download it anew")]
-    Corrupt { repo: HubRepo, file: String, reason: String },
+    Corrupt { repo: String, file: String, reason: String },
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
 }
@@ -199,7 +201,7 @@ impl Hub {
     pub fn fetch(&self, repo: &HubRepo) -> Result<PathBuf, HubError> {
         if self.offline {
             return self.cached(repo)?.ok_or_else(|| HubError::NotCached {
-                repo: repo.clone(),
+                repo: repo.to_string(),
                 file: repo.path_in_repo(DIFFUSERS_FILES[0]),
                 cache: self.cache.clone().unwrap_or_default(),
                 command: fetch_command(repo),
@@ -230,14 +232,14 @@ impl Hub {
             // Both name paths in the cache (snapshots/COMMIT, blobs/ETAG): hex only.
             for (what, value) in [("commit", meta.commit_hash()), ("etag", meta.etag())] {
                 if value.is_empty() || value.len() > 128 || !value.chars().all(|c| c.is_ascii_alphanumeric()) {
-                    let (repo, endpoint, value) = (repo.clone(), self.endpoint.clone(), value.to_owned());
+                    let (repo, endpoint, value) = (repo.to_string(), self.endpoint.clone(), value.to_owned());
                     return Err(HubError::BadAnswer { repo, endpoint, what, value });
                 }
             }
             match &commit {
                 Some(c) if c != meta.commit_hash() => {
                     return Err(HubError::Moved {
-                        repo: repo.clone(),
+                        repo: repo.to_string(),
                         commits: (c.clone(), meta.commit_hash().to_owned()),
                     });
                 }
@@ -254,7 +256,7 @@ impl Hub {
                 // Nothing that failed its check stays usable: the link and its blob go.
                 let _ = fs::remove_file(&local);
                 let _ = fs::remove_file(repo_dir.join("blobs").join(meta.etag()));
-                return Err(HubError::Corrupt { repo: repo.clone(), file: file.clone(), reason });
+                return Err(HubError::Corrupt { repo: repo.to_string(), file: file.clone(), reason });
             }
         }
         let commit = commit.unwrap_or_default();
@@ -289,7 +291,7 @@ impl Hub {
     }
 
     fn request_error(&self, repo: &HubRepo, source: ApiError) -> HubError {
-        let (repo, endpoint) = (repo.clone(), self.endpoint.clone());
+        let (repo, endpoint) = (repo.to_string(), self.endpoint.clone());
         if let ApiError::RequestError(e) = &source
             && let ureq::Error::StatusCode(status) = **e
         {
@@ -341,7 +343,7 @@ fn choose_files(repo: &HubRepo, listing: &[String]) -> Result<Vec<String>, HubEr
         };
         let folder =
             if repo.subfolder.is_empty() { "the repo's root".to_owned() } else { format!("{}/", repo.subfolder) };
-        return Err(HubError::NoWeights { repo: repo.clone(), folder, found });
+        return Err(HubError::NoWeights { repo: repo.to_string(), folder, found });
     };
     let config = repo.path_in_repo(CONFIG_FILE);
     Ok(if has(&config) { vec![config, weights] } else { vec![weights] })
