@@ -1,7 +1,8 @@
-//! Op-level timing of the decoder's convolution shapes and GroupNorm+SiLU:
-//! burn-flex against this crate's CPU kernels, same process, same inputs.
+//! Op-level timing of the decoder's 3x3 convolution shapes: this crate's
+//! Winograd F(2x2, 3x3) kernel against its direct one-GEMM-per-tap kernel
+//! (and burn-flex's conv2d with `--flex`), same process, same inputs.
 //!
-//!     cargo run --release --example ops
+//!     cargo run --release --example ops [-- --flex] [-- --size 1024]
 use std::time::Instant;
 
 use burn::tensor::module::conv2d;
@@ -20,41 +21,65 @@ fn time<T>(f: impl Fn() -> T) -> f64 {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let with_flex = args.iter().any(|a| a == "--flex");
+    let size: usize =
+        args.iter().position(|a| a == "--size").and_then(|i| args.get(i + 1)?.parse().ok()).unwrap_or(512);
     let device = Device::flex();
-    // (c_in, c_out, size): the 3x3 convolutions of the SD decoder at 512x512.
+    // (c_in, c_out, input side, upsampled): the 3x3 convolutions of the SD
+    // decoder for a `size` x `size` image.
+    let s = size / 8;
     let shapes = [
-        (512, 512, 64),
-        (512, 512, 128),
-        (512, 512, 256),
-        (512, 256, 256),
-        (256, 256, 256),
-        (256, 256, 512),
-        (256, 128, 512),
-        (128, 128, 512),
-        (128, 3, 512),
+        (512, 512, s, false),
+        (512, 512, s, true),
+        (512, 512, 2 * s, false),
+        (512, 512, 2 * s, true),
+        (512, 512, 4 * s, false),
+        (512, 256, 4 * s, false),
+        (256, 256, 4 * s, false),
+        (256, 256, 4 * s, true),
+        (256, 256, 8 * s, false),
+        (256, 128, 8 * s, false),
+        (128, 128, 8 * s, false),
+        (128, 3, 8 * s, false),
     ];
-    println!("| conv ci->co @ HxW | flex ms | kernel ms | flex GFLOP/s | kernel GFLOP/s | speed-up |");
-    println!("|---|---|---|---|---|---|");
-    for (ci, co, n) in shapes {
+    println!(
+        "| conv ci->co @ HxW | direct ms | winograd ms | direct GFLOP/s | winograd (direct-equivalent) GFLOP/s | speed-up | max rel. diff | flex ms |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (ci, co, n, upsampled) in shapes {
         let x: Vec<f32> = (0..ci * n * n).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
         let w: Vec<f32> = (0..co * ci * 9).map(|i| ((i * 104729) % 1000) as f32 / 30000.0 - 0.016).collect();
         let b = vec![0.01f32; co];
-        let xt = Tensor::<4>::from_data(TensorData::new(x.clone(), [1, ci, n, n]), &device);
-        let wt = Tensor::<4>::from_data(TensorData::new(w.clone(), [co, ci, 3, 3]), &device);
-        let bt = Tensor::<1>::from_data(TensorData::new(b.clone(), [co]), &device);
-        let opts = ConvOptions { stride: [1, 1], padding: [(1, 1), (1, 1)], dilation: [1, 1], groups: 1 };
-        let flex = time(|| conv2d(xt.clone(), wt.clone(), Some(bt.clone()), opts.clone()).into_data());
-        let weights = ConvWeights::new(&w, &b, co, ci, 3);
-        let g = Geometry { stride: 1, pad_h: (1, 1), pad_w: (1, 1) };
-        let ours = time(|| conv::conv2d(&x, 1, n, n, &weights, g));
-        let gflop = 2.0 * (ci * co * 9 * n * n) as f64 / 1e9;
+        let g = Geometry::SAME_3X3;
+        let up = if upsampled { 2 } else { 1 };
+        let direct = ConvWeights::direct(&w, &b, (co, ci, 3), g);
+        let fast = ConvWeights::new(&w, &b, (co, ci, 3), g);
+        let t_direct = time(|| conv::conv2d_upsampled(&x, 1, (n, n), up, &direct));
+        let t_fast = time(|| conv::conv2d_upsampled(&x, 1, (n, n), up, &fast));
+        let (a, ..) = conv::conv2d_upsampled(&x, 1, (n, n), up, &direct);
+        let (f, ..) = conv::conv2d_upsampled(&x, 1, (n, n), up, &fast);
+        let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let diff = a.iter().zip(&f).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max) / scale;
+        let flex = if with_flex && !upsampled {
+            let xt = Tensor::<4>::from_data(TensorData::new(x.clone(), [1, ci, n, n]), &device);
+            let wt = Tensor::<4>::from_data(TensorData::new(w.clone(), [co, ci, 3, 3]), &device);
+            let bt = Tensor::<1>::from_data(TensorData::new(b.clone(), [co]), &device);
+            let opts = ConvOptions { stride: [1, 1], padding: [(1, 1), (1, 1)], dilation: [1, 1], groups: 1 };
+            format!("{:.0}", 1e3 * time(|| conv2d(xt.clone(), wt.clone(), Some(bt.clone()), opts.clone()).into_data()))
+        } else {
+            "-".to_string()
+        };
+        let out = n * up;
+        let gflop = 2.0 * (ci * co * 9 * out * out) as f64 / 1e9;
+        let name = if upsampled { format!("{ci}->{co} @ {n}->{out} (up x2)") } else { format!("{ci}->{co} @ {n}") };
         println!(
-            "| {ci}->{co} @ {n} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2}x |",
-            flex * 1e3,
-            ours * 1e3,
-            gflop / flex,
-            gflop / ours,
-            flex / ours
+            "| {name} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2}x | {diff:.1e} | {flex} |",
+            t_direct * 1e3,
+            t_fast * 1e3,
+            gflop / t_direct,
+            gflop / t_fast,
+            t_direct / t_fast
         );
     }
 }

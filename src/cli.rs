@@ -2,6 +2,7 @@
 //! turns them into calls on the library, and errors are returned to `main`,
 //! which prints them on one line and exits non-zero.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -11,6 +12,7 @@ use burn::tensor::Device;
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::Vae;
+use crate::hub::{Hub, HubRepo};
 use crate::imageio::{self, DEFAULT_MAX_PIXELS};
 use crate::latent::{Latent, LatentFormat, Posterior};
 use crate::metrics;
@@ -55,6 +57,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Download a VAE from the Hugging Face Hub into its cache (config.json and
+    /// diffusion_pytorch_model.safetensors, checked against the Hub's SHA-256)
+    /// and print its local folder on stdout. Honours HF_HOME, HF_HUB_CACHE,
+    /// HF_ENDPOINT, HF_TOKEN and HF_HUB_OFFLINE.
+    Fetch {
+        /// The repo, e.g. stabilityai/sd-vae-ft-mse, or a folder in one,
+        /// e.g. stabilityai/stable-diffusion-xl-base-1.0/vae.
+        #[arg(value_name = "REPO")]
+        repo: String,
+        /// Branch, tag or commit. Default: main.
+        #[arg(long, value_name = "REV", value_parser = crate::hub::parse_revision)]
+        revision: Option<String>,
+    },
     /// Print a completion script for SHELL on stdout, e.g.
     /// `vae completions bash > ~/.local/share/bash-completion/completions/vae`.
     Completions {
@@ -66,11 +81,15 @@ enum Command {
 #[derive(Debug, Args)]
 struct ModelArgs {
     /// VAE weights: a .safetensors file (diffusers, CompVis/LDM, or a full SD
-    /// checkpoint) or a diffusers folder; or TAESD's (diffusers', or madebyollin's
-    /// taesd_encoder/taesd_decoder files or their folder). Default: $VAE_WEIGHTS,
-    /// then ./weights/.
-    #[arg(short, long, value_name = "PATH")]
+    /// checkpoint), a diffusers folder, or a Hugging Face Hub repo
+    /// (org/name[/subfolder], from the Hugging Face cache or downloaded into
+    /// it); or TAESD's (the same, or madebyollin's taesd_encoder/taesd_decoder
+    /// files or their folder). Default: $VAE_WEIGHTS, then ./weights/.
+    #[arg(short, long, value_name = "PATH|REPO")]
     weights: Option<PathBuf>,
+    /// Branch, tag or commit of a Hub repo given to --weights. Default: main.
+    #[arg(long, value_name = "REV", value_parser = crate::hub::parse_revision)]
+    revision: Option<String>,
     /// Latent scaling factor. Default: config.json's, else --family's, else
     /// 0.18215 (SD 1.x/2.x). For TAESD, the big VAE's it stands in for.
     #[arg(long, value_name = "F")]
@@ -117,7 +136,8 @@ struct InputArgs {
 
 #[derive(Debug, Args)]
 struct EncodeArgs {
-    /// Images to encode (PNG, JPEG, WebP, BMP, TIFF), or folders of them.
+    /// Images to encode (PNG, JPEG, WebP, BMP, TIFF), folders of them, or
+    /// patterns such as 'photos/*.png'.
     #[arg(required = true, value_name = "IMAGE")]
     images: Vec<PathBuf>,
     /// Latent file to write: .safetensors (ours), .latent (ComfyUI) or .npy
@@ -144,7 +164,7 @@ struct EncodeArgs {
 struct DecodeArgs {
     /// Latent files (ours; ComfyUI .latent; NumPy .npy; any safetensors file
     /// with one [C,h,w] or [1,C,h,w] float tensor holding a scaled latent),
-    /// or folders of them.
+    /// folders of them, or patterns such as 'latents/*.safetensors'.
     #[arg(required = true, value_name = "LATENT")]
     latents: Vec<PathBuf>,
     /// PNG to write; with several inputs or a folder, a folder (created if
@@ -169,7 +189,7 @@ struct DecodeArgs {
 
 #[derive(Debug, Args)]
 struct PreviewArgs {
-    /// Latent files (any format `decode` reads), or folders of them.
+    /// Latent files (any format `decode` reads), folders of them, or patterns.
     #[arg(required = true, value_name = "LATENT")]
     latents: Vec<PathBuf>,
     /// PNG to write; with several inputs or a folder, a folder. Default:
@@ -193,7 +213,7 @@ struct PreviewArgs {
 
 #[derive(Debug, Args)]
 struct RoundtripArgs {
-    /// Images to encode and decode.
+    /// Images to encode and decode, folders of them, or patterns.
     #[arg(required = true)]
     images: Vec<PathBuf>,
     /// Write the reconstruction here (with several images: an existing folder,
@@ -224,6 +244,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Decode(args) => decode(&mut ctx, args),
         Command::Inspect { files, json } => inspect(&ctx, &files, json),
         Command::Preview(args) => preview(&mut ctx, args),
+        Command::Fetch { repo, revision } => fetch(&mut ctx, &repo, revision.as_deref()),
         Command::Completions { shell } => {
             // Into memory first: clap_complete panics on a failed write.
             let mut script = Vec::new();
@@ -303,7 +324,8 @@ impl Session {
         let device = match args.device {
             DeviceArg::Auto | DeviceArg::Cpu => Device::flex(),
         };
-        let source = crate::weights::resolve(args.weights.as_deref())?;
+        let hub = Hub::from_env().verbose(!self.quiet);
+        let source = crate::weights::resolve(args.weights.as_deref(), args.revision.as_deref(), &hub)?;
         let mut vae = self.stage("load", || Vae::load_parts(&source, &device, args.scaling_factor, parts))?;
         vae.tiling = TileOptions { tile: args.tile, max_memory: args.max_memory.unwrap_or_else(default_max_memory) };
         // Only an AutoencoderKL's config.json says how its latents are scaled.
@@ -365,8 +387,9 @@ impl Session {
 }
 
 fn inspect(ctx: &Session, files: &[PathBuf], json: bool) -> Result<ExitCode> {
+    let files = expand_globs(files)?;
     let mut failed = 0;
-    for file in files {
+    for file in &files {
         match crate::inspect::inspect(file) {
             Ok(report) if json => println!("{report}"),
             Ok(report) => print!("{}{}", if files.len() > 1 { "\n" } else { "" }, crate::inspect::render(&report)),
@@ -380,6 +403,16 @@ fn inspect(ctx: &Session, files: &[PathBuf], json: bool) -> Result<ExitCode> {
         ctx.info(format_args!("inspected {} of {} files; {failed} failed", files.len() - failed, files.len()));
     }
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn fetch(ctx: &mut Session, spec: &str, revision: Option<&str>) -> Result<ExitCode> {
+    let Some(repo) = HubRepo::parse(spec, revision) else {
+        bail!("{spec}: not a Hugging Face Hub repo id (org/name, or org/name/subfolder)");
+    };
+    let hub = Hub::from_env().verbose(!ctx.quiet);
+    let folder = ctx.stage("fetch", || hub.fetch(&repo))?;
+    writeln!(std::io::stdout(), "{}", folder.display()).context("writing to stdout")?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `--sample` needs a posterior, which TAESD's deterministic encoder lacks.
@@ -416,7 +449,7 @@ const IMAGE_EXTENSIONS: [&str; 7] = ["png", "jpg", "jpeg", "webp", "bmp", "tif",
 /// recursively) whose extension is one of `extensions`, sorted by name.
 fn expand_inputs(inputs: &[PathBuf], extensions: &[&str]) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
-    for input in inputs {
+    for input in &expand_globs(inputs)? {
         if !input.is_dir() {
             files.push(input.clone());
             continue;
@@ -438,6 +471,31 @@ fn expand_inputs(inputs: &[PathBuf], extensions: &[&str]) -> Result<Vec<PathBuf>
         files.append(&mut found);
     }
     Ok(files)
+}
+
+/// Inputs with patterns (`photos/*.png`, `shot_?.jpg`, `[ab]*.png`) expanded
+/// as a shell would, for when it did not (quoted, or on Windows), in name
+/// order. A path that exists is taken as it is, even with `*` or `[` in its
+/// name; a pattern that matches nothing is an error.
+fn expand_globs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut expanded = Vec::new();
+    for input in inputs {
+        let text = input.to_string_lossy();
+        if input.exists() || !text.contains(['*', '?', '[']) {
+            expanded.push(input.clone());
+            continue;
+        }
+        // As shells do: `*` does not match a leading dot.
+        let options = glob::MatchOptions { require_literal_leading_dot: true, ..Default::default() };
+        let paths = glob::glob_with(&text, options).with_context(|| format!("{text}: not a valid pattern"))?;
+        let mut matches = paths.collect::<Result<Vec<_>, _>>().with_context(|| format!("{text}: cannot list"))?;
+        if matches.is_empty() {
+            bail!("{text}: no file matches this pattern");
+        }
+        matches.sort();
+        expanded.append(&mut matches);
+    }
+    Ok(expanded)
 }
 
 /// Pairs each input with its output path (`extension` replaced). With one

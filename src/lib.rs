@@ -2,12 +2,14 @@
 //! burn. Images become latents and latents become images, matching diffusers.
 //!
 //! - [`model`]: the network, laid out as diffusers lays it out.
-//! - [`weights`]: safetensors files of every common layout, and their checks.
+//! - [`weights`]: safetensors files of every common layout, and their checks;
+//!   [`hub`]: weights by repo id, through the Hugging Face cache.
 //! - [`imageio`], [`latent`]: the files that go in and out.
 //! - [`vae`]: the encode/decode pipeline; [`metrics`]: PSNR and SSIM.
 //! - [`cli`]: the command line (the binary is a thin wrapper around it).
 
 pub mod cli;
+pub mod hub;
 pub mod imageio;
 pub mod inspect;
 pub mod kernels;

@@ -396,3 +396,33 @@ fn json_lines_for_encode_and_decode() {
     let line: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
     assert_eq!((line["output"].as_str(), line["width"].as_u64()), (Some("a.out.png"), Some(40)));
 }
+
+#[test]
+fn quoted_patterns_are_expanded_and_must_match() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("in")).unwrap();
+    for name in ["a.png", "b.png", "c.jpg"] {
+        photo(&dir.path().join("in"), name, 16, 16);
+    }
+    // As a shell would: only the PNGs, in name order.
+    let out = vae(dir.path(), &["encode", "in/*.png", "-o", "z", "--json", "--weights", &tiny_sd()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(listing(&dir.path().join("z")), ["a.safetensors", "b.safetensors"]);
+    let inputs: Vec<String> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["input"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(inputs, ["in/a.png", "in/b.png"]);
+    // Nothing matches: an error naming the pattern, and nothing written.
+    let out = vae(dir.path(), &["encode", "in/*.gif", "-o", "none", "--weights", &tiny_sd()]);
+    assert_fails(&out, "in/*.gif", "no file matches this pattern");
+    assert!(!dir.path().join("none").exists());
+    // A file whose name looks like a pattern is taken as it is.
+    photo(dir.path(), "x[1].png", 16, 16);
+    let out = vae(dir.path(), &["encode", "x[1].png", "-o", "x.safetensors", "--weights", &tiny_sd()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Other commands too.
+    let out = vae(dir.path(), &["inspect", "z/?.safetensors", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).lines().count(), 2);
+}

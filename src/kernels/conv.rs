@@ -10,41 +10,72 @@
 
 use gemm::{Parallelism, gemm};
 
-/// Convolution weights rearranged once for [`conv2d`]: tap-major `[k*k][co][ci]`.
+use super::winograd::{self, WinogradWeights};
+
+/// A convolution's weights, rearranged once for the algorithm that suits its
+/// shape: Winograd F(2x2, 3x3) for the "same" 3x3 convolutions with enough
+/// channels (nearly all of the VAE's FLOPs), else one GEMM per kernel tap.
 #[derive(Debug, Clone)]
 pub struct ConvWeights {
-    taps: Vec<f32>,
+    algorithm: Algorithm,
     bias: Vec<f32>,
     c_out: usize,
     c_in: usize,
     kernel: usize,
+    geometry: Geometry,
+}
+
+#[derive(Debug, Clone)]
+enum Algorithm {
+    /// Tap-major `[k*k][co][ci]`.
+    Taps(Vec<f32>),
+    Winograd(WinogradWeights),
 }
 
 impl ConvWeights {
     /// From PyTorch's `[co, ci, k, k]` weight and `[co]` bias.
-    pub fn new(weight: &[f32], bias: &[f32], c_out: usize, c_in: usize, kernel: usize) -> Self {
-        let kk = kernel * kernel;
-        assert_eq!(weight.len(), c_out * c_in * kk, "weight length");
-        let mut taps = vec![0.0; weight.len()];
-        for co in 0..c_out {
-            for ci in 0..c_in {
-                for t in 0..kk {
-                    taps[(t * c_out + co) * c_in + ci] = weight[(co * c_in + ci) * kk + t];
-                }
-            }
-        }
-        Self { taps, bias: bias.to_vec(), c_out, c_in, kernel }
+    pub fn new(weight: &[f32], bias: &[f32], (c_out, c_in, kernel): (usize, usize, usize), geometry: Geometry) -> Self {
+        let same_3x3 = kernel == 3 && geometry == Geometry::SAME_3X3;
+        let algorithm = match same_3x3 && winograd::pays(c_in, c_out) {
+            true => Algorithm::Winograd(WinogradWeights::new(weight, c_out, c_in)),
+            false => Algorithm::Taps(taps(weight, c_out, c_in, kernel)),
+        };
+        Self { algorithm, bias: bias.to_vec(), c_out, c_in, kernel, geometry }
     }
-}
 
-impl ConvWeights {
+    /// The same weights, always computed one tap at a time (to compare).
+    pub fn direct(
+        weight: &[f32],
+        bias: &[f32],
+        (c_out, c_in, kernel): (usize, usize, usize),
+        geometry: Geometry,
+    ) -> Self {
+        let algorithm = Algorithm::Taps(taps(weight, c_out, c_in, kernel));
+        Self { algorithm, bias: bias.to_vec(), c_out, c_in, kernel, geometry }
+    }
+
     pub fn c_out(&self) -> usize {
         self.c_out
     }
 }
 
+/// `[co, ci, k, k]` -> `[k*k][co][ci]`.
+fn taps(weight: &[f32], c_out: usize, c_in: usize, kernel: usize) -> Vec<f32> {
+    let kk = kernel * kernel;
+    assert_eq!(weight.len(), c_out * c_in * kk, "weight length");
+    let mut taps = vec![0.0; weight.len()];
+    for co in 0..c_out {
+        for ci in 0..c_in {
+            for t in 0..kk {
+                taps[(t * c_out + co) * c_in + ci] = weight[(co * c_in + ci) * kk + t];
+            }
+        }
+    }
+    taps
+}
+
 /// Stride and per-side padding of a convolution.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Geometry {
     pub stride: usize,
     /// (top, bottom)
@@ -53,9 +84,14 @@ pub struct Geometry {
     pub pad_w: (usize, usize),
 }
 
+impl Geometry {
+    /// Stride 1, padding 1 on every side: a 3x3 convolution that keeps the size.
+    pub const SAME_3X3: Geometry = Geometry { stride: 1, pad_h: (1, 1), pad_w: (1, 1) };
+}
+
 /// `x` `[batch, ci, h, w]` -> `[batch, co, ho, wo]`; returns the output and `(ho, wo)`.
-pub fn conv2d(x: &[f32], batch: usize, h: usize, w: usize, wts: &ConvWeights, g: Geometry) -> (Vec<f32>, usize, usize) {
-    conv2d_upsampled(x, batch, (h, w), 1, wts, g)
+pub fn conv2d(x: &[f32], batch: usize, h: usize, w: usize, wts: &ConvWeights) -> (Vec<f32>, usize, usize) {
+    conv2d_upsampled(x, batch, (h, w), 1, wts)
 }
 
 /// [`conv2d`] of `x` upsampled `up` times by nearest neighbour, without
@@ -67,9 +103,13 @@ pub fn conv2d_upsampled(
     (h0, w0): (usize, usize),
     up: usize,
     wts: &ConvWeights,
-    g: Geometry,
 ) -> (Vec<f32>, usize, usize) {
     let (h, w) = (h0 * up, w0 * up);
+    let taps = match &wts.algorithm {
+        Algorithm::Winograd(u) => return (winograd::conv3x3(x, batch, (h0, w0), up, u, &wts.bias), h, w),
+        Algorithm::Taps(taps) => taps,
+    };
+    let g = wts.geometry;
     let (k, s, ci, co) = (wts.kernel, g.stride, wts.c_in, wts.c_out);
     let hp = h + g.pad_h.0 + g.pad_h.1;
     let wp = w + g.pad_w.0 + g.pad_w.1;
@@ -96,7 +136,7 @@ pub fn conv2d_upsampled(
         let mut wide: Vec<f32> = wts.bias.iter().flat_map(|&b| std::iter::repeat_n(b, cols)).collect();
         for kh in 0..k {
             for kw in 0..k {
-                let tap = &wts.taps[(kh * k + kw) * co * ci..][..co * ci];
+                let tap = &taps[(kh * k + kw) * co * ci..][..co * ci];
                 let offset = tap_offset(kh, kw);
                 debug_assert!(offset + (ci - 1) * plane + cols <= padded.len());
                 // SAFETY: dst is co x cols; lhs is co x ci; rhs reads
@@ -226,8 +266,8 @@ mod tests {
         let x: Vec<f32> = (0..ci * h * w).map(|_| rnd()).collect();
         let weight: Vec<f32> = (0..co * ci * k * k).map(|_| rnd()).collect();
         let bias: Vec<f32> = (0..co).map(|_| rnd()).collect();
-        let wts = ConvWeights::new(&weight, &bias, co, ci, k);
-        let (got, _, _) = conv2d(&x, 1, h, w, &wts, g);
+        let wts = ConvWeights::direct(&weight, &bias, (co, ci, k), g);
+        let (got, _, _) = conv2d(&x, 1, h, w, &wts);
         let want = reference(&x, (h, w), &weight, &bias, k, g);
         assert_eq!(got.len(), want.len());
         let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
@@ -245,16 +285,15 @@ mod tests {
         let x: Vec<f32> = (0..ci * h * w).map(|i| (i % 13) as f32 * 0.1 - 0.6).collect();
         let weight: Vec<f32> = (0..co * ci * 9).map(|i| (i % 7) as f32 * 0.05 - 0.15).collect();
         let bias = vec![0.1, -0.2, 0.3, 0.0];
-        let wts = ConvWeights::new(&weight, &bias, co, ci, 3);
-        let g = Geometry { stride: 1, pad_h: (1, 1), pad_w: (1, 1) };
+        let wts = ConvWeights::direct(&weight, &bias, (co, ci, 3), Geometry::SAME_3X3);
         let big: Vec<f32> = (0..ci * 2 * h * 2 * w)
             .map(|i| {
                 let (c, y, xx) = (i / (4 * h * w), (i / (2 * w)) % (2 * h), i % (2 * w));
                 x[(c * h + y / 2) * w + xx / 2]
             })
             .collect();
-        let (want, ..) = conv2d(&big, 1, 2 * h, 2 * w, &wts, g);
-        let (got, ho, wo) = conv2d_upsampled(&x, 1, (h, w), 2, &wts, g);
+        let (want, ..) = conv2d(&big, 1, 2 * h, 2 * w, &wts);
+        let (got, ho, wo) = conv2d_upsampled(&x, 1, (h, w), 2, &wts);
         assert_eq!((ho, wo), (2 * h, 2 * w));
         assert_eq!(got, want);
     }

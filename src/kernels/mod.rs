@@ -6,6 +6,7 @@
 pub mod attention;
 pub mod conv;
 pub mod norm;
+pub mod winograd;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

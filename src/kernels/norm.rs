@@ -12,51 +12,47 @@ pub struct GroupNormParams<'a> {
     pub beta: &'a [f32],
 }
 
-/// `x` is `[batch, channels, hw]`; returns the normalised (and, with `silu`,
-/// activated) copy.
-pub fn group_norm(x: &[f32], channels: usize, hw: usize, params: GroupNormParams, silu: bool) -> Vec<f32> {
+/// `x` is `[batch, channels, hw]`; normalised (and, with `silu`, activated)
+/// in place.
+pub fn group_norm(x: &mut [f32], channels: usize, hw: usize, params: GroupNormParams, silu: bool) {
     let GroupNormParams { groups, eps, gamma, beta } = params;
     let per_group = channels / groups * hw;
-    let mut out = vec![0.0f32; x.len()];
-    out.par_chunks_mut(per_group).zip(x.par_chunks(per_group)).enumerate().for_each(|(i, (dst, src))| {
-        let n = src.len() as f64;
-        let mean = sum_f64(src, |v| v) / n;
-        let var = sum_f64(src, |v| (v - mean) * (v - mean)) / n;
+    x.par_chunks_mut(per_group).enumerate().for_each(|(i, group)| {
+        let n = group.len() as f64;
+        let mean = sum_f64(group, |v| v) / n;
+        let var = sum_f64(group, |v| (v - mean) * (v - mean)) / n;
         let rstd = 1.0 / (var + eps).sqrt();
         let first_channel = (i % groups) * (channels / groups);
-        for (c, (d, s)) in dst.chunks_exact_mut(hw).zip(src.chunks_exact(hw)).enumerate() {
+        for (c, xc) in group.chunks_exact_mut(hw).enumerate() {
             let channel = first_channel + c;
             // y = x * a + b with a = gamma * rstd, b = beta - mean * a.
             let a = (gamma[channel] as f64 * rstd) as f32;
             let b = (beta[channel] as f64 - mean * gamma[channel] as f64 * rstd) as f32;
-            affine_into(d, s, a, b, silu);
+            affine_in_place(xc, a, b, silu);
         }
     });
-    out
 }
 
-/// `y = x * a[c] + b[c]` per channel (then SiLU): GroupNorm with statistics
-/// known in advance. `x` is `[batch, channels, hw]`.
-pub fn affine(x: &[f32], hw: usize, a: &[f32], b: &[f32], silu: bool) -> Vec<f32> {
+/// `x = x * a[c] + b[c]` per channel (then SiLU), in place: GroupNorm with
+/// statistics known in advance. `x` is `[batch, channels, hw]`.
+pub fn affine(x: &mut [f32], hw: usize, a: &[f32], b: &[f32], silu: bool) {
     let channels = a.len();
-    let mut out = vec![0.0f32; x.len()];
-    out.par_chunks_mut(hw).zip(x.par_chunks(hw)).enumerate().for_each(|(i, (d, s))| {
+    x.par_chunks_mut(hw).enumerate().for_each(|(i, xc)| {
         let c = i % channels;
-        affine_into(d, s, a[c], b[c], silu);
+        affine_in_place(xc, a[c], b[c], silu);
     });
-    out
 }
 
 #[inline(always)]
-fn affine_into(dst: &mut [f32], src: &[f32], a: f32, b: f32, silu: bool) {
+fn affine_in_place(x: &mut [f32], a: f32, b: f32, silu: bool) {
     if silu {
-        for (d, &s) in dst.iter_mut().zip(src) {
-            let y = s * a + b;
-            *d = y / (1.0 + fast_exp(-y));
+        for v in x.iter_mut() {
+            let y = *v * a + b;
+            *v = y / (1.0 + fast_exp(-y));
         }
     } else {
-        for (d, &s) in dst.iter_mut().zip(src) {
-            *d = s * a + b;
+        for v in x.iter_mut() {
+            *v = *v * a + b;
         }
     }
 }
@@ -117,7 +113,8 @@ mod tests {
         let gamma = [1.0, 0.5, 2.0, -1.0];
         let beta = [0.1, 0.0, -0.2, 0.3];
         let params = GroupNormParams { groups, eps: 1e-6, gamma: &gamma, beta: &beta };
-        let got = group_norm(&x, c, hw, params, true);
+        let mut got = x.clone();
+        group_norm(&mut got, c, hw, params, true);
         for g in 0..groups {
             let s = &x[g * 2 * hw..(g + 1) * 2 * hw];
             let mean = s.iter().map(|&v| v as f64).sum::<f64>() / s.len() as f64;

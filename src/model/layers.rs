@@ -80,7 +80,8 @@ impl Conv2d {
         let loaded = weight.dims() == [c_out, c_in, kernel, kernel] && bias.dims() == [c_out];
         let params = if loaded && kernels::applies_to(&weight.device()) {
             let (w, b) = (kernels::values(weight), kernels::values(bias));
-            ConvParams::Cpu(Arc::new(ConvWeights::new(&w, &b, c_out, c_in, kernel)))
+            let geometry = Geometry { stride, pad_h: padding[0], pad_w: padding[1] };
+            ConvParams::Cpu(Arc::new(ConvWeights::new(&w, &b, (c_out, c_in, kernel), geometry)))
         } else {
             ConvParams::Burn(Box::new((weight, bias)))
         };
@@ -130,9 +131,7 @@ impl Conv2d {
     /// `x` by value: when it is not shared, its buffer is handed over without a copy.
     fn forward_cpu(&self, x: Tensor<4>, up: usize, weights: &ConvWeights) -> Tensor<4> {
         let ([b, _, h, w], device) = (x.dims(), x.device());
-        let geometry =
-            Geometry { stride: self.options.stride[0], pad_h: self.options.padding[0], pad_w: self.options.padding[1] };
-        let (out, ho, wo) = kernels::conv::conv2d_upsampled(&kernels::values(x), b, (h, w), up, weights, geometry);
+        let (out, ho, wo) = kernels::conv::conv2d_upsampled(&kernels::values(x), b, (h, w), up, weights);
         kernels::tensor(out, [b, weights.c_out(), ho, wo], &device)
     }
 }
@@ -181,8 +180,9 @@ impl GroupNorm {
         let (a, b) = self.coefficients(sums, count);
         let ([batch, c, h, w], device) = (x.dims(), x.device());
         if kernels::applies_to(&device) {
-            let out = kernels::norm::affine(&kernels::values(x), h * w, &a, &b, true);
-            return kernels::tensor(out, [batch, c, h, w], &device);
+            let mut x = kernels::values(x);
+            kernels::norm::affine(&mut x, h * w, &a, &b, true);
+            return kernels::tensor(x, [batch, c, h, w], &device);
         }
         let a = kernels::tensor(a, [1, c, 1, 1], &device);
         let b = kernels::tensor(b, [1, c, 1, 1], &device);
@@ -216,8 +216,9 @@ impl GroupNorm {
         if kernels::applies_to(&device) {
             let (gamma, beta) = (kernels::values(self.weight.clone()), kernels::values(self.bias.clone()));
             let params = GroupNormParams { groups: self.groups, eps: self.eps, gamma: &gamma, beta: &beta };
-            let out = kernels::norm::group_norm(&kernels::values(x), c, h * w, params, with_silu);
-            return kernels::tensor(out, [b, c, h, w], &device);
+            let mut x = kernels::values(x);
+            kernels::norm::group_norm(&mut x, c, h * w, params, with_silu);
+            return kernels::tensor(x, [b, c, h, w], &device);
         }
         // [B, G, C/G * H, W]: statistics per (batch, group), reduced in two
         // levels (rows, then the row means) so that f32 sums over a whole

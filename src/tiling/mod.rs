@@ -142,12 +142,15 @@ pub enum Rows {
 
 impl Rows {
     fn for_pass(self, bytes_per_row: u64, h_out: usize) -> usize {
-        match self {
+        let rows = match self {
             Rows::Image { rows, image_height } => (rows * h_out).div_ceil(image_height.max(1)),
             // Below MIN_BAND_ROWS the halo rows cost more than the memory saved.
             Rows::Budget(bytes) => ((bytes / bytes_per_row.max(1)) as usize).max(MIN_BAND_ROWS),
-        }
-        .clamp(1, h_out.max(1))
+        };
+        // Even, so that every band starts on an even row: the 3x3
+        // convolutions compute 2-row tiles (Winograd F(2x2, 3x3)), and a band
+        // whose tiles line up with the whole image's gives identical values.
+        rows.max(1).next_multiple_of(2).min(h_out.max(1))
     }
 }
 

@@ -40,8 +40,10 @@ impl Resample {
     /// exactly, and the output row that the band's first result row is.
     fn input_rows(self, o0: usize, o1: usize, h_in: usize, halo: usize) -> (usize, usize, usize) {
         match self {
+            // From an even row (one more than the halo when o0 is even), so
+            // that the band's 2-row convolution tiles are the whole image's.
             Resample::Same => {
-                let i0 = o0.saturating_sub(halo);
+                let i0 = o0.saturating_sub(halo) & !1;
                 (i0, (o1 + halo).min(h_in), i0)
             }
             // Upsampled row r reads input row r / 2; the 3x3 convolution

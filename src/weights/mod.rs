@@ -21,21 +21,24 @@ pub use infer::{DiffusersConfig, infer_config};
 pub use layout::{Layout, VaeKeys, detect};
 pub use params::{Mismatch, ParamLoader};
 
+use crate::hub::{Hub, HubError, HubRepo};
 use crate::model::{AutoencoderKl, AutoencoderKlConfig, AutoencoderTinyConfig, Model, SD15_SCALING_FACTOR};
 
 /// Environment variable naming the weights when `--weights` is not given.
 pub const WEIGHTS_ENV: &str = "VAE_WEIGHTS";
 /// Folder searched last, relative to the working directory.
 pub const WEIGHTS_DIR: &str = "weights";
-/// The weights file of a diffusers model folder.
-const DIFFUSERS_FILES: [&str; 2] = ["diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors"];
+/// The weights file of a diffusers model folder, fp32 preferred.
+pub(crate) const DIFFUSERS_FILES: [&str; 2] =
+    ["diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
     #[error(
         "no VAE weights found (looked at --weights, ${WEIGHTS_ENV}, and {searched}): download one, e.g. \
          diffusion_pytorch_model.safetensors and config.json of stabilityai/sd-vae-ft-mse into ./weights/sd-vae-ft-mse/, \
-         and pass --weights or set ${WEIGHTS_ENV} (weights/README.md lists the known files)"
+         and pass --weights or set ${WEIGHTS_ENV} (weights/README.md lists the known files), or name a Hub repo: \
+         --weights stabilityai/sd-vae-ft-mse"
     )]
     NotFound { searched: String },
     #[error("{}: several weights files, choose one with --weights: {}", dir.display(), candidates.join(", "))]
@@ -70,6 +73,10 @@ pub enum WeightsError {
         path.display()
     )]
     MissingHalf { path: PathBuf, have: &'static str, missing: &'static str, needs: &'static str },
+    #[error("{}: --revision is for Hub repos (org/name), not for local files and folders", path.display())]
+    RevisionOfLocal { path: PathBuf },
+    #[error(transparent)]
+    Hub(#[from] HubError),
 }
 
 /// A weights file, plus the diffusers `config.json` beside it when there is one.
@@ -115,13 +122,18 @@ impl WeightsSource {
     }
 }
 
-/// `--weights`, else `$VAE_WEIGHTS`, else `./weights/`.
-pub fn resolve(explicit: Option<&Path>) -> Result<WeightsSource, WeightsError> {
-    if let Some(path) = explicit {
-        return WeightsSource::from_path(path);
+/// `--weights`, else `$VAE_WEIGHTS`, else `./weights/`. The first two may
+/// name a Hub repo (`org/name[/subfolder]`, at `revision`), taken from the
+/// Hugging Face cache or downloaded into it by `hub`.
+pub fn resolve(explicit: Option<&Path>, revision: Option<&str>, hub: &Hub) -> Result<WeightsSource, WeightsError> {
+    if let Some(spec) = explicit {
+        return from_spec(spec, revision, hub);
     }
-    if let Some(path) = std::env::var_os(WEIGHTS_ENV).filter(|p| !p.is_empty()) {
-        return WeightsSource::from_path(Path::new(&path));
+    if let Some(spec) = std::env::var_os(WEIGHTS_ENV).filter(|p| !p.is_empty()) {
+        return from_spec(Path::new(&spec), revision, hub);
+    }
+    if revision.is_some() {
+        return Err(WeightsError::RevisionOfLocal { path: PathBuf::from(WEIGHTS_DIR) });
     }
     let dir = Path::new(WEIGHTS_DIR);
     let not_found = || WeightsError::NotFound { searched: format!("./{WEIGHTS_DIR}/") };
@@ -142,6 +154,17 @@ pub fn resolve(explicit: Option<&Path>) -> Result<WeightsSource, WeightsError> {
             dir: dir.to_owned(),
             candidates: candidates.iter().map(|c| c.display().to_string()).collect(),
         }),
+    }
+}
+
+/// A local file or folder when one exists; else a Hub repo id when `spec`
+/// can be one; else the local path's error.
+fn from_spec(spec: &Path, revision: Option<&str>, hub: &Hub) -> Result<WeightsSource, WeightsError> {
+    let repo = spec.to_str().filter(|_| !spec.exists()).and_then(|s| HubRepo::parse(s, revision));
+    match repo {
+        Some(repo) => WeightsSource::from_path(&hub.resolve(&repo)?),
+        None if revision.is_some() => Err(WeightsError::RevisionOfLocal { path: spec.to_owned() }),
+        None => WeightsSource::from_path(spec),
     }
 }
 

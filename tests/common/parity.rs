@@ -56,6 +56,7 @@ pub fn check_encoder(vae: &Vae, expected: &str) {
             assert_eq!(&got.dims().to_vec(), shape, "{expected}/{image}: {name} shape");
             let got = got.into_data().try_into_vec::<f32>().unwrap();
             let err = max_abs_diff(&got, values);
+            eprintln!("{expected}/{image}: {name} max abs error {err:.1e}");
             assert!(err <= TOLERANCE, "{expected}/{image}: {name} max abs error {err:e} > {TOLERANCE:e}");
         }
     }
@@ -85,6 +86,7 @@ pub fn check_decoder(vae: &Vae, expected: &str) {
             let z = Tensor::<4>::from_data(TensorData::new(mean.clone(), shape.clone()), &device());
             let got = kl(vae).decode(z).into_data().try_into_vec::<f32>().unwrap();
             let err = max_abs_diff(&got, decoded);
+            eprintln!("{expected}/{image}: decoded max abs error {err:.1e}");
             assert!(err <= TOLERANCE, "{expected}/{image}: decoded max abs error {err:e} > {TOLERANCE:e}");
         }
         // Through the user-facing path: a scaled latent, as a file would hold it.

@@ -1,0 +1,403 @@
+//! Weights from the Hugging Face Hub without the internet: a stand-in for the
+//! Hub on 127.0.0.1 (tiny_http) answers the requests hf-hub's blocking client
+//! sends, as huggingface.co answers them:
+//!
+//! - `GET /api/models/ORG/NAME/revision/REV`: JSON with the commit (`sha`) and
+//!   the file list (`siblings[].rfilename`);
+//! - `GET /ORG/NAME/resolve/REV/PATH` with `Range: bytes=0-0` (metadata) and
+//!   `bytes=0-` (download): a small file is served there with its `ETag` (a git
+//!   hash) and `X-Repo-Commit`; an LFS file is a 302 to a CDN URL with
+//!   `X-Linked-Etag` (its SHA-256), `X-Linked-Size` and `X-Repo-Commit`;
+//! - the CDN URL answers ranges with 206 and `Content-Range: bytes A-B/SIZE`,
+//!   from which hf-hub reads the size.
+//!
+//! `HF_HOME` is a temporary folder, so the files land in a fresh standard cache.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+
+use common::{fixtures, stderr, stdout};
+use sha2::{Digest, Sha256};
+use vae::latent::Latent;
+
+const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+/// A file of a repo: its bytes, whether the Hub keeps it in LFS, and, to play a
+/// broken CDN, bytes served in place of the right ones.
+#[derive(Clone)]
+struct File {
+    bytes: Vec<u8>,
+    lfs: bool,
+    served: Option<Vec<u8>>,
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// tiny_sd's config.json and weights, under `folder` of the repo.
+fn tiny_sd_repo(folder: &str, weights_name: &str, weights_fixture: &str) -> BTreeMap<String, File> {
+    let path = |f: &str| if folder.is_empty() { f.to_owned() } else { format!("{folder}/{f}") };
+    let config = std::fs::read(fixtures().join("weights/tiny_sd/config.json")).unwrap();
+    let weights = std::fs::read(fixtures().join("weights").join(weights_fixture)).unwrap();
+    BTreeMap::from([
+        (path("config.json"), File { bytes: config, lfs: false, served: None }),
+        (path(weights_name), File { bytes: weights, lfs: true, served: None }),
+        // Listed, and never to be asked for: pickles are refused.
+        (path("diffusion_pytorch_model.bin"), File { bytes: b"pickle".to_vec(), lfs: true, served: None }),
+    ])
+}
+
+/// The stand-in Hub: repos by id, and the path of every request it answered.
+struct FakeHub {
+    url: String,
+    /// Dropped on stop, which closes the port.
+    server: Mutex<Option<Arc<tiny_http::Server>>>,
+    requests: Arc<Mutex<Vec<String>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl FakeHub {
+    fn start(repos: BTreeMap<&'static str, BTreeMap<String, File>>) -> Self {
+        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
+        let url = format!("http://{}", server.server_addr().to_ip().unwrap());
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let (srv, log, base) = (server.clone(), requests.clone(), url.clone());
+        let thread = std::thread::spawn(move || {
+            for request in srv.incoming_requests() {
+                log.lock().unwrap().push(request.url().to_owned());
+                let response = answer(&repos, &base, &request);
+                let _ = request.respond(response);
+            }
+        });
+        Self { url, server: Mutex::new(Some(server)), requests, thread: Mutex::new(Some(thread)) }
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    /// Stops answering: the port is closed.
+    fn stop(&self) {
+        if let Some(server) = self.server.lock().unwrap().take() {
+            server.unblock();
+        }
+        if let Some(thread) = self.thread.lock().unwrap().take() {
+            thread.join().unwrap();
+        }
+    }
+}
+
+impl Drop for FakeHub {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+type Response = tiny_http::Response<std::io::Cursor<Vec<u8>>>;
+
+fn header(name: &str, value: &str) -> tiny_http::Header {
+    tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()).unwrap()
+}
+
+fn answer(repos: &BTreeMap<&str, BTreeMap<String, File>>, base: &str, request: &tiny_http::Request) -> Response {
+    let path = request.url().split('?').next().unwrap_or_default().to_owned();
+    let not_found = || Response::from_string("Repository not found").with_status_code(404);
+    let range = request.headers().iter().find(|h| h.field.equiv("Range")).map(|h| h.value.to_string());
+
+    // The CDN: /cdn/SHA256, by content.
+    if let Some(sha) = path.strip_prefix("/cdn/") {
+        let file = repos.values().flat_map(|r| r.values()).find(|f| sha256(&f.bytes) == sha);
+        return match file {
+            Some(f) => ranged(f.served.clone().unwrap_or_else(|| f.bytes.clone()), range.as_deref()),
+            None => not_found(),
+        };
+    }
+    // The API: /api/models/ORG/NAME/revision/REV.
+    if let Some(rest) = path.strip_prefix("/api/models/") {
+        let parts: Vec<&str> = rest.splitn(4, '/').collect();
+        let (id, revision) = match parts.as_slice() {
+            [org, name, "revision", rev] => (format!("{org}/{name}"), *rev),
+            _ => return not_found(),
+        };
+        return match repos.get(id.as_str()) {
+            Some(files) if revision == "main" || revision == COMMIT => {
+                let siblings: Vec<_> = files.keys().map(|f| serde_json::json!({ "rfilename": f })).collect();
+                let body = serde_json::json!({ "id": id, "sha": COMMIT, "siblings": siblings }).to_string();
+                Response::from_string(body).with_header(header("Content-Type", "application/json"))
+            }
+            Some(_) => Response::from_string("Revision not found").with_status_code(404),
+            None => not_found(),
+        };
+    }
+    // Files: /ORG/NAME/resolve/REV/PATH.
+    let parts: Vec<&str> = path.trim_start_matches('/').splitn(5, '/').collect();
+    let [org, name, "resolve", revision, file_path] = parts.as_slice() else { return not_found() };
+    let Some(file) = repos.get(format!("{org}/{name}").as_str()).and_then(|r| r.get(*file_path)) else {
+        return not_found();
+    };
+    if *revision != "main" && *revision != COMMIT {
+        return not_found();
+    }
+    if file.lfs {
+        let sha = sha256(&file.bytes);
+        return Response::from_data(Vec::new())
+            .with_status_code(302)
+            .with_header(header("Location", &format!("{base}/cdn/{sha}")))
+            .with_header(header("X-Repo-Commit", COMMIT))
+            .with_header(header("X-Linked-Etag", &format!("\"{sha}\"")))
+            .with_header(header("X-Linked-Size", &file.bytes.len().to_string()));
+    }
+    // A git hash for small files; hf-hub only needs it as a blob name.
+    let etag = &sha256(&file.bytes)[..40];
+    ranged(file.bytes.clone(), range.as_deref())
+        .with_header(header("ETag", &format!("\"{etag}\"")))
+        .with_header(header("X-Repo-Commit", COMMIT))
+}
+
+/// `bytes` whole (200), or the part a `bytes=A-` / `bytes=A-B` range asks for (206).
+fn ranged(bytes: Vec<u8>, range: Option<&str>) -> Response {
+    let Some((start, end)) = range.and_then(|r| r.strip_prefix("bytes=")).and_then(|r| r.split_once('-')) else {
+        return Response::from_data(bytes);
+    };
+    let len = bytes.len();
+    let start: usize = start.parse().unwrap();
+    let end: usize = if end.is_empty() { len - 1 } else { end.parse::<usize>().unwrap().min(len - 1) };
+    Response::from_data(bytes[start..=end].to_vec())
+        .with_status_code(206)
+        .with_header(header("Content-Range", &format!("bytes {start}-{end}/{len}")))
+}
+
+/// Runs `vae` in `dir` with a Hugging Face environment of its own: `env` set,
+/// and nothing of the caller's (cache, endpoint, token, proxies).
+fn vae(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_vae"));
+    command.args(args).current_dir(dir).env_remove("VAE_WEIGHTS");
+    for var in ["HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_ENDPOINT", "HF_HUB_OFFLINE", "HF_TOKEN"] {
+        command.env_remove(var);
+    }
+    for var in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"] {
+        command.env_remove(var);
+    }
+    command.envs(env.iter().copied()).output().expect("the vae binary runs")
+}
+
+/// One error line that names `what` and says `problem`; exit code 1, no panic.
+fn assert_fails(out: &Output, what: &str, problem: &str) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(1), "exit code; stderr: {err}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("vae: error:")).collect();
+    assert_eq!(lines.len(), 1, "one error line: {err}");
+    assert!(lines[0].contains(what) && lines[0].contains(problem), "{what:?}, {problem:?}: {}", lines[0]);
+}
+
+fn photo(dir: &Path) {
+    let img = image::open(fixtures().join("images/kodim03.png")).unwrap().to_rgb8();
+    image::imageops::crop_imm(&img, 200, 100, 32, 24).to_image().save(dir.join("in.png")).unwrap();
+}
+
+/// Encodes in.png with `weights` into `out` and returns the latent.
+fn encode(dir: &Path, env: &[(&str, &str)], weights: &str, out: &str) -> Latent {
+    let output = vae(dir, env, &["encode", "in.png", "-o", out, "--weights", weights]);
+    assert!(output.status.success(), "{weights}: {}", stderr(&output));
+    Latent::read(&dir.join(out)).unwrap()
+}
+
+fn snapshot(hf_home: &Path, repo: &str) -> PathBuf {
+    hf_home.join("hub").join(format!("models--{}", repo.replace('/', "--"))).join("snapshots").join(COMMIT)
+}
+
+#[test]
+fn fetch_fills_the_standard_cache_and_encode_uses_it_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    photo(dir.path());
+    let hf_home = dir.path().join("hf");
+    let hub = FakeHub::start(BTreeMap::from([(
+        "test-org/tiny-vae",
+        tiny_sd_repo("", "diffusion_pytorch_model.safetensors", "tiny_sd/diffusion_pytorch_model.safetensors"),
+    )]));
+    let home = hf_home.to_str().unwrap();
+    let online = [("HF_HOME", home), ("HF_ENDPOINT", hub.url.as_str())];
+
+    let out = vae(dir.path(), &online, &["fetch", "test-org/tiny-vae"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let folder = snapshot(&hf_home, "test-org/tiny-vae");
+    assert_eq!(stdout(&out).trim(), folder.to_str().unwrap());
+    assert!(stderr(&out).contains("downloading test-org/tiny-vae/diffusion_pytorch_model.safetensors"));
+    assert!(hub.requests().iter().all(|r| !r.ends_with(".bin")), "asked for a pickle: {:?}", hub.requests());
+
+    // The layout huggingface_hub reads: refs/main, snapshot links into blobs/.
+    let repo_dir = hf_home.join("hub/models--test-org--tiny-vae");
+    assert_eq!(std::fs::read_to_string(repo_dir.join("refs/main")).unwrap(), COMMIT);
+    let weights = std::fs::read(fixtures().join("weights/tiny_sd/diffusion_pytorch_model.safetensors")).unwrap();
+    let blob = repo_dir.join("blobs").join(sha256(&weights));
+    assert_eq!(std::fs::read(&blob).unwrap(), weights);
+    let link = folder.join("diffusion_pytorch_model.safetensors");
+    assert_eq!(std::fs::canonicalize(&link).unwrap(), std::fs::canonicalize(&blob).unwrap());
+    assert!(folder.join("config.json").is_file());
+
+    // By repo id: the latent of the local folder, from the cache, with no request.
+    let asked = hub.requests().len();
+    let by_id = encode(dir.path(), &online, "test-org/tiny-vae", "id.safetensors");
+    assert_eq!(hub.requests().len(), asked, "a cached repo needs no network");
+    let local = encode(dir.path(), &[], fixtures().join("weights/tiny_sd").to_str().unwrap(), "local.safetensors");
+    assert_eq!(by_id.data, local.data);
+    assert_eq!(by_id.meta, local.meta);
+
+    // Offline with the Hub gone: the cached repo still works, fetch just says where it is.
+    hub.stop();
+    let offline = [("HF_HOME", home), ("HF_ENDPOINT", online[1].1), ("HF_HUB_OFFLINE", "1")];
+    let again = encode(dir.path(), &offline, "test-org/tiny-vae", "offline.safetensors");
+    assert_eq!(again.data, local.data);
+    let out = vae(dir.path(), &offline, &["fetch", "test-org/tiny-vae"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), folder.to_str().unwrap());
+
+    // Offline, a repo that is not cached: one clear line naming the repo and file.
+    let out = vae(dir.path(), &offline, &["encode", "in.png", "--weights", "test-org/elsewhere"]);
+    assert_fails(&out, "test-org/elsewhere", "diffusion_pytorch_model.safetensors is not in the Hugging Face cache");
+    assert!(stderr(&out).contains("HF_HUB_OFFLINE"), "{}", stderr(&out));
+    assert!(!dir.path().join("in.safetensors").exists());
+}
+
+#[test]
+fn a_subfolder_with_only_fp16_weights_downloads_on_first_use() {
+    let dir = tempfile::tempdir().unwrap();
+    photo(dir.path());
+    let hf_home = dir.path().join("hf");
+    let hub = FakeHub::start(BTreeMap::from([(
+        "test-org/pipeline",
+        tiny_sd_repo("vae", "diffusion_pytorch_model.fp16.safetensors", "tiny_sd_f16.safetensors"),
+    )]));
+    let env = [("HF_HOME", hf_home.to_str().unwrap()), ("HF_ENDPOINT", hub.url.as_str())];
+    let by_id = encode(dir.path(), &env, "test-org/pipeline/vae", "id.safetensors");
+    let local =
+        encode(dir.path(), &[], fixtures().join("weights/tiny_sd_f16.safetensors").to_str().unwrap(), "l.safetensors");
+    assert_eq!(by_id.data, local.data);
+    let folder = snapshot(&hf_home, "test-org/pipeline").join("vae");
+    assert!(folder.join("diffusion_pytorch_model.fp16.safetensors").is_file());
+    assert!(folder.join("config.json").is_file());
+    // A commit hash as --revision; a revision the repo lacks.
+    let out = vae(dir.path(), &env, &["fetch", "test-org/pipeline/vae", "--revision", COMMIT, "-q"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!((stdout(&out).trim(), stderr(&out).as_str()), (folder.to_str().unwrap(), ""));
+    let out = vae(dir.path(), &env, &["fetch", "test-org/pipeline/vae", "--revision", "v9"]);
+    assert_fails(&out, "test-org/pipeline/vae (revision v9)", "nor repo or revision on http://127.0.0.1");
+    hub.stop();
+}
+
+#[test]
+fn a_corrupt_download_fails_its_check_and_leaves_nothing_usable() {
+    let dir = tempfile::tempdir().unwrap();
+    photo(dir.path());
+    let hf_home = dir.path().join("hf");
+    let mut files =
+        tiny_sd_repo("", "diffusion_pytorch_model.safetensors", "tiny_sd/diffusion_pytorch_model.safetensors");
+    let weights = files.get_mut("diffusion_pytorch_model.safetensors").unwrap();
+    // One byte of tensor data flipped: same size, valid header, wrong SHA-256.
+    let mut bad = weights.bytes.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 0xff;
+    weights.served = Some(bad);
+    let sha = sha256(&weights.bytes);
+    let hub = FakeHub::start(BTreeMap::from([("test-org/corrupt", files)]));
+    let env = [("HF_HOME", hf_home.to_str().unwrap()), ("HF_ENDPOINT", hub.url.as_str())];
+
+    let out = vae(dir.path(), &env, &["fetch", "test-org/corrupt"]);
+    assert_fails(&out, "diffusion_pytorch_model.safetensors", &format!("does not match the Hub's {sha}"));
+    assert!(stderr(&out).contains("removed it from the cache"), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "");
+    let repo_dir = hf_home.join("hub/models--test-org--corrupt");
+    assert!(!repo_dir.join("blobs").join(&sha).exists());
+    assert!(!snapshot(&hf_home, "test-org/corrupt").join("diffusion_pytorch_model.safetensors").exists());
+    // Nothing for an offline run to pick up either.
+    let offline = [env[0], env[1], ("HF_HUB_OFFLINE", "1")];
+    let out = vae(dir.path(), &offline, &["encode", "in.png", "--weights", "test-org/corrupt"]);
+    assert_fails(&out, "test-org/corrupt", "is not in the Hugging Face cache");
+    hub.stop();
+}
+
+#[test]
+fn unknown_repos_and_non_repos_get_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    photo(dir.path());
+    let hub = FakeHub::start(BTreeMap::new());
+    let hf_home = dir.path().join("hf");
+    let env = [("HF_HOME", hf_home.to_str().unwrap()), ("HF_ENDPOINT", hub.url.as_str())];
+    let out = vae(dir.path(), &env, &["fetch", "test-org/missing"]);
+    assert_fails(&out, "test-org/missing", "nor repo or revision on http://127.0.0.1");
+    let out = vae(dir.path(), &env, &["encode", "in.png", "--weights", "test-org/missing"]);
+    assert_fails(&out, "test-org/missing", "no such local file or folder, nor repo");
+    // Not a repo id: the local path's error, and no request.
+    let asked = hub.requests().len();
+    let out = vae(dir.path(), &env, &["encode", "in.png", "--weights", "weights/vae.safetensors"]);
+    assert_fails(&out, "weights/vae.safetensors", "no such file or directory");
+    let out = vae(dir.path(), &env, &["fetch", "./here"]);
+    assert_fails(&out, "./here", "not a Hugging Face Hub repo id");
+    assert_eq!(hub.requests().len(), asked);
+    // --revision is for repos; a revision that could leave the cache is a usage error.
+    let tiny_sd = fixtures().join("weights/tiny_sd");
+    let out = vae(dir.path(), &env, &["encode", "in.png", "-w", tiny_sd.to_str().unwrap(), "--revision", "v1"]);
+    assert_fails(&out, "tiny_sd", "--revision is for Hub repos");
+    let out = vae(dir.path(), &env, &["fetch", "test-org/x", "--revision", "../../etc"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    hub.stop();
+    // The Hub unreachable: the error says so.
+    let out = vae(dir.path(), &env, &["fetch", "test-org/missing"]);
+    assert_fails(&out, "test-org/missing", "http://127.0.0.1");
+}
+
+/// A cache written by Python's huggingface_hub (diffusers' from_pretrained):
+/// blobs named by etag, snapshot entries as relative symlinks, refs/main
+/// holding the commit without a newline. Found offline, through HF_HUB_CACHE.
+#[cfg(unix)]
+#[test]
+fn a_cache_written_by_huggingface_hub_is_found_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    photo(dir.path());
+    let cache = dir.path().join("elsewhere/hub-cache");
+    let repo_dir = cache.join("models--stabilityai--stable-diffusion-xl-base-1.0");
+    let snapshot = repo_dir.join("snapshots").join(COMMIT).join("vae");
+    std::fs::create_dir_all(repo_dir.join("blobs")).unwrap();
+    std::fs::create_dir_all(repo_dir.join("refs")).unwrap();
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::write(repo_dir.join("refs/main"), COMMIT).unwrap();
+    for (name, fixture) in
+        [("config.json", "config.json"), ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors")]
+    {
+        let bytes = std::fs::read(fixtures().join("weights/tiny_sd").join(fixture)).unwrap();
+        let etag = if name.ends_with(".json") { sha256(&bytes)[..40].to_owned() } else { sha256(&bytes) };
+        std::fs::write(repo_dir.join("blobs").join(&etag), bytes).unwrap();
+        std::os::unix::fs::symlink(format!("../../../blobs/{etag}"), snapshot.join(name)).unwrap();
+    }
+    let cache = cache.to_str().unwrap();
+    let env = [("HF_HUB_CACHE", cache), ("HF_HUB_OFFLINE", "1"), ("HF_ENDPOINT", "http://127.0.0.1:9")];
+    let by_id = encode(dir.path(), &env, "stabilityai/stable-diffusion-xl-base-1.0/vae", "id.safetensors");
+    let local = encode(dir.path(), &[], fixtures().join("weights/tiny_sd").to_str().unwrap(), "local.safetensors");
+    assert_eq!(by_id.data, local.data);
+    assert_eq!(by_id.meta, local.meta);
+    // A commit hash needs no ref.
+    let out = vae(
+        dir.path(),
+        &env,
+        &[
+            "encode",
+            "in.png",
+            "-o",
+            "c.safetensors",
+            "-w",
+            "stabilityai/stable-diffusion-xl-base-1.0/vae",
+            "--revision",
+            COMMIT,
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Another folder of the same repo is not there.
+    let out = vae(dir.path(), &env, &["encode", "in.png", "-w", "stabilityai/stable-diffusion-xl-base-1.0/vae_1_0"]);
+    assert_fails(&out, "stable-diffusion-xl-base-1.0/vae_1_0", "vae_1_0/diffusion_pytorch_model.safetensors is not in");
+}
