@@ -27,9 +27,10 @@ fn main() {
         args.iter().position(|a| a == "--size").and_then(|i| args.get(i + 1)?.parse().ok()).unwrap_or(512);
     let device = Device::flex();
     // (c_in, c_out, input side, upsampled): the 3x3 convolutions of the SD
-    // decoder for a `size` x `size` image.
+    // decoder for a `size` x `size` image, then the encoder's first and last.
     let s = size / 8;
     let shapes = [
+        (4, 512, s, false),
         (512, 512, s, false),
         (512, 512, s, true),
         (512, 512, 2 * s, false),
@@ -42,6 +43,8 @@ fn main() {
         (256, 128, 8 * s, false),
         (128, 128, 8 * s, false),
         (128, 3, 8 * s, false),
+        (3, 128, 8 * s, false),
+        (512, 8, s, false),
     ];
     println!(
         "| conv ci->co @ HxW | direct ms | winograd ms | direct GFLOP/s | winograd (direct-equivalent) GFLOP/s | speed-up | max rel. diff | flex ms |"

@@ -284,12 +284,16 @@ impl Session {
 
     /// Runs `f` as the stage `name`, timing it when --timings is on.
     fn stage<T>(&mut self, name: &str, f: impl FnOnce() -> T) -> T {
-        let start = Instant::now();
-        let out = f();
-        if let Some(t) = &mut self.timings {
-            t.push((name.to_owned(), start.elapsed()));
-        }
+        let (out, elapsed) = timed(f);
+        self.record(name, elapsed);
         out
+    }
+
+    /// Records a stage's time (when --timings is on).
+    fn record(&mut self, name: &str, elapsed: Duration) {
+        if let Some(t) = &mut self.timings {
+            t.push((name.to_owned(), elapsed));
+        }
     }
 
     /// Says when `path` runs in bands, and how (with --timings, always),
@@ -568,33 +572,131 @@ fn for_each<P>(
     plan: &[P],
     mut job: impl FnMut(&mut Session, &P) -> Result<()>,
 ) -> ExitCode {
-    let mut failed = 0;
-    if plan.len() > 1 && !ctx.quiet {
-        let style = indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} files, {elapsed} (eta {eta})")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-        ctx.progress = Some(indicatif::ProgressBar::new(plan.len() as u64).with_style(style));
-    }
+    let mut batch = Batch::start(ctx, plan.len());
     for item in plan {
-        if let Err(err) = job(ctx, item) {
-            ctx.eprint(format_args!("vae: error: {err:#}"));
-            failed += 1;
+        let result = job(ctx, item);
+        batch.done(ctx, result.map(|()| None));
+    }
+    batch.finish(ctx, verb)
+}
+
+/// What a file reports once its output is written: a line for stderr and,
+/// with --json, an object for stdout.
+struct Written {
+    message: String,
+    json: Option<serde_json::Value>,
+}
+
+/// [`for_each`] with the file I/O overlapped with compute: while `compute`
+/// runs on this thread (with every core rayon gives it), the next input is
+/// read on one thread and the previous output written on another. Reports
+/// stay in input order.
+fn pipeline<P: Sync, I: Send, O: Send>(
+    ctx: &mut Session,
+    verb: &str,
+    plan: &[P],
+    read: impl Fn(&P) -> Result<I> + Sync,
+    mut compute: impl FnMut(&mut Session, &P, I) -> Result<O>,
+    write: impl Fn(&P, O) -> Result<Written> + Sync,
+) -> ExitCode {
+    let mut batch = Batch::start(ctx, plan.len());
+    std::thread::scope(|s| {
+        let (read, write) = (&read, &write);
+        let mut next = plan.first().map(|item| s.spawn(move || timed(|| read(item))));
+        let mut writing: Option<std::thread::ScopedJoinHandle<_>> = None;
+        for (i, item) in plan.iter().enumerate() {
+            let reading = next.take();
+            next = plan.get(i + 1).map(|item| s.spawn(move || timed(|| read(item))));
+            let output = joined(ctx, "read", reading).and_then(|input| compute(ctx, item, input));
+            if let Some(previous) = writing.take() {
+                let written = joined(ctx, "write", Some(previous));
+                batch.done(ctx, written.map(Some));
+            }
+            match output {
+                Ok(output) => writing = Some(s.spawn(move || timed(|| write(item, output)))),
+                Err(err) => batch.done(ctx, Err(err)),
+            }
+        }
+        if let Some(last) = writing {
+            let written = joined(ctx, "write", Some(last));
+            batch.done(ctx, written.map(Some));
+        }
+    });
+    batch.finish(ctx, verb)
+}
+
+/// `f`'s result and how long it took.
+fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
+    let start = Instant::now();
+    (f(), start.elapsed())
+}
+
+/// The result of a stage run on another thread, its time recorded as `name`.
+fn joined<T>(
+    ctx: &mut Session,
+    name: &str,
+    handle: Option<std::thread::ScopedJoinHandle<(Result<T>, Duration)>>,
+) -> Result<T> {
+    let Some(Ok((result, elapsed))) = handle.map(|h| h.join()) else {
+        bail!("internal error: the {name} thread stopped");
+    };
+    ctx.record(name, elapsed);
+    result
+}
+
+/// A batch's progress bar (for more than one file), failures and summary.
+struct Batch {
+    total: usize,
+    failed: usize,
+}
+
+impl Batch {
+    fn start(ctx: &mut Session, total: usize) -> Self {
+        if total > 1 && !ctx.quiet {
+            let style = indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} files, {elapsed} (eta {eta})")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+            ctx.progress = Some(indicatif::ProgressBar::new(total as u64).with_style(style));
+        }
+        Self { total, failed: 0 }
+    }
+
+    /// One file finished: its report, or its error.
+    fn done(&mut self, ctx: &Session, result: Result<Option<Written>>) {
+        match result {
+            Ok(Some(Written { message, json })) => {
+                if let Some(json) = json
+                    && let Err(err) = json_line(json)
+                {
+                    ctx.eprint(format_args!("vae: error: {err:#}"));
+                    self.failed += 1;
+                }
+                ctx.info(message);
+            }
+            Ok(None) => {}
+            Err(err) => {
+                ctx.eprint(format_args!("vae: error: {err:#}"));
+                self.failed += 1;
+            }
         }
         if let Some(bar) = &ctx.progress {
             bar.inc(1);
         }
     }
-    if let Some(bar) = ctx.progress.take() {
-        bar.finish_and_clear();
+
+    fn finish(self, ctx: &mut Session, verb: &str) -> ExitCode {
+        if let Some(bar) = ctx.progress.take() {
+            bar.finish_and_clear();
+        }
+        if self.total > 1 {
+            ctx.info(format_args!(
+                "{verb} {} of {} files{}",
+                self.total - self.failed,
+                self.total,
+                if self.failed > 0 { format!("; {} failed", self.failed) } else { String::new() }
+            ));
+        }
+        if self.failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
     }
-    if plan.len() > 1 {
-        ctx.info(format_args!(
-            "{verb} {} of {} files{}",
-            plan.len() - failed,
-            plan.len(),
-            if failed > 0 { format!("; {failed} failed") } else { String::new() }
-        ));
-    }
-    if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
 fn encode(ctx: &mut Session, args: EncodeArgs) -> Result<ExitCode> {
@@ -606,30 +708,26 @@ fn encode(ctx: &mut Session, args: EncodeArgs) -> Result<ExitCode> {
     }
     let vae = ctx.load(&args.model, Parts::Encoder)?;
     check_posterior(&vae, &args.input)?;
-    Ok(for_each(ctx, "encoded", &plan, |ctx, (input, output)| {
+    let read = |(input, output): &(PathBuf, PathBuf)| {
         check_writable(output, overwrite(args.force))?;
-        let image = ctx.stage("read", || imageio::load(input, args.input.max_pixels))?;
+        Ok(imageio::load(input, args.input.max_pixels)?)
+    };
+    let encode = |ctx: &mut Session, (input, _): &(PathBuf, PathBuf), image: imageio::InputImage| {
         ctx.plan(input, vae.encode_plan(&image), vae.tiling.max_memory);
         let latent = ctx.stage("encode", || vae.encode(&image, posterior(&args.input)));
-        ctx.stage("write", || latent.write(output, overwrite(args.force)))?;
-        if args.json {
-            let shape = [1, latent.channels, latent.height, latent.width];
-            let (width, height) = (image.width, image.height);
-            json_line(
-                serde_json::json!({ "input": input, "output": output, "latent": shape, "width": width, "height": height }),
-            )?;
-        }
-        ctx.info(format_args!(
-            "wrote {} (latent [1, {}, {}, {}] from {}x{})",
-            output.display(),
-            latent.channels,
-            latent.height,
-            latent.width,
-            image.width,
-            image.height
-        ));
-        Ok(())
-    }))
+        Ok((latent, image.width, image.height))
+    };
+    let write = |(input, output): &(PathBuf, PathBuf), (latent, width, height): (Latent, usize, usize)| {
+        latent.write(output, overwrite(args.force))?;
+        let shape = [1, latent.channels, latent.height, latent.width];
+        Ok(Written {
+            message: format!("wrote {} (latent {shape:?} from {width}x{height})", output.display()),
+            json: args.json.then(|| {
+                serde_json::json!({ "input": input, "output": output, "latent": shape, "width": width, "height": height })
+            }),
+        })
+    };
+    Ok(pipeline(ctx, "encoded", &plan, read, encode, write))
 }
 
 fn decode(ctx: &mut Session, args: DecodeArgs) -> Result<ExitCode> {
@@ -640,9 +738,11 @@ fn decode(ctx: &mut Session, args: DecodeArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let vae = ctx.load(&args.model, Parts::Decoder)?;
-    Ok(for_each(ctx, "decoded", &plan, |ctx, (input, output)| {
+    let read = |(input, output): &(PathBuf, PathBuf)| {
         check_writable(output, overwrite(args.force))?;
-        let latent = ctx.stage("read", || Latent::read(input))?;
+        Ok(Latent::read(input)?)
+    };
+    let decode = |ctx: &mut Session, (input, _): &(PathBuf, PathBuf), latent: Latent| {
         ctx.plan(input, vae.decode_plan(&latent), vae.tiling.max_memory);
         let std = vae.rescaled_std(&latent);
         if !(0.2..=5.0).contains(&std) {
@@ -652,15 +752,19 @@ fn decode(ctx: &mut Session, args: DecodeArgs) -> Result<ExitCode> {
                 input.display()
             ));
         }
-        let image = ctx.stage("decode", || vae.decode(&latent, input, args.max_pixels))?;
-        ctx.stage("write", || image.save_png(output, overwrite(args.force)))?;
-        if args.json {
-            let (width, height) = (image.width, image.height);
-            json_line(serde_json::json!({ "input": input, "output": output, "width": width, "height": height }))?;
-        }
-        ctx.info(format_args!("wrote {} ({}x{})", output.display(), image.width, image.height));
-        Ok(())
-    }))
+        Ok(ctx.stage("decode", || vae.decode(&latent, input, args.max_pixels))?)
+    };
+    let write = |(input, output): &(PathBuf, PathBuf), image: imageio::OutputImage| {
+        image.save_png(output, overwrite(args.force))?;
+        let (width, height) = (image.width, image.height);
+        Ok(Written {
+            message: format!("wrote {} ({width}x{height})", output.display()),
+            json: args
+                .json
+                .then(|| serde_json::json!({ "input": input, "output": output, "width": width, "height": height })),
+        })
+    };
+    Ok(pipeline(ctx, "decoded", &plan, read, decode, write))
 }
 
 fn preview(ctx: &mut Session, args: PreviewArgs) -> Result<ExitCode> {

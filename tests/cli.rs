@@ -398,6 +398,33 @@ fn json_lines_for_encode_and_decode() {
 }
 
 #[test]
+fn overlapped_batch_reports_in_input_order() {
+    // Reading and writing run beside the compute; reports must still follow
+    // the inputs, a bad file in the middle included.
+    let dir = tempfile::tempdir().unwrap();
+    photo(dir.path(), "a.png", 40, 24);
+    std::fs::write(dir.path().join("b.png"), b"not a png").unwrap();
+    photo(dir.path(), "c.png", 16, 16);
+    photo(dir.path(), "d.png", 24, 8);
+    let w = tiny_sd();
+    let out = vae(dir.path(), &["encode", "a.png", "b.png", "c.png", "d.png", "-o", "z", "--json", "--weights", &w]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let inputs: Vec<String> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["input"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(inputs, ["a.png", "c.png", "d.png"]);
+    let err = stderr(&out);
+    let at = |s: &str| err.find(s).unwrap_or_else(|| panic!("{s} not in {err}"));
+    assert!(at("wrote z/a.safetensors") < at("b.png") && at("b.png") < at("wrote z/c.safetensors"), "{err}");
+    assert!(at("wrote z/c.safetensors") < at("wrote z/d.safetensors"), "{err}");
+    assert!(err.contains("encoded 3 of 4 files; 1 failed"), "{err}");
+    let out = vae(dir.path(), &["decode", "z", "-o", "png", "--weights", &w]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(listing(&dir.path().join("png")), ["a.png", "c.png", "d.png"]);
+}
+
+#[test]
 fn quoted_patterns_are_expanded_and_must_match() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("in")).unwrap();

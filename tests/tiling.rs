@@ -40,7 +40,7 @@ fn errors(vae: &Vae, expected: &str, image: &str) -> (f32, f32) {
 
 #[test]
 fn f32_bands_match_diffusers() {
-    // 8 rows: one latent row per band; 24 and 200 don't divide the images;
+    // 8 rows: one latent row, rounded up to bands of two; 24 and 200 don't divide the images;
     // 4096: one band.
     for (weights, bands) in [("tiny_sd", [8, 200]), ("tiny_flux", [24, 4096])] {
         let (mut vae, expected) = (load(weights), weights);

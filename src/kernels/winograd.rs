@@ -71,12 +71,6 @@ impl WinogradWeights {
     }
 }
 
-/// Whether F(2x2, 3x3) beats the direct method for these channel counts:
-/// with few channels the GEMMs are too thin and the transforms dominate.
-pub fn pays(c_in: usize, c_out: usize) -> bool {
-    c_in >= 16 && c_out >= 16
-}
-
 /// `x` `[batch, ci, h0, w0]`, upsampled `up` (1 or 2) times by nearest
 /// neighbour, convolved with padding 1: returns `[batch, co, up*h0, up*w0]`.
 pub fn conv3x3(
@@ -413,6 +407,9 @@ mod tests {
         check(17, 19, (7, 9), 1);
         check(16, 24, (1, 1), 1);
         check(20, 16, (3, 2), 1);
+        // The image's 3 channels in, and out.
+        check(3, 16, (5, 7), 1);
+        check(16, 3, (6, 6), 1);
     }
 
     #[test]
