@@ -223,11 +223,18 @@ fn fill_phases(padded: &mut [f32], src: &[f32], ci: usize, (h, w): (usize, usize
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// Direct f64 convolution, the reference: `x` `[ci, h, w]`, `weight` `[co, ci, k, k]`.
-    fn reference(x: &[f32], (h, w): (usize, usize), weight: &[f32], bias: &[f32], k: usize, g: Geometry) -> Vec<f32> {
+    pub(in crate::kernels) fn reference(
+        x: &[f32],
+        (h, w): (usize, usize),
+        weight: &[f32],
+        bias: &[f32],
+        k: usize,
+        g: Geometry,
+    ) -> Vec<f32> {
         let (co, ci) = (bias.len(), x.len() / (h * w));
         let hp = h + g.pad_h.0 + g.pad_h.1;
         let wp = w + g.pad_w.0 + g.pad_w.1;

@@ -342,32 +342,7 @@ impl Chunk {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Direct f64 convolution with padding 1, the reference.
-    fn reference(x: &[f32], (h, w): (usize, usize), weight: &[f32], bias: &[f32]) -> Vec<f32> {
-        let (co, ci) = (bias.len(), x.len() / (h * w));
-        let mut out = vec![0.0; co * h * w];
-        for o in 0..co {
-            for y in 0..h {
-                for xx in 0..w {
-                    let mut acc = bias[o] as f64;
-                    for c in 0..ci {
-                        for kh in 0..3 {
-                            for kw in 0..3 {
-                                let (iy, ix) = ((y + kh) as isize - 1, (xx + kw) as isize - 1);
-                                if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
-                                    acc += x[(c * h + iy as usize) * w + ix as usize] as f64
-                                        * weight[((o * ci + c) * 3 + kh) * 3 + kw] as f64;
-                                }
-                            }
-                        }
-                    }
-                    out[(o * h + y) * w + xx] = acc as f32;
-                }
-            }
-        }
-        out
-    }
+    use crate::kernels::conv::{Geometry, tests::reference};
 
     fn random(n: usize, seed: u64) -> Vec<f32> {
         let mut state = seed | 1;
@@ -393,7 +368,7 @@ mod tests {
                 x[(c * h0 + y / up) * w0 + xx / up]
             })
             .collect();
-        let want = reference(&big, (h, w), &weight, &bias);
+        let want = reference(&big, (h, w), &weight, &bias, 3, Geometry::SAME_3X3);
         let got = conv3x3(&x, 1, (h0, w0), up, &WinogradWeights::new(&weight, co, ci), &bias);
         assert_eq!(got.len(), want.len());
         let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
