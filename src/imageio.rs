@@ -20,8 +20,10 @@ pub const DEFAULT_MAX_PIXELS: u64 = 8192 * 8192;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    #[error("{}: cannot read: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    // `cause`, not `source`: the message already says it, and a source would
+    // make `{:#}` print it twice.
+    #[error("{}: cannot read: {cause}", path.display())]
+    Io { path: PathBuf, cause: std::io::Error },
     #[error("{}: not a readable image: {reason}", path.display())]
     Decode { path: PathBuf, reason: String },
     #[error("{}: image is {width}x{height}, more than --max-pixels {max_pixels}", path.display())]
@@ -44,7 +46,7 @@ pub struct InputImage {
 
 /// Reads `path`, refusing images above `max_pixels` before decoding them.
 pub fn load(path: &Path, max_pixels: u64) -> Result<InputImage, ImageError> {
-    let reader = ImageReader::open(path).map_err(|source| ImageError::Io { path: path.to_owned(), source })?;
+    let reader = ImageReader::open(path).map_err(|cause| ImageError::Io { path: path.to_owned(), cause })?;
     let image = decode(reader, max_pixels).map_err(|e| e.at(path))?;
     Ok(from_dynamic(&image))
 }

@@ -53,8 +53,10 @@ pub const FORMAT_VERSION: &str = "1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LatentError {
-    #[error("{}: cannot read: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    // `cause`, not `source`: the message already says it, and a source would
+    // make `{:#}` print it twice.
+    #[error("{}: cannot read: {cause}", path.display())]
+    Io { path: PathBuf, cause: std::io::Error },
     #[error("{}: not a safetensors latent file: {reason}", path.display())]
     Format { path: PathBuf, reason: String },
     #[error("{}: not a NumPy .npy latent: {reason}", path.display())]
@@ -157,7 +159,7 @@ impl Latent {
     }
 
     pub fn read(path: &Path) -> Result<Self, LatentError> {
-        let bytes = std::fs::read(path).map_err(|source| LatentError::Io { path: path.to_owned(), source })?;
+        let bytes = std::fs::read(path).map_err(|cause| LatentError::Io { path: path.to_owned(), cause })?;
         Self::from_bytes(&bytes, path)
     }
 

@@ -425,6 +425,17 @@ fn overlapped_batch_reports_in_input_order() {
 }
 
 #[test]
+fn a_missing_input_names_its_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = tiny_sd();
+    for args in [["encode", "gone.png"], ["decode", "gone.safetensors"]] {
+        let out = vae(dir.path(), &[args[0], args[1], "--weights", &w]);
+        assert_fails(&out, args[1], "cannot read");
+        assert_eq!(stderr(&out).matches("os error 2").count(), 1, "{}", stderr(&out));
+    }
+}
+
+#[test]
 fn quoted_patterns_are_expanded_and_must_match() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("in")).unwrap();
