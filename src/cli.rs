@@ -12,6 +12,7 @@ use burn::tensor::Device;
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::Vae;
+use crate::dataset::{self, Workers};
 use crate::hub::{Hub, HubRepo};
 use crate::imageio::{self, DEFAULT_MAX_PIXELS};
 use crate::latent::{Latent, LatentFormat, Posterior};
@@ -70,12 +71,76 @@ enum Command {
         #[arg(long, value_name = "REV", value_parser = crate::hub::parse_revision)]
         revision: Option<String>,
     },
+    /// Latents for a dataset: WebDataset tar shards or folders of samples,
+    /// local or in object storage (s3://, gs://, az://), one output tar per
+    /// shard, shared among workers without coordination (README: "Datasets").
+    Dataset {
+        #[command(subcommand)]
+        command: DatasetCommand,
+    },
     /// Print a completion script for SHELL on stdout, e.g.
     /// `vae completions bash > ~/.local/share/bash-completion/completions/vae`.
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum DatasetCommand {
+    /// Encode this worker's share of the shards: for each input shard NAME,
+    /// OUTPUT/NAME.tar (KEY.latent.safetensors and the sample's other files)
+    /// and its manifest OUTPUT/NAME.json. Shards whose NAME.tar exists are done.
+    Encode(Box<DatasetEncodeArgs>),
+    /// Sum the manifests of an output folder: shards, samples, latents,
+    /// skipped samples by reason, throughput.
+    Report {
+        /// The output folder (or s3://, gs://, az:// prefix) of `dataset encode`.
+        #[arg(value_name = "OUTPUT")]
+        output: String,
+        /// One JSON object per shard, then the totals, on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+struct DatasetEncodeArgs {
+    /// Input shards: .tar files, folders of them, folders of samples (or of
+    /// such folders), patterns ('shards/*.tar'), WebDataset braces
+    /// ('shards/{00000..00099}.tar'), or s3://, gs://, az:// objects and
+    /// prefixes ending in '/'. Credentials and endpoints come from the
+    /// environment (AWS_*, GOOGLE_*, AZURE_*).
+    #[arg(required = true, value_name = "SHARDS")]
+    inputs: Vec<String>,
+    /// The output folder, or a prefix in a store (s3://bucket/latents/).
+    #[arg(short, long, value_name = "FOLDER|URL")]
+    output: String,
+    /// How many workers share the shards. Default: $VAE_NUM_WORKERS, then
+    /// $SLURM_ARRAY_TASK_COUNT, else 1.
+    #[arg(long, value_name = "N", env = "VAE_NUM_WORKERS")]
+    num_workers: Option<usize>,
+    /// This worker's index, from 0. Default: $VAE_WORKER_INDEX, then
+    /// $JOB_COMPLETION_INDEX (Kubernetes Indexed Job), then
+    /// $SLURM_ARRAY_TASK_ID (less _MIN, over _STEP), else 0.
+    #[arg(long, value_name = "I", env = "VAE_WORKER_INDEX")]
+    worker_index: Option<usize>,
+    /// The latent members' format: safetensors (with our metadata) or npy.
+    #[arg(long, value_name = "FORMAT", default_value = "safetensors", value_parser = ["safetensors", "npy"])]
+    format: String,
+    /// Local folder for shards on their way from or to a store. Default: the system's.
+    #[arg(long, value_name = "DIR")]
+    tmp_dir: Option<PathBuf>,
+    /// Redo shards whose output exists.
+    #[arg(long)]
+    force: bool,
+    /// A JSON object per shard (its manifest) and one for the run on stdout.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    input: InputArgs,
 }
 
 #[derive(Debug, Args)]
@@ -254,6 +319,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 .context("writing the completion script")
         }
         Command::Roundtrip(args) => roundtrip(&mut ctx, args),
+        Command::Dataset { command: DatasetCommand::Encode(args) } => dataset_encode(&mut ctx, *args),
+        Command::Dataset { command: DatasetCommand::Report { output, json } } => dataset_report(&ctx, &output, json),
     };
     ctx.print_timings();
     code
@@ -445,9 +512,6 @@ fn check_distinct(output: &Path, inputs: &[&Path]) -> Result<()> {
     }
     Ok(())
 }
-
-/// Image files that folders given as inputs are expanded to.
-const IMAGE_EXTENSIONS: [&str; 7] = ["png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff"];
 
 /// Files given as inputs, with folders expanded to their files (not
 /// recursively) whose extension is one of `extensions`, sorted by name.
@@ -700,7 +764,7 @@ impl Batch {
 }
 
 fn encode(ctx: &mut Session, args: EncodeArgs) -> Result<ExitCode> {
-    let inputs = expand_inputs(&args.images, &IMAGE_EXTENSIONS)?;
+    let inputs = expand_inputs(&args.images, &imageio::EXTENSIONS)?;
     let plan = plan_outputs(&args.images, inputs, args.output.as_deref(), "safetensors")?;
     let plan = skip_existing(ctx, plan, args.skip_existing);
     if plan.is_empty() {
@@ -795,7 +859,7 @@ fn preview(ctx: &mut Session, args: PreviewArgs) -> Result<ExitCode> {
 }
 
 fn roundtrip(ctx: &mut Session, args: RoundtripArgs) -> Result<ExitCode> {
-    let images = expand_inputs(&args.images, &IMAGE_EXTENSIONS)?;
+    let images = expand_inputs(&args.images, &imageio::EXTENSIONS)?;
     let several = images.len() > 1 || args.images.iter().any(|p| p.is_dir());
     let target = |dir_or_file: &Option<PathBuf>, image: &Path, suffix: &str| -> Result<Option<PathBuf>> {
         let Some(path) = dir_or_file else { return Ok(None) };
@@ -880,4 +944,77 @@ fn roundtrip_one(
         );
     }
     Ok(())
+}
+
+fn dataset_encode(ctx: &mut Session, args: DatasetEncodeArgs) -> Result<ExitCode> {
+    let (workers, from) = Workers::resolve(args.worker_index, args.num_workers, |name| std::env::var(name).ok())?;
+    let output = dataset::output_location(&args.output)?;
+    let shards = dataset::expand(&args.inputs)?;
+    if from != "default" && from != "--worker-index" {
+        ctx.info(format_args!("worker index {} of {} from ${from}", workers.index, workers.count));
+    }
+    let options = dataset::Options {
+        output,
+        workers,
+        format: if args.format == "npy" { LatentFormat::Npy } else { LatentFormat::Safetensors },
+        posterior: posterior(&args.input),
+        max_pixels: args.input.max_pixels,
+        tmp_dir: args.tmp_dir.clone().unwrap_or_else(std::env::temp_dir),
+        force: args.force,
+        quiet: ctx.quiet,
+        json: args.json,
+    };
+    let report = dataset::run(&shards, &options, || {
+        let vae = ctx.load(&args.model, Parts::Encoder)?;
+        check_posterior(&vae, &args.input)?;
+        Ok(vae)
+    })?;
+    let total = report.to_json(workers);
+    ctx.info(format_args!(
+        "worker {} of {}: {} shards encoded, {} done before, {} failed; {} latents, {} samples skipped, {:.1} s ({:.2} images/s)",
+        workers.index,
+        workers.count,
+        report.summaries.len(),
+        report.done_before,
+        report.failed,
+        total["encoded"],
+        total["skipped"],
+        report.seconds,
+        total["images_per_second"].as_f64().unwrap_or(0.0)
+    ));
+    if args.json {
+        dataset::json_line(&serde_json::json!({ "report": total }))?;
+    }
+    Ok(if report.failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn dataset_report(ctx: &Session, output: &str, json: bool) -> Result<ExitCode> {
+    let (summaries, total) = dataset::report(&dataset::output_location(output)?)?;
+    if json {
+        for summary in &summaries {
+            dataset::json_line(&serde_json::to_value(summary)?)?;
+        }
+        dataset::json_line(&serde_json::json!({ "total": total }))?;
+    } else {
+        let mut out = std::io::stdout().lock();
+        for s in &summaries {
+            writeln!(
+                out,
+                "{}: {} samples, {} latents, {} skipped, {:.1} s, {:.2} images/s (worker {} of {})",
+                s.shard,
+                s.samples,
+                s.encoded,
+                s.skipped.len(),
+                s.seconds,
+                s.images_per_second,
+                s.worker,
+                s.workers
+            )?;
+        }
+        writeln!(out, "total: {total}")?;
+    }
+    if summaries.is_empty() {
+        ctx.info(format_args!("{output}: no finished shard"));
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -18,6 +18,10 @@ use crate::output::{self, OutputError, Overwrite};
 /// Default for `--max-pixels`: 8192 x 8192. A 4K image is 8.3 Mpx.
 pub const DEFAULT_MAX_PIXELS: u64 = 8192 * 8192;
 
+/// Extensions of the image files read (folders given as inputs are
+/// expanded to these; dataset samples' images are found by them).
+pub const EXTENSIONS: [&str; 7] = ["png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff"];
+
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     // `cause`, not `source`: the message already says it, and a source would

@@ -114,14 +114,20 @@ pub struct Latent {
 impl Latent {
     /// Writes the latent in the format of `path`'s extension ([`LatentFormat`]).
     pub fn write(&self, path: &Path, overwrite: Overwrite) -> Result<(), LatentError> {
-        let bytes = match LatentFormat::of(path) {
+        let bytes = self
+            .to_bytes(LatentFormat::of(path))
+            .map_err(|reason| LatentError::Format { path: path.to_owned(), reason })?;
+        output::write_atomic(path, overwrite, |out| out.write_all(&bytes))?;
+        Ok(())
+    }
+
+    /// The file's bytes in `format` (what [`Latent::write`] writes).
+    pub fn to_bytes(&self, format: LatentFormat) -> Result<Vec<u8>, String> {
+        match format {
             LatentFormat::Safetensors => self.to_safetensors(LATENT_TENSOR, &self.data, &self.meta),
             LatentFormat::Comfy => self.to_comfy(),
             LatentFormat::Npy => self.to_npy(),
         }
-        .map_err(|reason| LatentError::Format { path: path.to_owned(), reason })?;
-        output::write_atomic(path, overwrite, |out| out.write_all(&bytes))?;
-        Ok(())
     }
 
     fn to_safetensors(&self, name: &str, values: &[f32], meta: &LatentMeta) -> Result<Vec<u8>, String> {

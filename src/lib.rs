@@ -6,9 +6,11 @@
 //!   [`hub`]: weights by repo id, through the Hugging Face cache.
 //! - [`imageio`], [`latent`]: the files that go in and out.
 //! - [`vae`]: the encode/decode pipeline; [`metrics`]: PSNR and SSIM.
+//! - [`dataset`]: latents for datasets' shards, shared among many workers.
 //! - [`cli`]: the command line (the binary is a thin wrapper around it).
 
 pub mod cli;
+pub mod dataset;
 pub mod hub;
 pub mod imageio;
 pub mod inspect;

@@ -1,0 +1,431 @@
+//! Latents for a whole dataset, shard by shard: `vae dataset encode`.
+//!
+//! A run takes WebDataset tar shards (or folders of samples), local or in
+//! object storage, and writes one output shard per input shard into an
+//! output folder (or prefix):
+//!
+//! - `NAME.tar`: for each sample whose image encoded, `KEY.latent.safetensors`
+//!   (or `.latent.npy`) followed by the sample's other files (`KEY.json`,
+//!   `KEY.txt`, ...) unchanged; the image itself is not copied.
+//! - `NAME.json`: the shard's manifest ([`ShardSummary`]): samples, latents,
+//!   skipped samples with their reason, time, images/s, weights and worker.
+//!
+//! Many workers share a run without talking to each other: each takes the
+//! shards at its positions ([`Workers`]), skips the shards whose `NAME.tar`
+//! exists, and makes each `NAME.tar` appear only when complete: written under
+//! a temporary name and renamed (locally), or uploaded as one object (in a
+//! store, where it becomes visible only when the upload completes). The
+//! manifest is written just before. So a worker killed mid-shard and started
+//! again redoes only that shard, and no sample is lost or written twice.
+
+mod location;
+mod shards;
+mod webdataset;
+
+use std::collections::HashSet;
+use std::io::{IsTerminal, Write as _};
+use std::path::PathBuf;
+use std::sync::mpsc::sync_channel;
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+pub use location::Location;
+pub use shards::{Shard, Source, Workers, braces, expand};
+
+use crate::Vae;
+use crate::imageio::{self, InputImage};
+use crate::latent::{LatentFormat, Posterior};
+
+/// What a worker does with its shards.
+pub struct Options {
+    /// The output folder or prefix.
+    pub output: Location,
+    pub workers: Workers,
+    /// How latents are stored in the output tars: safetensors or npy.
+    pub format: LatentFormat,
+    pub posterior: Posterior,
+    pub max_pixels: u64,
+    /// Local room for downloaded input shards and output shards on their way
+    /// to a store.
+    pub tmp_dir: PathBuf,
+    /// Redo shards whose output exists.
+    pub force: bool,
+    pub quiet: bool,
+    /// A JSON line on stdout per shard and for the whole run.
+    pub json: bool,
+}
+
+impl Options {
+    /// The extension of latent members: `latent.safetensors` or `latent.npy`.
+    fn latent_extension(&self) -> &'static str {
+        match self.format {
+            LatentFormat::Npy => "latent.npy",
+            _ => "latent.safetensors",
+        }
+    }
+}
+
+/// What became of one shard: its manifest, `NAME.json`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ShardSummary {
+    pub shard: String,
+    pub input: String,
+    pub output: String,
+    /// Samples in the input (keys seen).
+    pub samples: usize,
+    /// Samples written with their latent.
+    pub encoded: usize,
+    pub skipped: Vec<Skipped>,
+    pub seconds: f64,
+    pub images_per_second: f64,
+    pub latent_member: String,
+    pub weights: String,
+    pub weights_sha256: String,
+    pub model: String,
+    pub posterior: String,
+    pub worker: usize,
+    pub workers: usize,
+    pub vae_version: String,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Skipped {
+    pub key: String,
+    pub reason: String,
+}
+
+/// A worker's run, for its final report.
+#[derive(Default)]
+pub struct Report {
+    pub assigned: usize,
+    pub done_before: usize,
+    pub failed: usize,
+    pub summaries: Vec<ShardSummary>,
+    pub seconds: f64,
+}
+
+impl Report {
+    pub fn to_json(&self, workers: Workers) -> serde_json::Value {
+        let samples: usize = self.summaries.iter().map(|s| s.samples).sum();
+        let encoded: usize = self.summaries.iter().map(|s| s.encoded).sum();
+        json!({
+            "worker": workers.index,
+            "workers": workers.count,
+            "shards_assigned": self.assigned,
+            "shards_encoded": self.summaries.len(),
+            "shards_done_before": self.done_before,
+            "shards_failed": self.failed,
+            "samples": samples,
+            "encoded": encoded,
+            "skipped": samples - encoded,
+            "seconds": self.seconds,
+            "images_per_second": rate(encoded, self.seconds),
+        })
+    }
+}
+
+fn rate(count: usize, seconds: f64) -> f64 {
+    if seconds > 0.0 { count as f64 / seconds } else { 0.0 }
+}
+
+/// Runs this worker over its share of `shards`. The model is loaded (by
+/// `load`) only when some shard is left to do. A shard that fails is reported
+/// and the others go on; the report counts it.
+pub fn run(shards: &[Shard], options: &Options, load: impl FnOnce() -> Result<Vae>) -> Result<Report> {
+    let start = Instant::now();
+    let mine: Vec<&Shard> =
+        shards.iter().enumerate().filter(|(i, _)| options.workers.owns(*i)).map(|(_, s)| s).collect();
+    let mut report = Report { assigned: mine.len(), ..Default::default() };
+    let info = |message: String| {
+        if !options.quiet {
+            eprintln!("{message}");
+        }
+    };
+    let w = options.workers;
+    info(format!("worker {} of {}: {} of {} shards -> {}", w.index, w.count, mine.len(), shards.len(), options.output));
+    if let Location::Local(dir) = &options.output {
+        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
+    }
+    let mut todo = Vec::new();
+    for shard in mine {
+        if !options.force && options.output.join(&format!("{}.tar", shard.name)).exists()? {
+            report.done_before += 1;
+        } else {
+            todo.push(shard);
+        }
+    }
+    if report.done_before > 0 {
+        info(format!("{} of them done already (their NAME.tar exists; --force redoes them)", report.done_before));
+    }
+    if todo.is_empty() {
+        report.seconds = start.elapsed().as_secs_f64();
+        return Ok(report);
+    }
+    let vae = load()?;
+    for (n, shard) in todo.iter().enumerate() {
+        info(format!("{}: encoding ({} of {})", shard.name, n + 1, todo.len()));
+        match encode_shard(&vae, shard, options) {
+            Ok(summary) => {
+                info(format!(
+                    "{}: {} latents, {} skipped, {:.1} s ({:.2} images/s) -> {}",
+                    summary.shard,
+                    summary.encoded,
+                    summary.skipped.len(),
+                    summary.seconds,
+                    summary.images_per_second,
+                    summary.output
+                ));
+                if options.json {
+                    json_line(&serde_json::to_value(&summary)?)?;
+                }
+                report.summaries.push(summary);
+            }
+            Err(err) => {
+                eprintln!("vae: error: {}: {err:#}", shard.source.describe());
+                report.failed += 1;
+            }
+        }
+    }
+    report.seconds = start.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+pub fn json_line(value: &serde_json::Value) -> Result<()> {
+    writeln!(std::io::stdout(), "{value}").context("writing to stdout")
+}
+
+/// A sample made ready off the compute thread: its image decoded.
+struct Prepared {
+    key: String,
+    image: Result<InputImage, String>,
+    /// The files copied to the output beside the latent.
+    others: Vec<(String, Vec<u8>)>,
+    mtime: u64,
+}
+
+/// Turns a sample into its image (the first image file) and the rest.
+fn prepare(sample: webdataset::Sample, shard: &str, max_pixels: u64) -> Prepared {
+    let webdataset::Sample { key, mut files, problems, mtime } = sample;
+    let image = if let Err(e) = webdataset::check_key(&key) {
+        Err(e.to_string())
+    } else if let Some(problem) = problems.into_iter().next() {
+        Err(problem)
+    } else if let Some(i) = files.iter().position(|(ext, _)| webdataset::is_image_extension(ext)) {
+        let (ext, bytes) = files.remove(i);
+        let name = PathBuf::from(format!("{shard}:{key}.{ext}"));
+        imageio::load_bytes(&bytes, &name, max_pixels).map_err(|e| e.to_string())
+    } else {
+        let exts: Vec<&str> = files.iter().map(|(e, _)| e.as_str()).collect();
+        Err(format!("no image file (has {})", if exts.is_empty() { "nothing".into() } else { exts.join(", ") }))
+    };
+    Prepared { key, image, others: files, mtime }
+}
+
+/// Where a shard's output is assembled before it is committed.
+fn partial_path(options: &Options, name: &str) -> PathBuf {
+    match &options.output {
+        Location::Local(dir) => dir.join(format!(".{name}.tar.partial")),
+        Location::Remote(_) => {
+            options.tmp_dir.join(format!("vae-{}-{name}.tar.partial", short_hash(&options.output.to_string())))
+        }
+    }
+}
+
+fn short_hash(text: &str) -> String {
+    let digest = Sha256::digest(text.as_bytes());
+    digest[..4].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The seed of one sample's posterior draw: the same whichever worker,
+/// order or shard count, and different for every sample.
+fn sample_seed(seed: u64, key: &str) -> u64 {
+    let digest = Sha256::new().chain_update(seed.to_le_bytes()).chain_update(key.as_bytes()).finalize();
+    u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"))
+}
+
+/// Deletes a file when dropped (a downloaded shard, a partial output).
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn encode_shard(vae: &Vae, shard: &Shard, options: &Options) -> Result<ShardSummary> {
+    let start = Instant::now();
+    let output = options.output.join(&format!("{}.tar", shard.name));
+    let manifest = options.output.join(&format!("{}.json", shard.name));
+    // A remote input is first copied to local disk, then read like a local one.
+    let (input_path, _download) = match &shard.source {
+        Source::Tar(location @ Location::Remote(_)) => {
+            let path =
+                options.tmp_dir.join(format!("vae-{}-{}.input.tar", short_hash(&location.to_string()), shard.name));
+            let scratch = Scratch(path.clone());
+            let mut file =
+                std::fs::File::create(&path).with_context(|| format!("{}: cannot create", path.display()))?;
+            location.download(&mut std::io::BufWriter::new(&mut file))?;
+            (Some(path), Some(scratch))
+        }
+        Source::Tar(Location::Local(path)) => (Some(path.clone()), None),
+        Source::Folder(_) => (None, None),
+    };
+    let partial = partial_path(options, &shard.name);
+    let guard = Scratch(partial.clone());
+    let mut writer = webdataset::TarWriter::create(&partial)?;
+    let latent_ext = options.latent_extension();
+    let mut seen = HashSet::new();
+    let (mut samples, mut encoded, mut skipped) = (0, 0, Vec::new());
+    let progress = progress_bar(options, &shard.name);
+    std::thread::scope(|s| -> Result<()> {
+        let (tx, rx) = sync_channel::<Result<Prepared>>(4);
+        let name = shard.name.as_str();
+        let max_pixels = options.max_pixels;
+        let source = &shard.source;
+        let input_path = input_path.as_deref();
+        s.spawn(move || {
+            let send = |sample| tx.send(Ok(prepare(sample, name, max_pixels))).map_err(|_| anyhow!("stopped"));
+            let read = match (source, input_path) {
+                (Source::Folder(dir), _) => webdataset::read_folder(dir, send),
+                (_, Some(path)) => std::fs::File::open(path)
+                    .with_context(|| format!("{}: cannot read", path.display()))
+                    .and_then(|f| webdataset::read_tar(std::io::BufReader::with_capacity(1 << 20, f), send)),
+                _ => unreachable!("a tar shard has a local path"),
+            };
+            if let Err(e) = read {
+                let _ = tx.send(Err(e));
+            }
+        });
+        for prepared in rx {
+            let Prepared { key, image, others, mtime } = prepared?;
+            samples += 1;
+            if !seen.insert(key.clone()) {
+                skipped.push(Skipped { key, reason: "the key comes again, apart from its other files".into() });
+                continue;
+            }
+            let image = match image {
+                Ok(image) => image,
+                Err(reason) => {
+                    skipped.push(Skipped { key, reason });
+                    continue;
+                }
+            };
+            let posterior = match options.posterior {
+                Posterior::Sample { seed } => Posterior::Sample { seed: sample_seed(seed, &key) },
+                mean => mean,
+            };
+            let latent = vae.encode(&image, posterior);
+            let bytes =
+                latent.to_bytes(options.format).map_err(|e| anyhow!("{key}: cannot serialise its latent: {e}"))?;
+            writer.append(&format!("{key}.{latent_ext}"), &bytes, mtime)?;
+            for (ext, data) in &others {
+                writer.append(&format!("{key}.{ext}"), data, mtime)?;
+            }
+            writer.flush()?;
+            encoded += 1;
+            if let Some(bar) = &progress {
+                bar.inc(1);
+            }
+        }
+        Ok(())
+    })?;
+    if let Some(bar) = progress {
+        bar.finish_and_clear();
+    }
+    writer.finish()?;
+    let seconds = start.elapsed().as_secs_f64();
+    let summary = ShardSummary {
+        shard: shard.name.clone(),
+        input: shard.source.describe(),
+        output: output.to_string(),
+        samples,
+        encoded,
+        skipped,
+        seconds,
+        images_per_second: rate(encoded, seconds),
+        latent_member: latent_ext.to_owned(),
+        weights: vae.info.path.display().to_string(),
+        weights_sha256: vae.info.sha256.clone(),
+        model: vae.model.class_name().to_owned(),
+        posterior: match options.posterior {
+            Posterior::Mean => "mean".into(),
+            Posterior::Sample { seed } => format!("sample (seed {seed}, drawn per key)"),
+        },
+        worker: options.workers.index,
+        workers: options.workers.count,
+        vae_version: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    // The manifest first, then the shard: a NAME.tar is always complete and
+    // has its manifest beside it.
+    manifest.put(serde_json::to_vec_pretty(&summary)?)?;
+    match &output {
+        Location::Local(path) => {
+            std::fs::rename(&partial, path).with_context(|| format!("{}: cannot rename into place", path.display()))?
+        }
+        remote => remote.upload(&partial)?,
+    }
+    drop(guard);
+    Ok(summary)
+}
+
+/// A bar counting a shard's samples, on a terminal only.
+fn progress_bar(options: &Options, name: &str) -> Option<indicatif::ProgressBar> {
+    if options.quiet || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let style = indicatif::ProgressStyle::with_template("{prefix}: {pos} latents, {elapsed} ({per_sec})")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
+    Some(indicatif::ProgressBar::new_spinner().with_style(style).with_prefix(name.to_owned()))
+}
+
+/// Sums the manifests in `output`: `vae dataset report`.
+pub fn report(output: &Location) -> Result<(Vec<ShardSummary>, serde_json::Value)> {
+    let mut summaries = Vec::new();
+    for manifest in output.list(".json")? {
+        let bytes = manifest.read()?;
+        let summary: ShardSummary =
+            serde_json::from_slice(&bytes).with_context(|| format!("{manifest}: not a shard manifest"))?;
+        // A manifest whose shard was not committed (a worker stopped between the two).
+        if !output.join(&format!("{}.tar", summary.shard)).exists()? {
+            continue;
+        }
+        summaries.push(summary);
+    }
+    let samples: usize = summaries.iter().map(|s| s.samples).sum();
+    let encoded: usize = summaries.iter().map(|s| s.encoded).sum();
+    let seconds: f64 = summaries.iter().map(|s| s.seconds).sum();
+    let mut reasons: std::collections::BTreeMap<String, usize> = Default::default();
+    for skipped in summaries.iter().flat_map(|s| &s.skipped) {
+        *reasons.entry(reason_kind(&skipped.reason)).or_default() += 1;
+    }
+    let total = json!({
+        "shards": summaries.len(),
+        "samples": samples,
+        "encoded": encoded,
+        "skipped": samples - encoded,
+        "skipped_by_reason": reasons,
+        "shard_seconds": seconds,
+        "images_per_second_per_worker": rate(encoded, seconds),
+    });
+    Ok((summaries, total))
+}
+
+/// A skip reason without the sample's own names, to count alike reasons.
+fn reason_kind(reason: &str) -> String {
+    let reason = reason.rsplit(": ").next().unwrap_or(reason);
+    reason.split(" (").next().unwrap_or(reason).to_owned()
+}
+
+/// `path` as a [`Location`] folder for outputs.
+pub fn output_location(text: &str) -> Result<Location> {
+    let location = Location::parse(text)?;
+    if let Location::Local(path) = &location
+        && path.is_file()
+    {
+        anyhow::bail!("{}: the output must be a folder (or a bucket prefix), not a file", path.display());
+    }
+    Ok(location)
+}
