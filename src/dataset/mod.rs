@@ -257,6 +257,8 @@ impl Drop for Scratch {
 
 fn encode_shard(vae: &Vae, shard: &Shard, options: &Options) -> Result<ShardSummary> {
     let start = Instant::now();
+    let tmp = &options.tmp_dir;
+    std::fs::create_dir_all(tmp).with_context(|| format!("{}: cannot create folder (--tmp-dir)", tmp.display()))?;
     let output = options.output.join(&format!("{}.tar", shard.name));
     let manifest = options.output.join(&format!("{}.json", shard.name));
     // A remote input is first copied to local disk, then read like a local one.
