@@ -1011,7 +1011,19 @@ fn dataset_report(ctx: &Session, output: &str, json: bool) -> Result<ExitCode> {
                 s.workers
             )?;
         }
-        writeln!(out, "total: {total}")?;
+        let by_reason = total["skipped_by_reason"]
+            .as_object()
+            .map(|reasons| reasons.iter().map(|(kind, n)| format!("{kind}: {n}")).collect::<Vec<_>>().join(", "));
+        writeln!(
+            out,
+            "total: {} shards, {} samples, {} latents, {} skipped{}; {:.2} images/s per worker",
+            total["shards"],
+            total["samples"],
+            total["encoded"],
+            total["skipped"],
+            by_reason.filter(|r| !r.is_empty()).map(|r| format!(" ({r})")).unwrap_or_default(),
+            total["images_per_second_per_worker"].as_f64().unwrap_or(0.0)
+        )?;
     }
     if summaries.is_empty() {
         ctx.info(format_args!("{output}: no finished shard"));

@@ -202,9 +202,11 @@ fn shards_give_latents_beside_their_files_and_a_manifest() {
     let skipped = manifest["skipped"].as_array().unwrap();
     assert_eq!(skipped.len(), 2, "{manifest}");
     assert_eq!(skipped[0]["key"], "0000099990");
-    assert!(skipped[0]["reason"].as_str().unwrap().contains("0000099990.jpg"), "{manifest}");
+    assert!(skipped[0]["reason"].as_str().unwrap().contains("0000099990.jpg: not a readable image"), "{manifest}");
+    assert_eq!(skipped[0]["kind"], "unreadable image");
     assert_eq!(skipped[1]["key"], "0000099991");
-    assert!(skipped[1]["reason"].as_str().unwrap().contains("no image"), "{manifest}");
+    assert_eq!(skipped[1]["kind"], "no image");
+    assert_eq!(skipped[1]["reason"], "no image file (has json)");
 
     // --json: a line per shard, then the run's report.
     let lines: Vec<serde_json::Value> = stdout(&out).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -219,6 +221,7 @@ fn shards_give_latents_beside_their_files_and_a_manifest() {
     assert_eq!(last["total"]["shards"], SHARDS);
     assert_eq!(last["total"]["encoded"], SHARDS * PER_SHARD);
     assert_eq!(last["total"]["skipped"], 2);
+    assert_eq!(last["total"]["skipped_by_reason"], serde_json::json!({"no image": 1, "unreadable image": 1}));
 
     // Run again: every shard is done, so the weights are not even loaded.
     let again = vae(dir.path(), &["dataset", "encode", "in", "-o", "out", "-w", "missing.safetensors"]);

@@ -91,10 +91,22 @@ pub struct ShardSummary {
     pub vae_version: String,
 }
 
+/// A sample left out of the output, and why.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Skipped {
     pub key: String,
+    /// What kind of problem, to count alike ones: `no image`, `unreadable
+    /// image`, `image too large`, `empty image`, `file too large`, `bad key`,
+    /// `repeated key`.
+    pub kind: String,
+    /// The problem in full, naming the file.
     pub reason: String,
+}
+
+impl Skipped {
+    fn new(key: &str, kind: &str, reason: impl Into<String>) -> Self {
+        Self { key: key.to_owned(), kind: kind.to_owned(), reason: reason.into() }
+    }
 }
 
 /// A worker's run, for its final report.
@@ -200,26 +212,34 @@ pub fn json_line(value: &serde_json::Value) -> Result<()> {
 /// A sample made ready off the compute thread: its image decoded.
 struct Prepared {
     key: String,
-    image: Result<InputImage, String>,
+    image: Result<InputImage, Skipped>,
     /// The files copied to the output beside the latent.
     others: Vec<(String, Vec<u8>)>,
     mtime: u64,
 }
 
 /// Turns a sample into its image (the first image file) and the rest.
-fn prepare(sample: webdataset::Sample, shard: &str, max_pixels: u64) -> Prepared {
+fn prepare(sample: webdataset::Sample, max_pixels: u64) -> Prepared {
     let webdataset::Sample { key, mut files, problems, mtime } = sample;
     let image = if let Err(e) = webdataset::check_key(&key) {
-        Err(e.to_string())
+        Err(Skipped::new(&key, "bad key", e.to_string()))
     } else if let Some(problem) = problems.into_iter().next() {
-        Err(problem)
+        Err(Skipped::new(&key, "file too large", problem))
     } else if let Some(i) = files.iter().position(|(ext, _)| webdataset::is_image_extension(ext)) {
         let (ext, bytes) = files.remove(i);
-        let name = PathBuf::from(format!("{shard}:{key}.{ext}"));
-        imageio::load_bytes(&bytes, &name, max_pixels).map_err(|e| e.to_string())
+        let name = PathBuf::from(format!("{key}.{ext}"));
+        imageio::load_bytes(&bytes, &name, max_pixels).map_err(|e| {
+            let kind = match e {
+                imageio::ImageError::TooLarge { .. } => "image too large",
+                imageio::ImageError::Empty { .. } => "empty image",
+                _ => "unreadable image",
+            };
+            Skipped::new(&key, kind, e.to_string())
+        })
     } else {
         let exts: Vec<&str> = files.iter().map(|(e, _)| e.as_str()).collect();
-        Err(format!("no image file (has {})", if exts.is_empty() { "nothing".into() } else { exts.join(", ") }))
+        let has = if exts.is_empty() { "nothing".into() } else { exts.join(", ") };
+        Err(Skipped::new(&key, "no image", format!("no image file (has {has})")))
     };
     Prepared { key, image, others: files, mtime }
 }
@@ -284,12 +304,11 @@ fn encode_shard(vae: &Vae, shard: &Shard, options: &Options) -> Result<ShardSumm
     let progress = progress_bar(options, &shard.name);
     std::thread::scope(|s| -> Result<()> {
         let (tx, rx) = sync_channel::<Result<Prepared>>(4);
-        let name = shard.name.as_str();
         let max_pixels = options.max_pixels;
         let source = &shard.source;
         let input_path = input_path.as_deref();
         s.spawn(move || {
-            let send = |sample| tx.send(Ok(prepare(sample, name, max_pixels))).map_err(|_| anyhow!("stopped"));
+            let send = |sample| tx.send(Ok(prepare(sample, max_pixels))).map_err(|_| anyhow!("stopped"));
             let read = match (source, input_path) {
                 (Source::Folder(dir), _) => webdataset::read_folder(dir, send),
                 (_, Some(path)) => std::fs::File::open(path)
@@ -305,13 +324,13 @@ fn encode_shard(vae: &Vae, shard: &Shard, options: &Options) -> Result<ShardSumm
             let Prepared { key, image, others, mtime } = prepared?;
             samples += 1;
             if !seen.insert(key.clone()) {
-                skipped.push(Skipped { key, reason: "the key comes again, apart from its other files".into() });
+                skipped.push(Skipped::new(&key, "repeated key", "the key comes again, apart from its other files"));
                 continue;
             }
             let image = match image {
                 Ok(image) => image,
-                Err(reason) => {
-                    skipped.push(Skipped { key, reason });
+                Err(skip) => {
+                    skipped.push(skip);
                     continue;
                 }
             };
@@ -399,9 +418,9 @@ pub fn report(output: &Location) -> Result<(Vec<ShardSummary>, serde_json::Value
     let samples: usize = summaries.iter().map(|s| s.samples).sum();
     let encoded: usize = summaries.iter().map(|s| s.encoded).sum();
     let seconds: f64 = summaries.iter().map(|s| s.seconds).sum();
-    let mut reasons: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut reasons: std::collections::BTreeMap<&str, usize> = Default::default();
     for skipped in summaries.iter().flat_map(|s| &s.skipped) {
-        *reasons.entry(reason_kind(&skipped.reason)).or_default() += 1;
+        *reasons.entry(&skipped.kind).or_default() += 1;
     }
     let total = json!({
         "shards": summaries.len(),
@@ -413,12 +432,6 @@ pub fn report(output: &Location) -> Result<(Vec<ShardSummary>, serde_json::Value
         "images_per_second_per_worker": rate(encoded, seconds),
     });
     Ok((summaries, total))
-}
-
-/// A skip reason without the sample's own names, to count alike reasons.
-fn reason_kind(reason: &str) -> String {
-    let reason = reason.rsplit(": ").next().unwrap_or(reason);
-    reason.split(" (").next().unwrap_or(reason).to_owned()
 }
 
 /// `path` as a [`Location`] folder for outputs.
