@@ -6,9 +6,11 @@
 //!   [`hub`]: weights by repo id, through the Hugging Face cache.
 //! - [`imageio`], [`latent`]: the files that go in and out.
 //! - [`vae`]: the encode/decode pipeline; [`metrics`]: PSNR and SSIM.
+//! - [`device`]: `--device` and `--precision`, among the backends built in.
 //! - [`cli`]: the command line (the binary is a thin wrapper around it).
 
 pub mod cli;
+pub mod device;
 pub mod hub;
 pub mod imageio;
 pub mod inspect;
