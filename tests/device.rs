@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_fails, fixtures, stderr, vae};
+use common::{assert_fails, fixtures, vae};
 
 fn encode(args: &[&str]) -> std::process::Output {
     let dir = tempfile::tempdir().unwrap();
@@ -32,8 +32,8 @@ fn cuda_not_built_is_one_line_naming_the_feature() {
 #[test]
 fn auto_without_gpu_backends_takes_the_cpu_and_says_so() {
     let out = encode(&["--device", "auto"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("device: cpu (--device auto)"), "{}", stderr(&out));
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert!(common::stderr(&out).contains("device: cpu (--device auto)"), "{}", common::stderr(&out));
 }
 
 #[test]
