@@ -8,11 +8,11 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use burn::tensor::Device;
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::Vae;
 use crate::dataset::{self, Workers};
+use crate::device::{self, DeviceRequest, Precision};
 use crate::hub::{Hub, HubRepo};
 use crate::imageio::{self, DEFAULT_MAX_PIXELS};
 use crate::latent::{Latent, LatentFormat, Posterior};
@@ -20,6 +20,7 @@ use crate::metrics;
 use crate::model::{Family, Model};
 use crate::output::{Overwrite, check_writable, same_file};
 use crate::tiling::{Plan, Tile, TileOptions, default_max_memory, gib, parse_size};
+use crate::vae::Retried;
 use crate::weights::Parts;
 
 /// Stable Diffusion VAE: images to latents and back, matching diffusers.
@@ -164,9 +165,15 @@ struct ModelArgs {
     /// the big VAE it stands in for). Recorded in latents.
     #[arg(long, value_name = "NAME")]
     family: Option<Family>,
-    /// Where to compute.
+    /// Where to compute: auto (a GPU when one is usable, else the CPU), cpu,
+    /// gpu (any GPU backend built in, a software adapter included), wgpu or
+    /// cuda. GPU backends are cargo features (README: "GPU").
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     device: DeviceArg,
+    /// Float type on a GPU: f32, f16 or bf16. An output with NaN or Inf in
+    /// f16/bf16 is computed again in f32, with a warning.
+    #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
+    precision: PrecisionArg,
     /// Run in bands of rows to bound memory: auto (when the estimated peak
     /// exceeds --max-memory), off, or a band height in image pixels. Bands
     /// give the untiled result (README: "Large images"). TAESD always runs untiled.
@@ -176,14 +183,55 @@ struct ModelArgs {
     /// Default: half of the available memory, at most 1.5 GiB.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_memory: Option<u64>,
+    /// Benchmarking (encode, decode): after each input's result, compute it
+    /// N more times and print one `bench: {JSON}` line on stderr with the
+    /// first (warm-up) and each further time, read back to the host
+    /// (tools/gpu-check times GPUs with it).
+    #[arg(long, value_name = "N", default_value_t = 0, hide = true)]
+    repeat: usize,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum DeviceArg {
-    /// The best device compiled in (this build: the CPU).
+    /// A GPU when one is usable, else the CPU.
     Auto,
     /// The CPU (burn-flex backend).
     Cpu,
+    /// Any GPU backend built in (CUDA, then wgpu).
+    Gpu,
+    /// wgpu: Vulkan, Metal or DX12 (feature `wgpu`).
+    Wgpu,
+    /// CUDA (feature `cuda`).
+    Cuda,
+}
+
+impl From<DeviceArg> for DeviceRequest {
+    fn from(arg: DeviceArg) -> Self {
+        match arg {
+            DeviceArg::Auto => DeviceRequest::Auto,
+            DeviceArg::Cpu => DeviceRequest::Cpu,
+            DeviceArg::Gpu => DeviceRequest::Gpu,
+            DeviceArg::Wgpu => DeviceRequest::Wgpu,
+            DeviceArg::Cuda => DeviceRequest::Cuda,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum PrecisionArg {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl From<PrecisionArg> for Precision {
+    fn from(arg: PrecisionArg) -> Self {
+        match arg {
+            PrecisionArg::F32 => Precision::F32,
+            PrecisionArg::F16 => Precision::F16,
+            PrecisionArg::Bf16 => Precision::Bf16,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -303,7 +351,7 @@ struct RoundtripArgs {
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<ExitCode> {
-    let mut ctx = Session { quiet: cli.quiet, timings: cli.timings.then(Vec::new), progress: None };
+    let mut ctx = Session { quiet: cli.quiet, timings: cli.timings.then(Vec::new), progress: None, device: None };
     let code = match cli.command {
         Command::Encode(args) => encode(&mut ctx, args),
         Command::Decode(args) => decode(&mut ctx, args),
@@ -332,6 +380,8 @@ struct Session {
     timings: Option<Vec<(String, Duration)>>,
     /// The bar of a batch; drawn only when stderr is a terminal.
     progress: Option<indicatif::ProgressBar>,
+    /// The device the model was loaded on, as `--device` resolved it.
+    device: Option<String>,
 }
 
 impl Session {
@@ -392,13 +442,27 @@ impl Session {
     }
 
     fn load(&mut self, args: &ModelArgs, parts: Parts) -> Result<Vae> {
-        let device = match args.device {
-            DeviceArg::Auto | DeviceArg::Cpu => Device::flex(),
-        };
+        let chosen = self.stage("device", || device::choose(args.device.into()))?;
+        let precision = Precision::from(args.precision);
+        device::check_precision(&chosen, precision)?;
+        self.device = Some(chosen.description.clone());
+        if matches!(args.device, DeviceArg::Auto) {
+            self.info(format_args!("device: {chosen} (--device auto)"));
+        } else {
+            self.info(format_args!("device: {chosen}"));
+        }
+        if let (Tile::Rows(rows), false) = (args.tile, precision == Precision::F32) {
+            bail!("--tile {rows}: bands run in f32 only; drop --tile or use --precision f32");
+        }
         let hub = Hub::from_env().verbose(!self.quiet);
         let source = crate::weights::resolve(args.weights.as_deref(), args.revision.as_deref(), &hub)?;
-        let mut vae = self.stage("load", || Vae::load_parts(&source, &device, args.scaling_factor, parts))?;
-        vae.tiling = TileOptions { tile: args.tile, max_memory: args.max_memory.unwrap_or_else(default_max_memory) };
+        let dtype = precision.dtype();
+        let mut vae =
+            self.stage("load", || Vae::load_in(&source, &chosen.device, dtype, args.scaling_factor, parts))?;
+        // Bands bound the host's memory (--max-memory), and move every band
+        // through it: on a GPU the default is the plain pass.
+        let tile = if chosen.gpu && args.tile == Tile::Auto { Tile::Off } else { args.tile };
+        vae.tiling = TileOptions { tile, max_memory: args.max_memory.unwrap_or_else(default_max_memory) };
         // Only an AutoencoderKL's config.json says how its latents are scaled.
         let scaling_in_config = source.config_json.is_some() && matches!(vae.model, Model::Kl(_));
         if let Some(family) = args.family {
@@ -427,6 +491,33 @@ impl Session {
 }
 
 impl Session {
+    /// With --repeat: one `bench: {JSON}` line on stderr (even with --quiet:
+    /// it was asked for) with the warm-up time and each repetition's.
+    fn bench(&self, op: &str, path: &Path, vae: &Vae, first: Duration, runs: &[Duration]) {
+        if runs.is_empty() {
+            return;
+        }
+        let line = serde_json::json!({
+            "op": op,
+            "input": path.display().to_string(),
+            "device": self.device.as_deref().unwrap_or("cpu"),
+            "dtype": format!("{:?}", vae.dtype()),
+            "warmup_s": first.as_secs_f64(),
+            "runs_s": runs.iter().map(Duration::as_secs_f64).collect::<Vec<_>>(),
+        });
+        self.eprint(format_args!("bench: {line}"));
+    }
+
+    /// Says when a reduced-precision result held NaN or Inf and was redone in f32.
+    fn retried(&self, path: &Path, retried: Retried) {
+        if let Retried::InF32 { from } = retried {
+            self.eprint(format_args!(
+                "{}: warning: the {from:?} result held NaN or Inf; computed again in f32 (and in f32 from here on)",
+                path.display()
+            ));
+        }
+    }
+
     /// `--family`: its scaling unless config.json or --scaling-factor says
     /// otherwise (config.json wins, with a warning when they disagree).
     fn apply_family(&self, vae: &mut Vae, family: Family, has_config: bool, explicit_scaling: bool) -> Result<()> {
@@ -770,7 +861,7 @@ fn encode(ctx: &mut Session, args: EncodeArgs) -> Result<ExitCode> {
     if plan.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
-    let vae = ctx.load(&args.model, Parts::Encoder)?;
+    let mut vae = ctx.load(&args.model, Parts::Encoder)?;
     check_posterior(&vae, &args.input)?;
     let read = |(input, output): &(PathBuf, PathBuf)| {
         check_writable(output, overwrite(args.force))?;
@@ -778,7 +869,13 @@ fn encode(ctx: &mut Session, args: EncodeArgs) -> Result<ExitCode> {
     };
     let encode = |ctx: &mut Session, (input, _): &(PathBuf, PathBuf), image: imageio::InputImage| {
         ctx.plan(input, vae.encode_plan(&image), vae.tiling.max_memory);
-        let latent = ctx.stage("encode", || vae.encode(&image, posterior(&args.input)));
+        let start = Instant::now();
+        let (latent, retried) = ctx.stage("encode", || vae.encode_checked(&image, posterior(&args.input)))?;
+        let first = start.elapsed();
+        ctx.retried(input, retried);
+        let runs = (0..args.model.repeat).map(|_| timed(|| vae.encode(&image, posterior(&args.input))).1);
+        let runs: Vec<Duration> = runs.collect();
+        ctx.bench("encode", input, &vae, first, &runs);
         Ok((latent, image.width, image.height))
     };
     let write = |(input, output): &(PathBuf, PathBuf), (latent, width, height): (Latent, usize, usize)| {
@@ -801,7 +898,7 @@ fn decode(ctx: &mut Session, args: DecodeArgs) -> Result<ExitCode> {
     if plan.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
-    let vae = ctx.load(&args.model, Parts::Decoder)?;
+    let mut vae = ctx.load(&args.model, Parts::Decoder)?;
     let read = |(input, output): &(PathBuf, PathBuf)| {
         check_writable(output, overwrite(args.force))?;
         Ok(Latent::read(input)?)
@@ -816,7 +913,18 @@ fn decode(ctx: &mut Session, args: DecodeArgs) -> Result<ExitCode> {
                 input.display()
             ));
         }
-        Ok(ctx.stage("decode", || vae.decode(&latent, input, args.max_pixels))?)
+        let start = Instant::now();
+        let (image, retried) = ctx.stage("decode", || vae.decode_checked(&latent, input, args.max_pixels))?;
+        let first = start.elapsed();
+        ctx.retried(input, retried);
+        let mut runs = Vec::with_capacity(args.model.repeat);
+        for _ in 0..args.model.repeat {
+            let (result, elapsed) = timed(|| vae.decode(&latent, input, args.max_pixels));
+            result?;
+            runs.push(elapsed);
+        }
+        ctx.bench("decode", input, &vae, first, &runs);
+        Ok(image)
     };
     let write = |(input, output): &(PathBuf, PathBuf), image: imageio::OutputImage| {
         image.save_png(output, overwrite(args.force))?;
@@ -882,19 +990,22 @@ fn roundtrip(ctx: &mut Session, args: RoundtripArgs) -> Result<ExitCode> {
         }
         plan.push((image.clone(), recon, error_map));
     }
-    let vae = ctx.load(&args.model, Parts::Both)?;
+    if args.model.repeat > 0 {
+        bail!("--repeat applies to encode and decode");
+    }
+    let mut vae = ctx.load(&args.model, Parts::Both)?;
     check_posterior(&vae, &args.input)?;
     Ok(for_each(ctx, "round-tripped", &plan, |ctx, (path, recon, error_map)| {
         for out in recon.iter().chain(error_map) {
             check_writable(out, overwrite(args.force))?;
         }
-        roundtrip_one(ctx, &vae, &args, path, recon.as_deref(), error_map.as_deref())
+        roundtrip_one(ctx, &mut vae, &args, path, recon.as_deref(), error_map.as_deref())
     }))
 }
 
 fn roundtrip_one(
     ctx: &mut Session,
-    vae: &Vae,
+    vae: &mut Vae,
     args: &RoundtripArgs,
     path: &Path,
     recon: Option<&Path>,
@@ -903,11 +1014,13 @@ fn roundtrip_one(
     let image = ctx.stage("read", || imageio::load(path, args.input.max_pixels))?;
     ctx.plan(path, vae.encode_plan(&image), vae.tiling.max_memory);
     let start = Instant::now();
-    let latent = ctx.stage("encode", || vae.encode(&image, posterior(&args.input)));
+    let (latent, retried) = ctx.stage("encode", || vae.encode_checked(&image, posterior(&args.input)))?;
+    ctx.retried(path, retried);
     let encode_s = start.elapsed().as_secs_f64();
     ctx.plan(path, vae.decode_plan(&latent), vae.tiling.max_memory);
     let start = Instant::now();
-    let decoded = ctx.stage("decode", || vae.decode(&latent, path, args.input.max_pixels))?;
+    let (decoded, retried) = ctx.stage("decode", || vae.decode_checked(&latent, path, args.input.max_pixels))?;
+    ctx.retried(path, retried);
     let decode_s = start.elapsed().as_secs_f64();
     let (w, h) = (image.width, image.height);
     let ssim = metrics::ssim(&image.rgb8, &decoded.rgb8, w, h).ok();

@@ -6,11 +6,13 @@
 //!   [`hub`]: weights by repo id, through the Hugging Face cache.
 //! - [`imageio`], [`latent`]: the files that go in and out.
 //! - [`vae`]: the encode/decode pipeline; [`metrics`]: PSNR and SSIM.
+//! - [`device`]: `--device` and `--precision`, among the backends built in.
 //! - [`dataset`]: latents for datasets' shards, shared among many workers.
 //! - [`cli`]: the command line (the binary is a thin wrapper around it).
 
 pub mod cli;
 pub mod dataset;
+pub mod device;
 pub mod hub;
 pub mod imageio;
 pub mod inspect;

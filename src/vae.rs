@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData};
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
 
@@ -29,6 +29,23 @@ pub struct Vae {
     /// the one the model's scaling points to).
     pub family: Option<Family>,
     device: Device,
+    /// The float type of weights and activations (`--precision`).
+    dtype: FloatDType,
+    /// Where the weights came from, to load them again in f32 when a
+    /// reduced-precision result is not finite.
+    source: WeightsSource,
+    scaling_factor: Option<f64>,
+}
+
+/// Whether a result had to be computed again in f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retried {
+    No,
+    /// The reduced-precision output held NaN or Inf; it was redone in f32,
+    /// and the model stays in f32 from then on.
+    InF32 {
+        from: FloatDType,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +54,8 @@ pub enum VaeError {
     Channels { path: std::path::PathBuf, found: usize, expected: usize },
     #[error("{}: latent {height}x{width} would decode to {pixels} pixels, more than --max-pixels {max_pixels}", path.display())]
     TooLarge { path: std::path::PathBuf, height: usize, width: usize, pixels: u64, max_pixels: u64 },
+    #[error("loading the weights again in f32 after a result with NaN or Inf: {0}")]
+    Reload(#[from] WeightsError),
 }
 
 impl Vae {
@@ -53,15 +72,104 @@ impl Vae {
         scaling_factor: Option<f64>,
         parts: Parts,
     ) -> Result<Self, WeightsError> {
-        let (model, info) = weights::load(source, device, scaling_factor, parts)?;
+        Self::load_in(source, device, FloatDType::F32, scaling_factor, parts)
+    }
+
+    /// [`Vae::load_parts`] computing in `dtype`: f16 and bf16 are for GPUs
+    /// (the CPU kernels compute in f32; elsewhere burn's operations run in
+    /// `dtype`, with GroupNorm statistics and the attention softmax in f32).
+    pub fn load_in(
+        source: &WeightsSource,
+        device: &Device,
+        dtype: FloatDType,
+        scaling_factor: Option<f64>,
+        parts: Parts,
+    ) -> Result<Self, WeightsError> {
+        let (model, info) = weights::load_in(source, device, dtype, scaling_factor, parts)?;
         // Without a reading from the OS, assume the weights in f32 twice over.
         let resident = tiling::resident_memory().unwrap_or(2 << 30);
-        Ok(Self { model, info, tiling: TileOptions::default(), resident, parts, family: None, device: device.clone() })
+        Ok(Self {
+            model,
+            info,
+            tiling: TileOptions::default(),
+            resident,
+            parts,
+            family: None,
+            device: device.clone(),
+            dtype,
+            source: source.clone(),
+            scaling_factor,
+        })
+    }
+
+    /// The float type the model computes in.
+    pub fn dtype(&self) -> FloatDType {
+        self.dtype
+    }
+
+    /// [`Vae::encode`], checked: when the output holds NaN or Inf in a
+    /// reduced precision, the weights are loaded again in f32 and the image
+    /// encoded again (the latent scaling set on the model is kept).
+    pub fn encode_checked(
+        &mut self,
+        image: &InputImage,
+        posterior: Posterior,
+    ) -> Result<(Latent, Retried), WeightsError> {
+        self.with_f32_retry(|vae| vae.encode(image, posterior), |latent| all_finite(&latent.data))
+    }
+
+    /// [`Vae::decode`], checked as [`Vae::encode_checked`] is.
+    pub fn decode_checked(
+        &mut self,
+        latent: &Latent,
+        path: &Path,
+        max_pixels: u64,
+    ) -> Result<(OutputImage, Retried), VaeError> {
+        self.check_size(latent, path, max_pixels)?;
+        let (planar, retried) = self.with_f32_retry(
+            |vae| vae.decode_planar(latent, path),
+            |planar| match planar {
+                Ok(values) => all_finite(values),
+                Err(_) => true,
+            },
+        )?;
+        Ok((self.postprocess(latent, &planar?), retried))
+    }
+
+    /// `run(self)`, and once more in f32 when `finite` says its result is not.
+    fn with_f32_retry<T>(
+        &mut self,
+        run: impl Fn(&Self) -> T,
+        finite: impl Fn(&T) -> bool,
+    ) -> Result<(T, Retried), WeightsError> {
+        let out = run(self);
+        if finite(&out) || self.dtype == FloatDType::F32 {
+            return Ok((out, Retried::No));
+        }
+        let from = self.dtype;
+        self.reload_in_f32()?;
+        Ok((run(self), Retried::InF32 { from }))
+    }
+
+    /// Loads the weights again in f32, keeping the latent scaling and tiling.
+    fn reload_in_f32(&mut self) -> Result<(), WeightsError> {
+        let (model, _) =
+            weights::load_in(&self.source, &self.device, FloatDType::F32, self.scaling_factor, self.parts)?;
+        let scaling = self.model.latent_scaling();
+        self.model = model;
+        self.model.set_latent_scaling(scaling.0, scaling.1);
+        self.dtype = FloatDType::F32;
+        Ok(())
     }
 
     /// How `image` is encoded: whole or in bands (see [`tiling`]).
+    /// Reduced precision always runs whole: bands store f32 activations on
+    /// the host, for the CPU's memory budget.
     pub fn encode_plan(&self, image: &InputImage) -> Plan {
         let f = self.model.downscale();
+        if self.dtype != FloatDType::F32 {
+            return Plan::Whole { estimate: self.resident };
+        }
         let (height, width) = (image.height.div_ceil(f) * f, image.width.div_ceil(f) * f);
         match &self.model {
             Model::Kl(model) => self.tiling.plan(&Program::encoder(model), (3, height, width), height, self.resident),
@@ -72,6 +180,9 @@ impl Vae {
     /// How `latent` is decoded: whole or in bands.
     pub fn decode_plan(&self, latent: &Latent) -> Plan {
         let f = self.model.upscale();
+        if self.dtype != FloatDType::F32 {
+            return Plan::Whole { estimate: self.resident };
+        }
         match &self.model {
             Model::Kl(model) => {
                 let shape = (latent.channels, latent.height, latent.width);
@@ -98,13 +209,14 @@ impl Vae {
     /// TAESD's encoder outputs that scaled latent directly (it has no
     /// posterior: a sample is its mean, recorded as such).
     pub fn encode(&self, image: &InputImage, posterior: Posterior) -> Latent {
-        let x = image.to_tensor(self.model.downscale(), &self.device);
+        let x = image.to_tensor(self.model.downscale(), &self.device).cast(self.dtype);
         assert!(self.parts.encoder(), "Vae::encode on a model loaded without its encoder");
         let plan = self.encode_plan(image);
         let (scaling, shift) = self.model.latent_scaling();
         let (scaled, posterior) = match &self.model {
             Model::Kl(model) => {
                 let moments = tiling::run(&Program::encoder(model), x, plan, |x| model.moments(x));
+                let moments = moments.cast(FloatDType::F32);
                 let dist = DiagonalGaussian::from_moments(moments);
                 let z = match posterior {
                     Posterior::Mean => dist.mean,
@@ -117,6 +229,7 @@ impl Vae {
             }
             Model::Tiny(model) => {
                 let latents = model.encode(x).expect("Vae::load_parts refuses a TAESD without its encoder");
+                let latents = latents.cast(FloatDType::F32);
                 // diffusers' pipeline scaling: 1 and 0 for every TAESD.
                 let (s, t) = (model.config.scaling_factor, model.config.shift_factor);
                 let scaled = if (s, t) == (1.0, 0.0) { latents } else { (latents - t) * s };
@@ -146,17 +259,27 @@ impl Vae {
     ///
     /// Refuses latents whose image would exceed `max_pixels`, before decoding.
     pub fn decode(&self, latent: &Latent, path: &Path, max_pixels: u64) -> Result<OutputImage, VaeError> {
+        self.check_size(latent, path, max_pixels)?;
+        let planar = self.decode_planar(latent, path)?;
+        Ok(self.postprocess(latent, &planar))
+    }
+
+    fn check_size(&self, latent: &Latent, path: &Path, max_pixels: u64) -> Result<(), VaeError> {
         let factor = self.model.upscale() as u64;
         let pixels = (latent.height as u64 * factor).saturating_mul(latent.width as u64 * factor);
         if pixels > max_pixels {
             let (height, width) = (latent.height, latent.width);
             return Err(VaeError::TooLarge { path: path.to_owned(), height, width, pixels, max_pixels });
         }
-        let planar = self.decode_planar(latent, path)?;
+        Ok(())
+    }
+
+    /// The decoder's output as an 8-bit image, cropped to the recorded size.
+    fn postprocess(&self, latent: &Latent, planar: &[f32]) -> OutputImage {
         let (full_w, full_h) = (latent.width * self.model.upscale(), latent.height * self.model.upscale());
         let width = latent.meta.width.filter(|&w| w > 0 && w <= full_w).unwrap_or(full_w);
         let height = latent.meta.height.filter(|&h| h > 0 && h <= full_h).unwrap_or(full_h);
-        Ok(OutputImage::from_planar(&planar, full_w, full_h, width, height))
+        OutputImage::from_planar(planar, full_w, full_h, width, height)
     }
 
     /// The decoder's float output `[3, 8h, 8w]`, before postprocessing.
@@ -172,15 +295,17 @@ impl Vae {
         let image = match &self.model {
             Model::Kl(model) => {
                 let z = Tensor::<4>::from_data(TensorData::new(latent.data.clone(), shape), &self.device);
-                tiling::run(&Program::decoder(model), z / scaling + shift, plan, |z| model.decode(z))
+                let z = (z / scaling + shift).cast(self.dtype);
+                tiling::run(&Program::decoder(model), z, plan, |z| model.decode(z))
             }
             Model::Tiny(model) => {
                 let p = self.tiny_input(model, &latent.data, (scaling, shift));
-                let p = Tensor::<4>::from_data(TensorData::new(p, shape), &self.device);
+                let p = Tensor::<4>::from_data(TensorData::new(p, shape), (&self.device, DType::from(self.dtype)));
                 model.decode(p).expect("Vae::load_parts refuses a TAESD without its decoder")
             }
         };
-        Ok(image.into_data().try_into_vec::<f32>().expect("the model computes in f32"))
+        let image = image.cast(FloatDType::F32);
+        Ok(image.into_data().try_into_vec::<f32>().expect("cast to f32 above"))
     }
 
     /// TAESD's input for `data` scaled as `(scaling, shift)` says: the big
@@ -217,6 +342,10 @@ impl Vae {
         let (sum, sum_sq) = values.fold((0.0, 0.0), |(s, q), v| (s + v, q + v * v));
         (sum_sq / n - (sum / n).powi(2)).max(0.0).sqrt()
     }
+}
+
+fn all_finite(values: &[f32]) -> bool {
+    values.iter().all(|v| v.is_finite())
 }
 
 /// Standard normal noise from a ChaCha8 stream: the same seed gives the same

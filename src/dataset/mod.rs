@@ -38,6 +38,7 @@ pub use shards::{Shard, Source, Workers, braces, expand};
 use crate::Vae;
 use crate::imageio::{self, InputImage};
 use crate::latent::{LatentFormat, Posterior};
+use crate::vae::Retried;
 
 /// What a worker does with its shards.
 pub struct Options {
@@ -176,10 +177,10 @@ pub fn run(shards: &[Shard], options: &Options, load: impl FnOnce() -> Result<Va
         report.seconds = start.elapsed().as_secs_f64();
         return Ok(report);
     }
-    let vae = load()?;
+    let mut vae = load()?;
     for (n, shard) in todo.iter().enumerate() {
         info(format!("{}: encoding ({} of {})", shard.name, n + 1, todo.len()));
-        match encode_shard(&vae, shard, options) {
+        match encode_shard(&mut vae, shard, options) {
             Ok(summary) => {
                 info(format!(
                     "{}: {} latents, {} skipped, {:.1} s ({:.2} images/s) -> {}",
@@ -275,7 +276,7 @@ impl Drop for Scratch {
     }
 }
 
-fn encode_shard(vae: &Vae, shard: &Shard, options: &Options) -> Result<ShardSummary> {
+fn encode_shard(vae: &mut Vae, shard: &Shard, options: &Options) -> Result<ShardSummary> {
     let start = Instant::now();
     let tmp = &options.tmp_dir;
     std::fs::create_dir_all(tmp).with_context(|| format!("{}: cannot create folder (--tmp-dir)", tmp.display()))?;
@@ -338,7 +339,15 @@ fn encode_shard(vae: &Vae, shard: &Shard, options: &Options) -> Result<ShardSumm
                 Posterior::Sample { seed } => Posterior::Sample { seed: sample_seed(seed, &key) },
                 mean => mean,
             };
-            let latent = vae.encode(&image, posterior);
+            let (latent, retried) = vae.encode_checked(&image, posterior)?;
+            if let Retried::InF32 { from } = retried
+                && !options.quiet
+            {
+                eprintln!(
+                    "{}: {key}: warning: the {from:?} latent held NaN or Inf; encoded again in f32 (and in f32 from here on)",
+                    shard.name
+                );
+            }
             let bytes =
                 latent.to_bytes(options.format).map_err(|e| anyhow!("{key}: cannot serialise its latent: {e}"))?;
             writer.append(&format!("{key}.{latent_ext}"), &bytes, mtime)?;

@@ -1,7 +1,7 @@
 //! The single-head self-attention of the VAE mid block (diffusers `Attention`
 //! with `heads = 1`, `dim_head = C`, a GroupNorm in front and a residual).
 
-use burn::tensor::Tensor;
+use burn::tensor::{FloatDType, Tensor};
 
 use super::layers::{GroupNorm, Linear};
 use crate::kernels;
@@ -81,12 +81,17 @@ impl Attention {
     /// levels (per image row, then over rows) and applied after the product
     /// with `v`: burn's f32 softmax sums 4096+ terms in one run, which costs
     /// ~2e-4 at the decoder output against an exact reference.
+    ///
+    /// With reduced-precision activations the projections run in their dtype
+    /// and the scores, softmax and product with `v` in f32 (scores of trained
+    /// weights reach the thousands, beyond what f16's exp can hold).
     fn attend(&self, tokens: Tensor<2>, h: usize, w: usize) -> Tensor<2> {
         let [n, c] = tokens.dims();
+        let (dtype, f32) = (tokens.dtype(), FloatDType::F32);
         let scale = (c as f64).sqrt().recip();
-        let q = self.to_q.forward(tokens.clone());
-        let k_t = self.to_k.forward(tokens.clone()).transpose(); // [C, N]
-        let v = self.to_v.forward(tokens);
+        let q = self.to_q.forward(tokens.clone()).cast(f32);
+        let k_t = self.to_k.forward(tokens.clone()).cast(f32).transpose(); // [C, N]
+        let v = self.to_v.forward(tokens).cast(f32);
         let rows = (MAX_SCORE_ELEMENTS / n).max(1);
         let chunks = (0..n)
             .step_by(rows)
@@ -98,6 +103,6 @@ impl Attention {
                 weights.matmul(v.clone()) / total
             })
             .collect();
-        Tensor::cat(chunks, 0)
+        Tensor::cat(chunks, 0).cast(dtype)
     }
 }

@@ -2,7 +2,7 @@
 //! weights file. Each mirrors the PyTorch module diffusers uses, with the same
 //! parameter names (`weight`, `bias`).
 
-use burn::tensor::Tensor;
+use burn::tensor::{FloatDType, Tensor};
 use std::sync::Arc;
 
 use crate::kernels::{self, conv::ConvWeights, conv::Geometry, norm::GroupNormParams};
@@ -64,7 +64,8 @@ impl Conv2d {
         let weight = p.tensor(&format!("{name}.weight"), [c_out, c_in, kernel, kernel]);
         // Zeros only for a weight that loaded: `c_out` comes from a file.
         let loaded = weight.dims() == [c_out, c_in, kernel, kernel];
-        let bias = if loaded { Tensor::zeros([c_out], &weight.device()) } else { Tensor::empty([0], &weight.device()) };
+        let options = (&weight.device(), weight.dtype());
+        let bias = if loaded { Tensor::zeros([c_out], options) } else { Tensor::empty([0], options) };
         Self::from_tensors(weight, bias, c_in, c_out, kernel, stride, padding)
     }
 
@@ -184,8 +185,9 @@ impl GroupNorm {
             kernels::norm::affine(&mut x, h * w, &a, &b, true);
             return kernels::tensor(x, [batch, c, h, w], &device);
         }
-        let a = kernels::tensor(a, [1, c, 1, 1], &device);
-        let b = kernels::tensor(b, [1, c, 1, 1], &device);
+        let dtype = x.dtype();
+        let a = kernels::tensor(a, [1, c, 1, 1], &device).cast(dtype);
+        let b = kernels::tensor(b, [1, c, 1, 1], &device).cast(dtype);
         silu(x * a + b)
     }
 
@@ -220,6 +222,10 @@ impl GroupNorm {
             kernels::norm::group_norm(&mut x, c, h * w, params, with_silu);
             return kernels::tensor(x, [b, c, h, w], &device);
         }
+        // In f32 whatever the activations' dtype (f16 on a GPU with
+        // --precision f16): a group's sum of squares overflows f16's 65504.
+        let dtype = x.dtype();
+        let x = x.cast(FloatDType::F32);
         // [B, G, C/G * H, W]: statistics per (batch, group), reduced in two
         // levels (rows, then the row means) so that f32 sums over a whole
         // 512x768 group stay accurate: one flat f32 sum of 393k values is off
@@ -229,7 +235,9 @@ impl GroupNorm {
         let centred = grouped - mean;
         let var = centred.clone().square().mean_dim(3).mean_dim(2);
         let normed = (centred / (var + self.eps).sqrt()).reshape([b, c, h, w]);
-        let y = normed * self.weight.clone().reshape([1, c, 1, 1]) + self.bias.clone().reshape([1, c, 1, 1]);
+        let (gamma, beta) = (self.weight.clone().cast(FloatDType::F32), self.bias.clone().cast(FloatDType::F32));
+        let y = normed * gamma.reshape([1, c, 1, 1]) + beta.reshape([1, c, 1, 1]);
+        let y = y.cast(dtype);
         if with_silu { silu(y) } else { y }
     }
 }

@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::Device;
+use burn::tensor::{Device, FloatDType};
 
 pub use file::TensorFile;
 pub use infer::{DiffusersConfig, infer_config};
@@ -254,15 +254,26 @@ pub fn load(
     scaling_factor: Option<f64>,
     parts: Parts,
 ) -> Result<(Model, WeightsInfo), WeightsError> {
+    load_in(source, device, FloatDType::F32, scaling_factor, parts)
+}
+
+/// [`load`] with the parameters cast to `dtype` (`--precision` on a GPU).
+pub fn load_in(
+    source: &WeightsSource,
+    device: &Device,
+    dtype: FloatDType,
+    scaling_factor: Option<f64>,
+    parts: Parts,
+) -> Result<(Model, WeightsInfo), WeightsError> {
     let json = source.config_json.as_deref().map(ConfigJson::read).transpose()?;
     let file = TensorFile::open(&source.file)?;
     if let Some(companion) = &source.companion {
-        return tiny::load_pair(&file, &TensorFile::open(companion)?, device, scaling_factor, parts);
+        return tiny::load_pair(&file, &TensorFile::open(companion)?, (device, dtype), scaling_factor, parts);
     }
     let (keys, architecture) = read_architecture(&file.tensors, &source.file, json.as_ref())?;
     let path = || source.file.clone();
     let mut config = match architecture {
-        Architecture::Tiny(config) => return tiny::load(&file, &keys, config, device, scaling_factor, parts),
+        Architecture::Tiny(config) => return tiny::load(&file, &keys, config, (device, dtype), scaling_factor, parts),
         Architecture::Kl(config) => config,
     };
     if let Some(factor) = scaling_factor {
@@ -270,7 +281,7 @@ pub fn load(
         check_config(&config).map_err(|reason| WeightsError::Config { path: path(), reason })?;
     }
 
-    let mut loader = ParamLoader::new(&file, &keys.names, device).skipping(parts.unused_prefixes());
+    let mut loader = ParamLoader::new(&file, &keys.names, device).casting_to(dtype).skipping(parts.unused_prefixes());
     let model = AutoencoderKl::load(&mut loader, &config);
     loader.finish()?;
     Ok((Model::Kl(Box::new(model)), WeightsInfo::of(&file, &keys, None, Vec::new())))

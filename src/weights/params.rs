@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData};
 
 use super::WeightsError;
 use super::file::TensorFile;
@@ -29,6 +29,9 @@ pub struct ParamLoader<'a> {
     /// diffusers name -> key in the file.
     names: &'a BTreeMap<String, String>,
     device: Device,
+    /// The float type the model computes in (`--precision`): weights are
+    /// cast to it on load, whatever the file's dtype.
+    dtype: FloatDType,
     used: BTreeSet<String>,
     mismatch: Mismatch,
     error: Option<WeightsError>,
@@ -42,7 +45,24 @@ pub struct ParamLoader<'a> {
 impl<'a> ParamLoader<'a> {
     pub fn new(file: &'a TensorFile, names: &'a BTreeMap<String, String>, device: &Device) -> Self {
         let (used, mismatch) = (BTreeSet::new(), Mismatch::default());
-        Self { file, names, device: device.clone(), used, mismatch, error: None, skip: &[], class: "AutoencoderKL" }
+        let device = device.clone();
+        Self {
+            file,
+            names,
+            device,
+            dtype: FloatDType::F32,
+            used,
+            mismatch,
+            error: None,
+            skip: &[],
+            class: "AutoencoderKL",
+        }
+    }
+
+    /// Hands out the parameters in `dtype` (default f32).
+    pub fn casting_to(mut self, dtype: FloatDType) -> Self {
+        self.dtype = dtype;
+        self
     }
 
     /// Names the model being built (`AutoencoderTiny`) in the mismatch error.
@@ -58,7 +78,7 @@ impl<'a> ParamLoader<'a> {
         self
     }
 
-    /// The parameter `name` with shape `shape`, as f32 on the loader's device.
+    /// The parameter `name` with shape `shape`, in the loader's dtype on its device.
     ///
     /// On a problem, records it and returns an empty stand-in so that loading
     /// goes on and every problem is reported at once by [`ParamLoader::finish`].
@@ -66,8 +86,8 @@ impl<'a> ParamLoader<'a> {
     /// and may be anything.
     pub fn tensor<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Tensor<D> {
         match self.values(name, &shape) {
-            Some(values) => Tensor::from_data(TensorData::new(values, shape), &self.device),
-            None => Tensor::empty([0; D], &self.device),
+            Some(values) => Tensor::from_data(TensorData::new(values, shape), (&self.device, DType::from(self.dtype))),
+            None => Tensor::empty([0; D], (&self.device, DType::from(self.dtype))),
         }
     }
 

@@ -24,8 +24,13 @@ pub fn device() -> Device {
 }
 
 pub fn load(weights: &str) -> Vae {
+    load_on(weights, &device())
+}
+
+/// [`load`] on another device (tests/gpu.rs).
+pub fn load_on(weights: &str, device: &Device) -> Vae {
     let source = WeightsSource::from_path(&fixtures().join("weights").join(weights)).expect("fixture weights exist");
-    Vae::load(&source, &device(), None).unwrap_or_else(|e| panic!("loading {weights}: {e}"))
+    Vae::load(&source, device, None).unwrap_or_else(|e| panic!("loading {weights}: {e}"))
 }
 
 /// The fixtures of `python3 tools/make_fixtures.py --full-size` (not
@@ -46,9 +51,14 @@ pub fn kl(vae: &Vae) -> &AutoencoderKl {
 
 /// Encodes each fixture image and compares mean and log-variance with diffusers.
 pub fn check_encoder(vae: &Vae, expected: &str) {
+    check_encoder_on(vae, expected, &device());
+}
+
+/// [`check_encoder`] for a model loaded on `device`.
+pub fn check_encoder_on(vae: &Vae, expected: &str, device: &Device) {
     for image in IMAGES {
         let input = imageio::load(&fixtures().join(format!("images/{image}.png")), DEFAULT_MAX_PIXELS).unwrap();
-        let x = input.to_tensor(vae.model.downscale(), &device());
+        let x = input.to_tensor(vae.model.downscale(), device);
         let posterior = kl(vae).encode(x);
         let want = read_tensors(&fixtures().join(format!("expected/{expected}__{image}.safetensors")));
         for (name, got) in [("mean", posterior.mean), ("logvar", posterior.logvar)] {
@@ -79,11 +89,16 @@ pub fn scaled_latent(vae: &Vae, shape: &[usize], mean: &[f32]) -> Latent {
 /// (within one level: rounding at x.5 may flip) and, where the fixture has it,
 /// the float output before quantisation.
 pub fn check_decoder(vae: &Vae, expected: &str) {
+    check_decoder_on(vae, expected, &device());
+}
+
+/// [`check_decoder`] for a model loaded on `device`.
+pub fn check_decoder_on(vae: &Vae, expected: &str, device: &Device) {
     for image in IMAGES {
         let want = read_tensors(&fixtures().join(format!("expected/{expected}__{image}.safetensors")));
         let (shape, mean) = &want["mean"];
         if let Some((_, decoded)) = want.get("decoded") {
-            let z = Tensor::<4>::from_data(TensorData::new(mean.clone(), shape.clone()), &device());
+            let z = Tensor::<4>::from_data(TensorData::new(mean.clone(), shape.clone()), device);
             let got = kl(vae).decode(z).into_data().try_into_vec::<f32>().unwrap();
             let err = max_abs_diff(&got, decoded);
             eprintln!("{expected}/{image}: decoded max abs error {err:.1e}");

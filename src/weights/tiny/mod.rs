@@ -17,7 +17,7 @@ mod layout;
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::Device;
+use burn::tensor::{Device, FloatDType};
 
 pub use layout::{TinyConfigJson, VAE_SCALE, VAE_SHIFT, detect, family_from_name, infer_config};
 
@@ -32,12 +32,13 @@ pub(super) fn load(
     file: &TensorFile,
     keys: &VaeKeys,
     mut config: AutoencoderTinyConfig,
-    device: &Device,
+    (device, dtype): (&Device, FloatDType),
     scaling_factor: Option<f64>,
     parts: Parts,
 ) -> Result<(Model, WeightsInfo), WeightsError> {
     check_halves(&file.path, &config, parts)?;
-    let mut loader = ParamLoader::new(file, &keys.names, device).skipping(parts.unused_prefixes()).building(CLASS);
+    let mut loader =
+        ParamLoader::new(file, &keys.names, device).casting_to(dtype).skipping(parts.unused_prefixes()).building(CLASS);
     let scalars = (loader.scalar(VAE_SCALE), loader.scalar(VAE_SHIFT));
     let notes = vec![latent_space(&mut config, &file.path, scalars, scaling_factor)?];
     let model = AutoencoderTiny::load(&mut loader, &config);
@@ -50,7 +51,7 @@ pub(super) fn load(
 pub(super) fn load_pair(
     encoder: &TensorFile,
     decoder: &TensorFile,
-    device: &Device,
+    (device, dtype): (&Device, FloatDType),
     scaling_factor: Option<f64>,
     parts: Parts,
 ) -> Result<(Model, WeightsInfo), WeightsError> {
@@ -66,10 +67,14 @@ pub(super) fn load_pair(
     let mut notes = vec![latent_space(&mut config, &encoder.path, (None, None), scaling_factor)?];
     notes.push(format!("encoder from {}, decoder from {}", encoder.path.display(), decoder.path.display()));
 
-    let mut enc_loader =
-        ParamLoader::new(encoder, &enc.names, device).skipping(parts.unused_prefixes()).building(CLASS);
-    let mut dec_loader =
-        ParamLoader::new(decoder, &dec.names, device).skipping(parts.unused_prefixes()).building(CLASS);
+    let mut enc_loader = ParamLoader::new(encoder, &enc.names, device)
+        .casting_to(dtype)
+        .skipping(parts.unused_prefixes())
+        .building(CLASS);
+    let mut dec_loader = ParamLoader::new(decoder, &dec.names, device)
+        .casting_to(dtype)
+        .skipping(parts.unused_prefixes())
+        .building(CLASS);
     let model = AutoencoderTiny {
         encoder: Some(EncoderTiny::load(&mut enc_loader, "encoder", &config)),
         decoder: Some(DecoderTiny::load(&mut dec_loader, "decoder", &config)),
