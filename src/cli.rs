@@ -1060,6 +1060,9 @@ fn roundtrip_one(
 }
 
 fn dataset_encode(ctx: &mut Session, args: DatasetEncodeArgs) -> Result<ExitCode> {
+    if args.model.repeat > 0 {
+        bail!("--repeat applies to encode and decode");
+    }
     let (workers, from) = Workers::resolve(args.worker_index, args.num_workers, |name| std::env::var(name).ok())?;
     let output = dataset::output_location(&args.output)?;
     let shards = dataset::expand(&args.inputs)?;
