@@ -51,7 +51,7 @@ pub enum HubError {
     NoWeights { repo: String, folder: String, found: String },
     /// `reason` is the innermost error's message: hf-hub's errors repeat
     /// their cause in their own message, so their chain would print it twice.
-    #[error("{repo}: downloading from {endpoint} failed: {reason}")]
+    #[error("{repo}: no such local file or folder; as a Hub repo, downloading from {endpoint} failed: {reason}")]
     Request { repo: String, endpoint: String, reason: String },
     #[error("{repo}: {endpoint} answered with an unusable {what} {value:?}")]
     BadAnswer { repo: String, endpoint: String, what: &'static str, value: String },

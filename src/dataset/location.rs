@@ -6,10 +6,11 @@
 //! Every operation is blocking; remote ones run on one small tokio runtime
 //! shared by the process.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::{Context, Result, anyhow, bail};
 use futures::StreamExt;
@@ -64,19 +65,29 @@ impl Location {
         runtime();
         let url = url::Url::parse(text).with_context(|| format!("{text}: not a valid URL"))?;
         let bucket = url.host_str().filter(|h| !h.is_empty()).ok_or_else(|| anyhow!("{text}: no bucket in the URL"))?;
-        let store: Arc<dyn ObjectStore> = match url.scheme() {
-            "s3" | "s3a" => Arc::new(object_store::aws::AmazonS3Builder::from_env().with_url(text).build()?),
-            "gs" => Arc::new(object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(text).build()?),
-            "az" | "azure" | "abfs" | "abfss" => {
-                Arc::new(object_store::azure::MicrosoftAzureBuilder::from_env().with_url(text).build()?)
+        if url.scheme() == "file" {
+            return Ok(Location::Local(url.to_file_path().map_err(|()| anyhow!("{text}: not a local path"))?));
+        }
+        let base = format!("{}://{bucket}", url.scheme());
+        // One client per bucket, however many shards name it.
+        static STORES: Mutex<BTreeMap<String, Arc<dyn ObjectStore>>> = Mutex::new(BTreeMap::new());
+        let mut stores = STORES.lock().unwrap_or_else(|e| e.into_inner());
+        let store = match stores.get(&base) {
+            Some(store) => store.clone(),
+            None => {
+                let store: Arc<dyn ObjectStore> = match url.scheme() {
+                    "s3" | "s3a" => Arc::new(object_store::aws::AmazonS3Builder::from_env().with_url(text).build()?),
+                    "gs" => Arc::new(object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(text).build()?),
+                    "az" | "azure" | "abfs" | "abfss" => {
+                        Arc::new(object_store::azure::MicrosoftAzureBuilder::from_env().with_url(text).build()?)
+                    }
+                    other => bail!("{text}: unknown storage scheme {other}:// (s3, gs, az or a local path)"),
+                };
+                stores.insert(base.clone(), store.clone());
+                store
             }
-            "file" => {
-                return Ok(Location::Local(url.to_file_path().map_err(|()| anyhow!("{text}: not a local path"))?));
-            }
-            other => bail!("{text}: unknown storage scheme {other}:// (s3, gs, az or a local path)"),
         };
         let path = ObjectPath::from_url_path(url.path()).with_context(|| format!("{text}: not a valid object path"))?;
-        let base = format!("{}://{bucket}", url.scheme());
         Ok(Location::Remote(Remote { store, base, path }))
     }
 
