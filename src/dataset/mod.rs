@@ -267,6 +267,12 @@ fn sample_seed(seed: u64, key: &str) -> u64 {
     u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"))
 }
 
+/// A shard as read: a tar on local disk, or a folder.
+enum Input {
+    Tar(PathBuf),
+    Folder(PathBuf),
+}
+
 /// Deletes a file when dropped (a downloaded shard, a partial output).
 struct Scratch(PathBuf);
 
@@ -283,18 +289,19 @@ fn encode_shard(vae: &mut Vae, shard: &Shard, options: &Options) -> Result<Shard
     let output = options.output.join(&format!("{}.tar", shard.name));
     let manifest = options.output.join(&format!("{}.json", shard.name));
     // A remote input is first copied to local disk, then read like a local one.
-    let (input_path, _download) = match &shard.source {
+    let (input, _download) = match &shard.source {
         Source::Tar(location @ Location::Remote(_)) => {
             let path =
                 options.tmp_dir.join(format!("vae-{}-{}.input.tar", short_hash(&location.to_string()), shard.name));
             let scratch = Scratch(path.clone());
-            let mut file =
-                std::fs::File::create(&path).with_context(|| format!("{}: cannot create", path.display()))?;
-            location.download(&mut std::io::BufWriter::new(&mut file))?;
-            (Some(path), Some(scratch))
+            let file = std::fs::File::create(&path).with_context(|| format!("{}: cannot create", path.display()))?;
+            let mut out = std::io::BufWriter::new(file);
+            location.download(&mut out)?;
+            out.flush().with_context(|| format!("{}: cannot write", path.display()))?;
+            (Input::Tar(path), Some(scratch))
         }
-        Source::Tar(Location::Local(path)) => (Some(path.clone()), None),
-        Source::Folder(_) => (None, None),
+        Source::Tar(Location::Local(path)) => (Input::Tar(path.clone()), None),
+        Source::Folder(dir) => (Input::Folder(dir.clone()), None),
     };
     let partial = partial_path(options, &shard.name);
     let guard = Scratch(partial.clone());
@@ -306,16 +313,14 @@ fn encode_shard(vae: &mut Vae, shard: &Shard, options: &Options) -> Result<Shard
     std::thread::scope(|s| -> Result<()> {
         let (tx, rx) = sync_channel::<Result<Prepared>>(4);
         let max_pixels = options.max_pixels;
-        let source = &shard.source;
-        let input_path = input_path.as_deref();
+        let input = &input;
         s.spawn(move || {
             let send = |sample| tx.send(Ok(prepare(sample, max_pixels))).map_err(|_| anyhow!("stopped"));
-            let read = match (source, input_path) {
-                (Source::Folder(dir), _) => webdataset::read_folder(dir, send),
-                (_, Some(path)) => std::fs::File::open(path)
+            let read = match input {
+                Input::Folder(dir) => webdataset::read_folder(dir, send),
+                Input::Tar(path) => std::fs::File::open(path)
                     .with_context(|| format!("{}: cannot read", path.display()))
                     .and_then(|f| webdataset::read_tar(std::io::BufReader::with_capacity(1 << 20, f), send)),
-                _ => unreachable!("a tar shard has a local path"),
             };
             if let Err(e) = read {
                 let _ = tx.send(Err(e));
