@@ -91,6 +91,23 @@ impl Location {
         Ok(Location::Remote(Remote { store, base, path }))
     }
 
+    /// "LOCATION: cannot WHAT: ERROR", with a hint when the store's client
+    /// fell back to a cloud VM's metadata service for credentials: then
+    /// none were found in the environment.
+    fn failed(&self, what: &str, e: &dyn fmt::Display) -> anyhow::Error {
+        let message = e.to_string();
+        let vm_fallback = message.contains("169.254.169.254") || message.contains("metadata.google.internal");
+        let hint = match self {
+            Location::Remote(r) if vm_fallback => match r.base.split("://").next() {
+                Some("gs") => " (no credentials found: set GOOGLE_SERVICE_ACCOUNT or GOOGLE_APPLICATION_CREDENTIALS)",
+                Some("s3" | "s3a") => " (no credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)",
+                _ => " (no credentials found: set AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY)",
+            },
+            _ => "",
+        };
+        anyhow!("{self}: cannot {what}: {message}{hint}")
+    }
+
     /// The location `name` inside this folder.
     pub fn join(&self, name: &str) -> Location {
         match self {
@@ -114,7 +131,7 @@ impl Location {
             Location::Remote(r) => match block_on(r.store.head(&r.path)) {
                 Ok(_) => Ok(true),
                 Err(object_store::Error::NotFound { .. }) => Ok(false),
-                Err(e) => Err(anyhow!("{self}: cannot look up: {e}")),
+                Err(e) => Err(self.failed("look up", &e)),
             },
         }
     }
@@ -136,8 +153,7 @@ impl Location {
             }
             Location::Remote(r) => {
                 let prefix = (!r.path.as_ref().is_empty()).then_some(&r.path);
-                let listing =
-                    block_on(r.store.list_with_delimiter(prefix)).map_err(|e| anyhow!("{self}: cannot list: {e}"))?;
+                let listing = block_on(r.store.list_with_delimiter(prefix)).map_err(|e| self.failed("list", &e))?;
                 listing
                     .objects
                     .into_iter()
@@ -156,14 +172,14 @@ impl Location {
             Location::Local(path) => std::fs::read(path).with_context(|| format!("{}: cannot read", path.display())),
             Location::Remote(r) => block_on(async { r.store.get(&r.path).await?.bytes().await })
                 .map(|b| b.to_vec())
-                .map_err(|e| anyhow!("{self}: cannot read: {e}")),
+                .map_err(|e| self.failed("read", &e)),
         }
     }
 
     /// Copies the object into `out` as it streams in.
     pub fn download(&self, out: &mut impl Write) -> Result<u64> {
         let Location::Remote(r) = self else { bail!("{self}: internal error: download of a local file") };
-        let err = |e: &dyn fmt::Display| anyhow!("{self}: cannot read: {e}");
+        let err = |e: &dyn fmt::Display| self.failed("read", e);
         block_on(async {
             let mut stream = r.store.get(&r.path).await.map_err(|e| err(&e))?.into_stream();
             let mut total = 0;
@@ -185,9 +201,9 @@ impl Location {
                 crate::output::write_atomic(path, crate::output::Overwrite::Replace, |out| out.write_all(&bytes))?;
                 Ok(())
             }
-            Location::Remote(r) => block_on(r.store.put(&r.path, PutPayload::from(bytes)))
-                .map(drop)
-                .map_err(|e| anyhow!("{self}: cannot write: {e}")),
+            Location::Remote(r) => {
+                block_on(r.store.put(&r.path, PutPayload::from(bytes))).map(drop).map_err(|e| self.failed("write", &e))
+            }
         }
     }
 
@@ -202,7 +218,7 @@ impl Location {
             file.read_to_end(&mut bytes).with_context(|| format!("{}: cannot read", from.display()))?;
             return self.put(bytes);
         }
-        let err = |e: &dyn fmt::Display| anyhow!("{self}: cannot write: {e}");
+        let err = |e: &dyn fmt::Display| self.failed("write", e);
         block_on(async {
             let upload = r.store.put_multipart(&r.path).await.map_err(|e| err(&e))?;
             let mut writer = WriteMultipart::new_with_chunk_size(upload, PART);
