@@ -18,7 +18,7 @@ use crate::imageio::{self, DEFAULT_MAX_PIXELS};
 use crate::latent::{Latent, LatentFormat, Posterior};
 use crate::metrics;
 use crate::model::{Family, Model};
-use crate::output::{Overwrite, check_writable, same_file};
+use crate::output::{Overwrite, check_writable, json_line, same_file};
 use crate::tiling::{Plan, Tile, TileOptions, default_max_memory, gib, parse_size};
 use crate::vae::Retried;
 use crate::weights::Parts;
@@ -700,14 +700,6 @@ fn plan_outputs(
     Ok(plan)
 }
 
-/// Runs `job` on each (input, output) pair: a failure is reported on one line
-/// and the rest go on; a summary follows when there were several.
-/// One JSON object on its own line on stdout (a closed pipe is an error, not a panic).
-fn json_line(value: serde_json::Value) -> Result<()> {
-    use std::io::Write;
-    writeln!(std::io::stdout(), "{value}").context("writing to stdout")
-}
-
 /// With `skip`, drops the inputs whose output exists, saying how many.
 fn skip_existing(ctx: &Session, plan: Vec<(PathBuf, PathBuf)>, skip: bool) -> Vec<(PathBuf, PathBuf)> {
     if !skip {
@@ -721,6 +713,8 @@ fn skip_existing(ctx: &Session, plan: Vec<(PathBuf, PathBuf)>, skip: bool) -> Ve
     todo
 }
 
+/// Runs `job` on each (input, output) pair: a failure is reported on one line
+/// and the rest go on; a summary follows when there were several.
 fn for_each<P>(
     ctx: &mut Session,
     verb: &str,
@@ -820,7 +814,7 @@ impl Batch {
         match result {
             Ok(Some(Written { message, json })) => {
                 if let Some(json) = json
-                    && let Err(err) = json_line(json)
+                    && let Err(err) = json_line(&json)
                 {
                     ctx.eprint(format_args!("vae: error: {err:#}"));
                     self.failed += 1;
@@ -1099,7 +1093,7 @@ fn dataset_encode(ctx: &mut Session, args: DatasetEncodeArgs) -> Result<ExitCode
         total["images_per_second"].as_f64().unwrap_or(0.0)
     ));
     if args.json {
-        dataset::json_line(&serde_json::json!({ "report": total }))?;
+        json_line(&serde_json::json!({ "report": total }))?;
     }
     Ok(if report.failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
@@ -1108,9 +1102,9 @@ fn dataset_report(ctx: &Session, output: &str, json: bool) -> Result<ExitCode> {
     let (summaries, total) = dataset::report(&dataset::output_location(output)?)?;
     if json {
         for summary in &summaries {
-            dataset::json_line(&serde_json::to_value(summary)?)?;
+            json_line(&serde_json::to_value(summary)?)?;
         }
-        dataset::json_line(&serde_json::json!({ "total": total }))?;
+        json_line(&serde_json::json!({ "total": total }))?;
     } else {
         let mut out = std::io::stdout().lock();
         for s in &summaries {

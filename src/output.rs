@@ -64,6 +64,12 @@ pub fn write_atomic(
     }
 }
 
+/// One JSON object on its own line on stdout (a closed pipe is an error, not a panic).
+pub fn json_line(value: &serde_json::Value) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    writeln!(io::stdout(), "{value}").context("writing to stdout")
+}
+
 /// True when `a` and `b` name the same existing file (or the same path).
 pub fn same_file(a: &Path, b: &Path) -> bool {
     match (a.canonicalize(), b.canonicalize()) {

@@ -38,6 +38,7 @@ pub use shards::{Shard, Source, Workers, braces, expand};
 use crate::Vae;
 use crate::imageio::{self, InputImage};
 use crate::latent::{LatentFormat, Posterior};
+use crate::output::json_line;
 use crate::vae::Retried;
 
 /// What a worker does with its shards.
@@ -204,10 +205,6 @@ pub fn run(shards: &[Shard], options: &Options, load: impl FnOnce() -> Result<Va
     }
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
-}
-
-pub fn json_line(value: &serde_json::Value) -> Result<()> {
-    writeln!(std::io::stdout(), "{value}").context("writing to stdout")
 }
 
 /// A sample made ready off the compute thread: its image decoded.
