@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::Vae;
+use crate::batch::BatchSize;
 use crate::dataset::{self, Workers};
 use crate::device::{self, DeviceRequest, Precision};
 use crate::hub::{Hub, HubRepo};
@@ -183,7 +184,13 @@ struct ModelArgs {
     /// Default: half of the available memory, at most 1.5 GiB.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_memory: Option<u64>,
-    /// Benchmarking (encode, decode): after each input's result, compute it
+    /// Inputs of one size computed together, in one pass of the model
+    /// (encode, decode, dataset encode): auto is up to 8 on a GPU (at most
+    /// 4 megapixels a pass), 1 on the CPU, where a batch is no faster. On
+    /// the CPU with --tile auto, a pass takes no more than --max-memory holds.
+    #[arg(long, value_name = "auto|N", default_value = "auto")]
+    batch_size: BatchSize,
+    /// Benchmarking (encode, decode): after each pass's result, compute it
     /// N more times and print one `bench: {JSON}` line on stderr with the
     /// first (warm-up) and each further time, read back to the host
     /// (tools/gpu-check times GPUs with it).
@@ -463,6 +470,7 @@ impl Session {
         // through it: on a GPU the default is the plain pass.
         let tile = if chosen.gpu && args.tile == Tile::Auto { Tile::Off } else { args.tile };
         vae.tiling = TileOptions { tile, max_memory: args.max_memory.unwrap_or_else(default_max_memory) };
+        (vae.batch, vae.gpu) = (args.batch_size, chosen.gpu);
         // Only an AutoencoderKL's config.json says how its latents are scaled.
         let scaling_in_config = source.config_json.is_some() && matches!(vae.model, Model::Kl(_));
         if let Some(family) = args.family {
@@ -493,13 +501,17 @@ impl Session {
 impl Session {
     /// With --repeat: one `bench: {JSON}` line on stderr (even with --quiet:
     /// it was asked for) with the warm-up time and each repetition's.
-    fn bench(&self, op: &str, path: &Path, vae: &Vae, first: Duration, runs: &[Duration]) {
+    /// A pass of several inputs (`--batch-size`) gives one line, its times
+    /// those of the whole pass.
+    fn bench(&self, op: &str, paths: &[&Path], vae: &Vae, first: Duration, runs: &[Duration]) {
         if runs.is_empty() {
             return;
         }
         let line = serde_json::json!({
             "op": op,
-            "input": path.display().to_string(),
+            "input": paths.first().map(|p| p.display().to_string()),
+            "inputs": paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+            "batch": paths.len(),
             "device": self.device.as_deref().unwrap_or("cpu"),
             "dtype": format!("{:?}", vae.dtype()),
             "warmup_s": first.as_secs_f64(),
@@ -508,13 +520,16 @@ impl Session {
         self.eprint(format_args!("bench: {line}"));
     }
 
-    /// Says when a reduced-precision result held NaN or Inf and was redone in f32.
-    fn retried(&self, path: &Path, retried: Retried) {
+    /// Says when a reduced-precision result held NaN or Inf and was redone
+    /// in f32 (for each input of the pass).
+    fn retried(&self, paths: &[&Path], retried: Retried) {
         if let Retried::InF32 { from } = retried {
-            self.eprint(format_args!(
-                "{}: warning: the {from:?} result held NaN or Inf; computed again in f32 (and in f32 from here on)",
-                path.display()
-            ));
+            for path in paths {
+                self.eprint(format_args!(
+                    "{}: warning: the {from:?} result held NaN or Inf; computed again in f32 (and in f32 from here on)",
+                    path.display()
+                ));
+            }
         }
     }
 
@@ -736,42 +751,119 @@ struct Written {
     json: Option<serde_json::Value>,
 }
 
-/// [`for_each`] with the file I/O overlapped with compute: while `compute`
-/// runs on this thread (with every core rayon gives it), the next input is
-/// read on one thread and the previous output written on another. Reports
+/// [`for_each`] over `chunk` inputs at a time, with the file I/O
+/// overlapped with compute: while `compute` runs on this thread (with every
+/// core rayon gives it) on the inputs of one chunk that could be read, the
+/// next chunk is read on one thread and the previous one's outputs written
+/// on another. `compute` returns a result per input it is given; reports
 /// stay in input order.
 fn pipeline<P: Sync, I: Send, O: Send>(
     ctx: &mut Session,
     verb: &str,
     plan: &[P],
+    chunk: usize,
     read: impl Fn(&P) -> Result<I> + Sync,
-    mut compute: impl FnMut(&mut Session, &P, I) -> Result<O>,
+    mut compute: impl FnMut(&mut Session, &[&P], Vec<I>) -> Vec<Result<O>>,
     write: impl Fn(&P, O) -> Result<Written> + Sync,
 ) -> ExitCode {
     let mut batch = Batch::start(ctx, plan.len());
+    let chunks: Vec<&[P]> = plan.chunks(chunk.max(1)).collect();
     std::thread::scope(|s| {
         let (read, write) = (&read, &write);
-        let mut next = plan.first().map(|item| s.spawn(move || timed(|| read(item))));
-        let mut writing: Option<std::thread::ScopedJoinHandle<_>> = None;
-        for (i, item) in plan.iter().enumerate() {
+        let read_all = move |items: &[P]| items.iter().map(|item| timed(|| read(item))).collect::<Vec<_>>();
+        let mut next = chunks.first().map(|&items| s.spawn(move || read_all(items)));
+        let mut writing = None;
+        for (i, &items) in chunks.iter().enumerate() {
             let reading = next.take();
-            next = plan.get(i + 1).map(|item| s.spawn(move || timed(|| read(item))));
-            let output = joined(ctx, "read", reading).and_then(|input| compute(ctx, item, input));
-            if let Some(previous) = writing.take() {
-                let written = joined(ctx, "write", Some(previous));
+            next = chunks.get(i + 1).map(|&items| s.spawn(move || read_all(items)));
+            let inputs = joined(ctx, "read", reading, items.len());
+            let outputs = computed(ctx, items, inputs, &mut compute);
+            if let Some((previous, n)) = writing.take() {
+                for written in joined(ctx, "write", Some(previous), n) {
+                    batch.done(ctx, written.map(Some));
+                }
+            }
+            let write_all = move || {
+                let each = items.iter().zip(outputs);
+                each.map(|(item, output)| timed(|| output.and_then(|output| write(item, output)))).collect::<Vec<_>>()
+            };
+            writing = Some((s.spawn(write_all), items.len()));
+        }
+        if let Some((last, n)) = writing {
+            for written in joined(ctx, "write", Some(last), n) {
                 batch.done(ctx, written.map(Some));
             }
-            match output {
-                Ok(output) => writing = Some(s.spawn(move || timed(|| write(item, output)))),
-                Err(err) => batch.done(ctx, Err(err)),
-            }
-        }
-        if let Some(last) = writing {
-            let written = joined(ctx, "write", Some(last));
-            batch.done(ctx, written.map(Some));
         }
     });
     batch.finish(ctx, verb)
+}
+
+/// `compute` run on the inputs of `items` that were read; a result for
+/// each of `items`, a read error where it failed.
+fn computed<P, I, O>(
+    ctx: &mut Session,
+    items: &[P],
+    inputs: Vec<Result<I>>,
+    compute: &mut impl FnMut(&mut Session, &[&P], Vec<I>) -> Vec<Result<O>>,
+) -> Vec<Result<O>> {
+    let mut results: Vec<Option<Result<O>>> = Vec::with_capacity(items.len());
+    let (mut read_items, mut read_inputs) = (Vec::new(), Vec::new());
+    for (item, input) in items.iter().zip(inputs) {
+        match input {
+            Ok(input) => {
+                read_items.push(item);
+                read_inputs.push(input);
+                results.push(None);
+            }
+            Err(err) => results.push(Some(Err(err))),
+        }
+    }
+    let mut outputs = compute(ctx, &read_items, read_inputs).into_iter();
+    let mut next =
+        || outputs.next().unwrap_or_else(|| Err(anyhow::anyhow!("internal error: an input was not computed")));
+    results.into_iter().map(|result| result.unwrap_or_else(&mut next)).collect()
+}
+
+/// Runs each pass (indices into `paths`) with `run`, its time recorded as
+/// `op`, saying when it was redone in f32, and with --repeat printing its
+/// `bench:` line with the times of `again`. A result for each input of a
+/// pass (an input in no pass gets an error): a pass that fails, fails each.
+fn in_passes<O, E: std::fmt::Display>(
+    ctx: &mut Session,
+    op: &str,
+    vae: &mut Vae,
+    paths: &[&Path],
+    passes: Vec<Vec<usize>>,
+    mut run: impl FnMut(&mut Vae, &[usize]) -> Result<(Vec<O>, Retried), E>,
+    again: impl Fn(&Vae, &[usize]) -> Vec<Duration>,
+) -> Vec<Result<O>> {
+    let mut results: Vec<Result<O>> =
+        paths.iter().map(|_| Err(anyhow::anyhow!("internal error: not computed"))).collect();
+    for pass in passes {
+        let pass_paths: Vec<&Path> = pass.iter().map(|&i| paths[i]).collect();
+        let (outputs, first) = timed(|| run(vae, &pass));
+        ctx.record(op, first);
+        match outputs {
+            Ok((outputs, retried)) => {
+                ctx.retried(&pass_paths, retried);
+                ctx.bench(op, &pass_paths, vae, first, &again(vae, &pass));
+                for (&i, output) in pass.iter().zip(outputs) {
+                    results[i] = Ok(output);
+                }
+            }
+            Err(err) => {
+                for &i in &pass {
+                    results[i] = Err(anyhow::anyhow!("{}: {err}", paths[i].display()));
+                }
+            }
+        }
+    }
+    results
+}
+
+/// The times of `n` more runs of `f`.
+fn repeated<T>(n: usize, f: impl Fn() -> T) -> Vec<Duration> {
+    (0..n).map(|_| timed(&f).1).collect()
 }
 
 /// `f`'s result and how long it took.
@@ -780,17 +872,27 @@ fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
     (f(), start.elapsed())
 }
 
-/// The result of a stage run on another thread, its time recorded as `name`.
+/// A stage's result for one input, and how long it took.
+type Timed<T> = (Result<T>, Duration);
+
+/// The results of a stage run on another thread for `n` inputs, their
+/// times recorded as `name`.
 fn joined<T>(
     ctx: &mut Session,
     name: &str,
-    handle: Option<std::thread::ScopedJoinHandle<(Result<T>, Duration)>>,
-) -> Result<T> {
-    let Some(Ok((result, elapsed))) = handle.map(|h| h.join()) else {
-        bail!("internal error: the {name} thread stopped");
+    handle: Option<std::thread::ScopedJoinHandle<Vec<Timed<T>>>>,
+    n: usize,
+) -> Vec<Result<T>> {
+    let Some(Ok(results)) = handle.map(|h| h.join()) else {
+        return (0..n).map(|_| Err(anyhow::anyhow!("internal error: the {name} thread stopped"))).collect();
     };
-    ctx.record(name, elapsed);
-    result
+    results
+        .into_iter()
+        .map(|(result, elapsed)| {
+            ctx.record(name, elapsed);
+            result
+        })
+        .collect()
 }
 
 /// A batch's progress bar (for more than one file), failures and summary.
@@ -857,20 +959,30 @@ fn encode(ctx: &mut Session, args: EncodeArgs) -> Result<ExitCode> {
     }
     let mut vae = ctx.load(&args.model, Parts::Encoder)?;
     check_posterior(&vae, &args.input)?;
+    let chunk = vae.read_ahead();
     let read = |(input, output): &(PathBuf, PathBuf)| {
         check_writable(output, overwrite(args.force))?;
         Ok(imageio::load(input, args.input.max_pixels)?)
     };
-    let encode = |ctx: &mut Session, (input, _): &(PathBuf, PathBuf), image: imageio::InputImage| {
-        ctx.plan(input, vae.encode_plan(&image), vae.tiling.max_memory);
-        let start = Instant::now();
-        let (latent, retried) = ctx.stage("encode", || vae.encode_checked(&image, posterior(&args.input)))?;
-        let first = start.elapsed();
-        ctx.retried(input, retried);
-        let runs = (0..args.model.repeat).map(|_| timed(|| vae.encode(&image, posterior(&args.input))).1);
-        let runs: Vec<Duration> = runs.collect();
-        ctx.bench("encode", input, &vae, first, &runs);
-        Ok((latent, image.width, image.height))
+    let encode = |ctx: &mut Session, items: &[&(PathBuf, PathBuf)], images: Vec<imageio::InputImage>| {
+        let paths: Vec<&Path> = items.iter().map(|(input, _)| input.as_path()).collect();
+        let passes = vae.encode_passes(&images.iter().collect::<Vec<_>>());
+        for (path, image) in paths.iter().zip(&images) {
+            ctx.plan(path, vae.encode_plan(image), vae.tiling.max_memory);
+        }
+        let pick = |pass: &[usize]| pass.iter().map(|&i| &images[i]).collect::<Vec<_>>();
+        let posteriors = |pass: &[usize]| vec![posterior(&args.input); pass.len()];
+        let latents = in_passes(
+            ctx,
+            "encode",
+            &mut vae,
+            &paths,
+            passes,
+            |vae, pass| vae.encode_batch_checked(&pick(pass), &posteriors(pass)),
+            |vae, pass| repeated(args.model.repeat, || vae.encode_batch(&pick(pass), &posteriors(pass))),
+        );
+        let sized = latents.into_iter().zip(&images);
+        sized.map(|(latent, image)| latent.map(|l| (l, image.width, image.height))).collect()
     };
     let write = |(input, output): &(PathBuf, PathBuf), (latent, width, height): (Latent, usize, usize)| {
         latent.write(output, overwrite(args.force))?;
@@ -882,7 +994,7 @@ fn encode(ctx: &mut Session, args: EncodeArgs) -> Result<ExitCode> {
             }),
         })
     };
-    Ok(pipeline(ctx, "encoded", &plan, read, encode, write))
+    Ok(pipeline(ctx, "encoded", &plan, chunk, read, encode, write))
 }
 
 fn decode(ctx: &mut Session, args: DecodeArgs) -> Result<ExitCode> {
@@ -893,32 +1005,47 @@ fn decode(ctx: &mut Session, args: DecodeArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let mut vae = ctx.load(&args.model, Parts::Decoder)?;
+    let chunk = vae.read_ahead();
     let read = |(input, output): &(PathBuf, PathBuf)| {
         check_writable(output, overwrite(args.force))?;
         Ok(Latent::read(input)?)
     };
-    let decode = |ctx: &mut Session, (input, _): &(PathBuf, PathBuf), latent: Latent| {
-        ctx.plan(input, vae.decode_plan(&latent), vae.tiling.max_memory);
-        let std = vae.rescaled_std(&latent);
-        if !(0.2..=5.0).contains(&std) {
-            ctx.info(format_args!(
-                "{}: warning: its std after scaling is {std:.3}, far from the ~1 of a latent of this family; \
-                 was it scaled for another one (see --family, --scaling-factor)?",
-                input.display()
-            ));
+    let decode = |ctx: &mut Session, items: &[&(PathBuf, PathBuf)], latents: Vec<Latent>| {
+        let paths: Vec<&Path> = items.iter().map(|(input, _)| input.as_path()).collect();
+        let mut refused = Vec::new();
+        let mut checked = Vec::new();
+        for (i, (path, latent)) in paths.iter().zip(&latents).enumerate() {
+            if let Err(err) = vae.check_latent(latent, path, args.max_pixels) {
+                refused.push((i, err));
+                continue;
+            }
+            let std = vae.rescaled_std(latent);
+            if !(0.2..=5.0).contains(&std) {
+                ctx.info(format_args!(
+                    "{}: warning: its std after scaling is {std:.3}, far from the ~1 of a latent of this family; \
+                     was it scaled for another one (see --family, --scaling-factor)?",
+                    path.display()
+                ));
+            }
+            ctx.plan(path, vae.decode_plan(latent), vae.tiling.max_memory);
+            checked.push(i);
         }
-        let start = Instant::now();
-        let (image, retried) = ctx.stage("decode", || vae.decode_checked(&latent, input, args.max_pixels))?;
-        let first = start.elapsed();
-        ctx.retried(input, retried);
-        let mut runs = Vec::with_capacity(args.model.repeat);
-        for _ in 0..args.model.repeat {
-            let (result, elapsed) = timed(|| vae.decode(&latent, input, args.max_pixels));
-            result?;
-            runs.push(elapsed);
+        let passes = vae.decode_passes(&checked.iter().map(|&i| &latents[i]).collect::<Vec<_>>());
+        let passes = passes.into_iter().map(|pass| pass.into_iter().map(|j| checked[j]).collect()).collect();
+        let pick = |pass: &[usize]| pass.iter().map(|&i| &latents[i]).collect::<Vec<_>>();
+        let mut images = in_passes(
+            ctx,
+            "decode",
+            &mut vae,
+            &paths,
+            passes,
+            |vae, pass| vae.decode_batch_checked(&pick(pass)),
+            |vae, pass| repeated(args.model.repeat, || vae.decode_planar_batch(&pick(pass))),
+        );
+        for (i, err) in refused {
+            images[i] = Err(err.into());
         }
-        ctx.bench("decode", input, &vae, first, &runs);
-        Ok(image)
+        images
     };
     let write = |(input, output): &(PathBuf, PathBuf), image: imageio::OutputImage| {
         image.save_png(output, overwrite(args.force))?;
@@ -930,7 +1057,7 @@ fn decode(ctx: &mut Session, args: DecodeArgs) -> Result<ExitCode> {
                 .then(|| serde_json::json!({ "input": input, "output": output, "width": width, "height": height })),
         })
     };
-    Ok(pipeline(ctx, "decoded", &plan, read, decode, write))
+    Ok(pipeline(ctx, "decoded", &plan, chunk, read, decode, write))
 }
 
 fn preview(ctx: &mut Session, args: PreviewArgs) -> Result<ExitCode> {
@@ -987,6 +1114,9 @@ fn roundtrip(ctx: &mut Session, args: RoundtripArgs) -> Result<ExitCode> {
     if args.model.repeat > 0 {
         bail!("--repeat applies to encode and decode");
     }
+    if args.model.batch_size != BatchSize::Auto {
+        bail!("--batch-size applies to encode, decode and dataset encode");
+    }
     let mut vae = ctx.load(&args.model, Parts::Both)?;
     check_posterior(&vae, &args.input)?;
     Ok(for_each(ctx, "round-tripped", &plan, |ctx, (path, recon, error_map)| {
@@ -1009,12 +1139,12 @@ fn roundtrip_one(
     ctx.plan(path, vae.encode_plan(&image), vae.tiling.max_memory);
     let start = Instant::now();
     let (latent, retried) = ctx.stage("encode", || vae.encode_checked(&image, posterior(&args.input)))?;
-    ctx.retried(path, retried);
+    ctx.retried(&[path], retried);
     let encode_s = start.elapsed().as_secs_f64();
     ctx.plan(path, vae.decode_plan(&latent), vae.tiling.max_memory);
     let start = Instant::now();
     let (decoded, retried) = ctx.stage("decode", || vae.decode_checked(&latent, path, args.input.max_pixels))?;
-    ctx.retried(path, retried);
+    ctx.retried(&[path], retried);
     let decode_s = start.elapsed().as_secs_f64();
     let (w, h) = (image.width, image.height);
     let ssim = metrics::ssim(&image.rgb8, &decoded.rgb8, w, h).ok();

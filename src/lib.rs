@@ -10,6 +10,7 @@
 //! - [`dataset`]: latents for datasets' shards, shared among many workers.
 //! - [`cli`]: the command line (the binary is a thin wrapper around it).
 
+pub mod batch;
 pub mod cli;
 pub mod dataset;
 pub mod device;

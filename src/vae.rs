@@ -7,10 +7,11 @@ use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData};
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
 
+use crate::batch::{self, BatchSize};
 use crate::imageio::{InputImage, OutputImage};
 use crate::latent::{Latent, LatentMeta, Posterior};
 use crate::model::{AutoencoderTiny, DiagonalGaussian, Family, Model};
-use crate::tiling::{self, Plan, Program, TileOptions};
+use crate::tiling::{self, Plan, Program, Tile, TileOptions};
 use crate::weights::{self, Parts, WeightsError, WeightsInfo, WeightsSource};
 
 /// Characters of the weights' SHA-256 recorded in latent metadata.
@@ -22,6 +23,10 @@ pub struct Vae {
     /// When to run in bands to bound memory (`--tile`, `--max-memory`).
     /// `AutoencoderKL` only: TAESD always runs untiled (see [`Vae::encode_plan`]).
     pub tiling: TileOptions,
+    /// How many inputs of one size a pass may take (`--batch-size`).
+    pub batch: BatchSize,
+    /// Whether the device is a GPU, where batches pay (see [`crate::batch`]).
+    pub gpu: bool,
     /// Resident bytes once the weights were loaded: the base of every estimate.
     resident: u64,
     parts: Parts,
@@ -92,6 +97,8 @@ impl Vae {
             model,
             info,
             tiling: TileOptions::default(),
+            batch: BatchSize::Auto,
+            gpu: false,
             resident,
             parts,
             family: None,
@@ -115,7 +122,21 @@ impl Vae {
         image: &InputImage,
         posterior: Posterior,
     ) -> Result<(Latent, Retried), WeightsError> {
-        self.with_f32_retry(|vae| vae.encode(image, posterior), |latent| all_finite(&latent.data))
+        let (mut latents, retried) = self.encode_batch_checked(&[image], &[posterior])?;
+        Ok((latents.pop().expect("one latent per image"), retried))
+    }
+
+    /// [`Vae::encode_batch`], checked as [`Vae::encode_checked`] is (the
+    /// whole batch again in f32 when one latent is not finite).
+    pub fn encode_batch_checked(
+        &mut self,
+        images: &[&InputImage],
+        posteriors: &[Posterior],
+    ) -> Result<(Vec<Latent>, Retried), WeightsError> {
+        self.with_f32_retry(
+            |vae| vae.encode_batch(images, posteriors),
+            |latents| latents.iter().all(|l| all_finite(&l.data)),
+        )
     }
 
     /// [`Vae::decode`], checked as [`Vae::encode_checked`] is.
@@ -125,15 +146,17 @@ impl Vae {
         path: &Path,
         max_pixels: u64,
     ) -> Result<(OutputImage, Retried), VaeError> {
-        self.check_size(latent, path, max_pixels)?;
-        let (planar, retried) = self.with_f32_retry(
-            |vae| vae.decode_planar(latent, path),
-            |planar| match planar {
-                Ok(values) => all_finite(values),
-                Err(_) => true,
-            },
-        )?;
-        Ok((self.postprocess(latent, &planar?), retried))
+        self.check_latent(latent, path, max_pixels)?;
+        let (mut images, retried) = self.decode_batch_checked(&[latent])?;
+        Ok((images.pop().expect("one image per latent"), retried))
+    }
+
+    /// [`Vae::decode_batch`], checked as [`Vae::encode_checked`] is.
+    pub fn decode_batch_checked(&mut self, latents: &[&Latent]) -> Result<(Vec<OutputImage>, Retried), VaeError> {
+        let (planar, retried) =
+            self.with_f32_retry(|vae| vae.decode_planar_batch(latents), |planar| planar.iter().all(|p| all_finite(p)))?;
+        let images = latents.iter().zip(&planar).map(|(latent, planar)| self.postprocess(latent, planar));
+        Ok((images.collect(), retried))
     }
 
     /// `run(self)`, and once more in f32 when `finite` says its result is not.
@@ -192,6 +215,51 @@ impl Vae {
         }
     }
 
+    /// How many inputs to read ahead and group into passes.
+    pub fn read_ahead(&self) -> usize {
+        self.batch.chunk(self.gpu)
+    }
+
+    /// `images` grouped into passes of [`Vae::encode_batch`]: one size in
+    /// each, as many as `--batch-size` and memory allow (indices into `images`).
+    pub fn encode_passes(&self, images: &[&InputImage]) -> Vec<Vec<usize>> {
+        batch::passes(
+            images,
+            |image| (image.width, image.height),
+            |image| self.pass_limit(self.encode_plan(image), image.width * image.height),
+        )
+    }
+
+    /// `latents` grouped into passes of [`Vae::decode_planar_batch`], as
+    /// [`Vae::encode_passes`] groups images.
+    pub fn decode_passes(&self, latents: &[&Latent]) -> Vec<Vec<usize>> {
+        let f = self.model.upscale();
+        batch::passes(
+            latents,
+            |latent| (latent.channels, latent.height, latent.width),
+            |latent| self.pass_limit(self.decode_plan(latent), latent.height * f * latent.width * f),
+        )
+    }
+
+    /// How many inputs of `pixels` image pixels that `plan` runs one at a
+    /// time may go through the model together: what `--batch-size` says,
+    /// but one when a single input runs in bands, and with `--tile auto` in
+    /// f32 (the CPU's default) only as many as the memory budget holds
+    /// untiled, each input adding its activations to the weights. On a GPU
+    /// tiling is off: its memory is not the host's.
+    fn pass_limit(&self, plan: Plan, pixels: usize) -> usize {
+        let wanted = self.batch.per_pass(self.gpu, pixels as u64);
+        match plan {
+            Plan::Banded { .. } => 1,
+            Plan::Whole { estimate } if self.tiling.tile == Tile::Auto && self.dtype == FloatDType::F32 => {
+                let each = estimate.saturating_sub(self.resident).max(1);
+                let room = self.tiling.max_memory.saturating_sub(self.resident);
+                usize::try_from(room / each).unwrap_or(usize::MAX).clamp(1, wanted)
+            }
+            Plan::Whole { .. } => wanted,
+        }
+    }
+
     /// TAESD runs untiled whatever `--tile` says: banded execution is built
     /// for `AutoencoderKL`'s GroupNorm passes, and TAESD's widest activation
     /// is its 64 channels at full resolution (the big decoder's is 128 to 256).
@@ -209,23 +277,42 @@ impl Vae {
     /// TAESD's encoder outputs that scaled latent directly (it has no
     /// posterior: a sample is its mean, recorded as such).
     pub fn encode(&self, image: &InputImage, posterior: Posterior) -> Latent {
-        let x = image.to_tensor(self.model.downscale(), &self.device).cast(self.dtype);
+        self.encode_batch(&[image], &[posterior]).pop().expect("one latent per image")
+    }
+
+    /// [`Vae::encode`] for images of one size in one pass of the model
+    /// (a batch: what a GPU runs fastest), each with its own posterior; the
+    /// latents are those of encoding each alone. When one image would run in
+    /// bands, they are encoded one by one (see [`Vae::encode_passes`]).
+    pub fn encode_batch(&self, images: &[&InputImage], posteriors: &[Posterior]) -> Vec<Latent> {
         assert!(self.parts.encoder(), "Vae::encode on a model loaded without its encoder");
-        let plan = self.encode_plan(image);
+        assert_eq!(images.len(), posteriors.len(), "Vae::encode_batch takes a posterior per image");
+        let Some(first) = images.first() else { return Vec::new() };
+        let size = |image: &InputImage| (image.width, image.height);
+        assert!(images.iter().all(|i| size(i) == size(first)), "Vae::encode_batch takes images of one size");
+        let plan = self.encode_plan(first);
+        if images.len() > 1 && matches!(plan, Plan::Banded { .. }) {
+            return images.iter().zip(posteriors).map(|(image, p)| self.encode(image, *p)).collect();
+        }
+        let x = images.iter().map(|image| image.to_tensor(self.model.downscale(), &self.device)).collect();
+        let x = Tensor::cat(x, 0).cast(self.dtype);
         let (scaling, shift) = self.model.latent_scaling();
-        let (scaled, posterior) = match &self.model {
+        let (scaled, posteriors) = match &self.model {
             Model::Kl(model) => {
                 let moments = tiling::run(&Program::encoder(model), x, plan, |x| model.moments(x));
-                let moments = moments.cast(FloatDType::F32);
-                let dist = DiagonalGaussian::from_moments(moments);
-                let z = match posterior {
-                    Posterior::Mean => dist.mean,
-                    Posterior::Sample { seed } => {
-                        let noise = gaussian_noise(dist.mean.dims(), seed, &self.device);
-                        dist.sample(noise)
-                    }
+                let dist = DiagonalGaussian::from_moments(moments.cast(FloatDType::F32));
+                let z = if posteriors.iter().all(|p| *p == Posterior::Mean) {
+                    dist.mean
+                } else {
+                    // The mean's draw is the mean: zero noise.
+                    let [_, c, h, w] = dist.mean.dims();
+                    let noise = posteriors.iter().map(|p| match p {
+                        Posterior::Sample { seed } => gaussian_noise([1, c, h, w], *seed, &self.device),
+                        Posterior::Mean => Tensor::zeros([1, c, h, w], &self.device),
+                    });
+                    dist.sample(Tensor::cat(noise.collect(), 0))
                 };
-                ((z - shift) * scaling, posterior)
+                ((z - shift) * scaling, posteriors.to_vec())
             }
             Model::Tiny(model) => {
                 let latents = model.encode(x).expect("Vae::load_parts refuses a TAESD without its encoder");
@@ -233,24 +320,28 @@ impl Vae {
                 // diffusers' pipeline scaling: 1 and 0 for every TAESD.
                 let (s, t) = (model.config.scaling_factor, model.config.shift_factor);
                 let scaled = if (s, t) == (1.0, 0.0) { latents } else { (latents - t) * s };
-                (scaled, Posterior::Mean)
+                (scaled, vec![Posterior::Mean; images.len()])
             }
         };
         let [_, channels, height, width] = scaled.dims();
         let data = scaled.into_data().try_into_vec::<f32>().expect("the model computes in f32");
         let file_name = self.info.path.file_name().map(|n| n.to_string_lossy().into_owned());
-        let meta = LatentMeta {
-            scaling_factor: Some(scaling),
-            shift_factor: Some(shift),
-            posterior: Some(posterior),
-            width: Some(image.width),
-            height: Some(image.height),
-            weights: file_name,
-            weights_sha256: Some(self.info.sha256[..HASH_PREFIX.min(self.info.sha256.len())].to_owned()),
-            tool_version: Some(env!("CARGO_PKG_VERSION").to_owned()),
-            family: self.family.or(self.model.family()).map(|f| f.name().to_owned()),
-        };
-        Latent { channels, height, width, data, meta }
+        let each = data.chunks_exact(channels * height * width);
+        let latents = images.iter().zip(posteriors).zip(each).map(|((image, posterior), data)| {
+            let meta = LatentMeta {
+                scaling_factor: Some(scaling),
+                shift_factor: Some(shift),
+                posterior: Some(posterior),
+                width: Some(image.width),
+                height: Some(image.height),
+                weights: file_name.clone(),
+                weights_sha256: Some(self.info.sha256[..HASH_PREFIX.min(self.info.sha256.len())].to_owned()),
+                tool_version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+                family: self.family.or(self.model.family()).map(|f| f.name().to_owned()),
+            };
+            Latent { channels, height, width, data: data.to_vec(), meta }
+        });
+        latents.collect()
     }
 
     /// Decodes a scaled latent to an 8-bit image, cropped to the size recorded
@@ -259,12 +350,18 @@ impl Vae {
     ///
     /// Refuses latents whose image would exceed `max_pixels`, before decoding.
     pub fn decode(&self, latent: &Latent, path: &Path, max_pixels: u64) -> Result<OutputImage, VaeError> {
-        self.check_size(latent, path, max_pixels)?;
-        let planar = self.decode_planar(latent, path)?;
+        self.check_latent(latent, path, max_pixels)?;
+        let planar = self.decode_planar_batch(&[latent]).pop().expect("one image per latent");
         Ok(self.postprocess(latent, &planar))
     }
 
-    fn check_size(&self, latent: &Latent, path: &Path, max_pixels: u64) -> Result<(), VaeError> {
+    /// Whether this model decodes `latent` (read from `path`): its channels,
+    /// and an image of at most `max_pixels`.
+    pub fn check_latent(&self, latent: &Latent, path: &Path, max_pixels: u64) -> Result<(), VaeError> {
+        let expected = self.model.latent_channels();
+        if latent.channels != expected {
+            return Err(VaeError::Channels { path: path.to_owned(), found: latent.channels, expected });
+        }
         let factor = self.model.upscale() as u64;
         let pixels = (latent.height as u64 * factor).saturating_mul(latent.width as u64 * factor);
         if pixels > max_pixels {
@@ -284,28 +381,47 @@ impl Vae {
 
     /// The decoder's float output `[3, 8h, 8w]`, before postprocessing.
     pub fn decode_planar(&self, latent: &Latent, path: &Path) -> Result<Vec<f32>, VaeError> {
-        let expected = self.model.latent_channels();
-        if latent.channels != expected {
-            return Err(VaeError::Channels { path: path.to_owned(), found: latent.channels, expected });
-        }
-        let (scaling, shift) = self.file_scaling(latent);
-        let shape = [1, latent.channels, latent.height, latent.width];
+        self.check_latent(latent, path, u64::MAX)?;
+        Ok(self.decode_planar_batch(&[latent]).pop().expect("one image per latent"))
+    }
+
+    /// [`Vae::decode_planar`] for latents of one shape, each scaled as its
+    /// own file says, in one pass of the model (one by one when one would
+    /// run in bands). Each must have passed [`Vae::check_latent`].
+    pub fn decode_planar_batch(&self, latents: &[&Latent]) -> Vec<Vec<f32>> {
         assert!(self.parts.decoder(), "Vae::decode on a model loaded without its decoder");
-        let plan = self.decode_plan(latent);
+        let Some(first) = latents.first() else { return Vec::new() };
+        let shape = |l: &Latent| [1, l.channels, l.height, l.width];
+        assert!(
+            latents.iter().all(|l| shape(l) == shape(first)),
+            "Vae::decode_planar_batch takes latents of one shape"
+        );
+        assert_eq!(first.channels, self.model.latent_channels(), "Vae::check_latent first");
+        let plan = self.decode_plan(first);
+        if latents.len() > 1 && matches!(plan, Plan::Banded { .. }) {
+            return latents.iter().flat_map(|latent| self.decode_planar_batch(&[latent])).collect();
+        }
         let image = match &self.model {
             Model::Kl(model) => {
-                let z = Tensor::<4>::from_data(TensorData::new(latent.data.clone(), shape), &self.device);
-                let z = (z / scaling + shift).cast(self.dtype);
+                let z = latents.iter().map(|latent| {
+                    let (scaling, shift) = self.file_scaling(latent);
+                    let z = Tensor::<4>::from_data(TensorData::new(latent.data.clone(), shape(latent)), &self.device);
+                    z / scaling + shift
+                });
+                let z = Tensor::cat(z.collect(), 0).cast(self.dtype);
                 tiling::run(&Program::decoder(model), z, plan, |z| model.decode(z))
             }
             Model::Tiny(model) => {
-                let p = self.tiny_input(model, &latent.data, (scaling, shift));
-                let p = Tensor::<4>::from_data(TensorData::new(p, shape), (&self.device, DType::from(self.dtype)));
-                model.decode(p).expect("Vae::load_parts refuses a TAESD without its decoder")
+                let p = latents.iter().map(|latent| {
+                    let p = self.tiny_input(model, &latent.data, self.file_scaling(latent));
+                    Tensor::<4>::from_data(TensorData::new(p, shape(latent)), (&self.device, DType::from(self.dtype)))
+                });
+                model.decode(Tensor::cat(p.collect(), 0)).expect("Vae::load_parts refuses a TAESD without its decoder")
             }
         };
-        let image = image.cast(FloatDType::F32);
-        Ok(image.into_data().try_into_vec::<f32>().expect("cast to f32 above"))
+        let [_, c, h, w] = image.dims();
+        let image = image.cast(FloatDType::F32).into_data().try_into_vec::<f32>().expect("cast to f32 above");
+        image.chunks_exact(c * h * w).map(<[f32]>::to_vec).collect()
     }
 
     /// TAESD's input for `data` scaled as `(scaling, shift)` says: the big

@@ -223,6 +223,12 @@ fn shards_give_latents_beside_their_files_and_a_manifest() {
     assert_eq!(last["total"]["skipped"], 2);
     assert_eq!(last["total"]["skipped_by_reason"], serde_json::json!({"no image": 1, "unreadable image": 1}));
 
+    // In batches (sizes mixed within a shard: grouped into passes), the same
+    // shards: members in the same order, and the same latents.
+    let batched = vae(dir.path(), &["dataset", "encode", "in", "-o", "batched", "-w", &tiny_sd(), "--batch-size", "5"]);
+    assert!(batched.status.success(), "{}", stderr(&batched));
+    assert_same_output(&shards, &output_shards(&dir.path().join("batched")));
+
     // Run again: every shard is done, so the weights are not even loaded.
     let again = vae(dir.path(), &["dataset", "encode", "in", "-o", "out", "-w", "missing.safetensors"]);
     assert!(again.status.success(), "{}", stderr(&again));

@@ -37,7 +37,7 @@ pub use shards::{Shard, Source, Workers, braces, expand};
 
 use crate::Vae;
 use crate::imageio::{self, InputImage};
-use crate::latent::{LatentFormat, Posterior};
+use crate::latent::{Latent, LatentFormat, Posterior};
 use crate::output::json_line;
 use crate::vae::Retried;
 
@@ -307,6 +307,8 @@ fn encode_shard(vae: &mut Vae, shard: &Shard, options: &Options) -> Result<Shard
     let mut seen = HashSet::new();
     let (mut samples, mut encoded, mut skipped) = (0, 0, Vec::new());
     let progress = progress_bar(options, &shard.name);
+    // Samples with an image, waiting to be encoded together (`--batch-size`).
+    let mut window = Vec::new();
     std::thread::scope(|s| -> Result<()> {
         let (tx, rx) = sync_channel::<Result<Prepared>>(4);
         let max_pixels = options.max_pixels;
@@ -341,27 +343,15 @@ fn encode_shard(vae: &mut Vae, shard: &Shard, options: &Options) -> Result<Shard
                 Posterior::Sample { seed } => Posterior::Sample { seed: sample_seed(seed, &key) },
                 mean => mean,
             };
-            let (latent, retried) = vae.encode_checked(&image, posterior)?;
-            if let Retried::InF32 { from } = retried
-                && !options.quiet
-            {
-                eprintln!(
-                    "{}: {key}: warning: the {from:?} latent held NaN or Inf; encoded again in f32 (and in f32 from here on)",
-                    shard.name
-                );
-            }
-            let bytes =
-                latent.to_bytes(options.format).map_err(|e| anyhow!("{key}: cannot serialise its latent: {e}"))?;
-            writer.append(&format!("{key}.{latent_ext}"), &bytes, mtime)?;
-            for (ext, data) in &others {
-                writer.append(&format!("{key}.{ext}"), data, mtime)?;
-            }
-            writer.flush()?;
-            encoded += 1;
-            if let Some(bar) = &progress {
-                bar.inc(1);
+            window.push(Ready { key, image, posterior, others, mtime });
+            if window.len() >= vae.read_ahead() {
+                encoded += encode_window(vae, std::mem::take(&mut window), &mut writer, &shard.name, options)?;
+                if let Some(bar) = &progress {
+                    bar.set_position(encoded as u64);
+                }
             }
         }
+        encoded += encode_window(vae, window, &mut writer, &shard.name, options)?;
         Ok(())
     })?;
     if let Some(bar) = progress {
@@ -401,6 +391,57 @@ fn encode_shard(vae: &mut Vae, shard: &Shard, options: &Options) -> Result<Shard
     }
     drop(guard);
     Ok(summary)
+}
+
+/// A sample whose image is ready to encode.
+struct Ready {
+    key: String,
+    image: InputImage,
+    posterior: Posterior,
+    others: Vec<(String, Vec<u8>)>,
+    mtime: u64,
+}
+
+/// Encodes `window`'s images in passes of one size (as `--batch-size`
+/// allows) and appends each sample to the output in input order: its latent,
+/// then its other files. Returns how many were written.
+fn encode_window(
+    vae: &mut Vae,
+    window: Vec<Ready>,
+    writer: &mut webdataset::TarWriter,
+    shard: &str,
+    options: &Options,
+) -> Result<usize> {
+    let images: Vec<&InputImage> = window.iter().map(|r| &r.image).collect();
+    let mut latents: Vec<Option<Latent>> = window.iter().map(|_| None).collect();
+    for pass in vae.encode_passes(&images) {
+        let pass_images: Vec<&InputImage> = pass.iter().map(|&i| images[i]).collect();
+        let posteriors: Vec<Posterior> = pass.iter().map(|&i| window[i].posterior).collect();
+        let (encoded, retried) = vae.encode_batch_checked(&pass_images, &posteriors)?;
+        if let Retried::InF32 { from } = retried
+            && !options.quiet
+        {
+            let keys: Vec<&str> = pass.iter().map(|&i| window[i].key.as_str()).collect();
+            eprintln!(
+                "{shard}: {}: warning: the {from:?} latents held NaN or Inf; encoded again in f32 (and in f32 from here on)",
+                keys.join(", ")
+            );
+        }
+        for (&i, latent) in pass.iter().zip(encoded) {
+            latents[i] = Some(latent);
+        }
+    }
+    let (latent_ext, written) = (options.latent_extension(), window.len());
+    for (Ready { key, others, mtime, .. }, latent) in window.into_iter().zip(latents) {
+        let latent = latent.ok_or_else(|| anyhow!("{key}: internal error: not encoded"))?;
+        let bytes = latent.to_bytes(options.format).map_err(|e| anyhow!("{key}: cannot serialise its latent: {e}"))?;
+        writer.append(&format!("{key}.{latent_ext}"), &bytes, mtime)?;
+        for (ext, data) in &others {
+            writer.append(&format!("{key}.{ext}"), data, mtime)?;
+        }
+    }
+    writer.flush()?;
+    Ok(written)
 }
 
 /// A bar counting a shard's samples, on a terminal only.
