@@ -151,7 +151,7 @@ impl Vae {
         Ok((images.pop().expect("one image per latent"), retried))
     }
 
-    /// [`Vae::decode_batch`], checked as [`Vae::encode_checked`] is.
+    /// [`Vae::decode_planar_batch`] made images, checked as [`Vae::encode_checked`] is.
     pub fn decode_batch_checked(&mut self, latents: &[&Latent]) -> Result<(Vec<OutputImage>, Retried), VaeError> {
         let (planar, retried) =
             self.with_f32_retry(|vae| vae.decode_planar_batch(latents), |planar| planar.iter().all(|p| all_finite(p)))?;
