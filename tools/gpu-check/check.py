@@ -19,6 +19,7 @@ to the host, in both tools. The goal (issue #4): vae within 2x of PyTorch fp16 o
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import statistics
@@ -129,30 +130,23 @@ def torch_bench(args: argparse.Namespace) -> int:
         vae = AutoencoderKL.from_pretrained(args.weights, torch_dtype=dtype).to(device).eval()
 
         # Host in, host out, as vae's times are: `.cpu()` also waits for the device.
-        def encode():
+        def encode(images):
             with torch.inference_mode():
-                return vae.encode(x.to(device, dtype)).latent_dist.mean.float().cpu()
+                return vae.encode(images.to(device, dtype)).latent_dist.mean.float().cpu()
 
-        def decode():
+        def decode(latents):
             with torch.inference_mode():
-                return vae.decode(z.to(device, dtype)).sample.float().cpu()
+                return vae.decode(latents.to(device, dtype)).sample.float().cpu()
 
-        results[name] = {"encode": timed(encode, args.repeat), "decode": timed(decode, args.repeat)}
-        finite = bool(torch.isfinite(encode()).all() and torch.isfinite(decode()).all())
-        results[name]["finite"] = finite
+        results[name] = {
+            "encode": timed(functools.partial(encode, x), args.repeat),
+            "decode": timed(functools.partial(decode, z), args.repeat),
+        }
+        results[name]["finite"] = bool(torch.isfinite(encode(x)).all() and torch.isfinite(decode(z)).all())
         if args.batch > 0:
             xs, zs = x.repeat(args.batch, 1, 1, 1), z.repeat(args.batch, 1, 1, 1)
-
-            def encode_batch():
-                with torch.inference_mode():
-                    return vae.encode(xs.to(device, dtype)).latent_dist.mean.float().cpu()
-
-            def decode_batch():
-                with torch.inference_mode():
-                    return vae.decode(zs.to(device, dtype)).sample.float().cpu()
-
-            results[name]["encode_batch"] = timed(encode_batch, args.repeat)
-            results[name]["decode_batch"] = timed(decode_batch, args.repeat)
+            results[name]["encode_batch"] = timed(functools.partial(encode, xs), args.repeat)
+            results[name]["decode_batch"] = timed(functools.partial(decode, zs), args.repeat)
         del vae
         if args.device == "cuda":
             torch.cuda.empty_cache()
