@@ -87,6 +87,9 @@ impl fmt::Display for Chosen {
 /// the CPU (the caller says which it took). The explicit GPU requests fail
 /// with one line naming what is missing.
 pub fn choose(request: DeviceRequest) -> Result<Chosen, DeviceError> {
+    if request != DeviceRequest::Cpu {
+        keep_tuning_in_user_cache();
+    }
     match request {
         DeviceRequest::Cpu => Ok(cpu()),
         DeviceRequest::Auto => Ok(gpu(false).unwrap_or_else(|_| cpu())),
@@ -196,6 +199,29 @@ fn wgpu(software: bool) -> Result<Chosen, DeviceError> {
         (true, true) => "wgpu found no adapter (no Vulkan, Metal or DX12 driver)".to_owned(),
     }))
 }
+
+/// Where cubecl keeps its autotune results between processes. Its default is
+/// `target/environment` of the outermost Cargo project above the working
+/// directory, which would scatter caches into whatever checkout `vae` happens
+/// to run in; an installed tool keeps them in the user cache directory
+/// (`$XDG_CACHE_HOME/cubecl`, else `~/.cache/cubecl`) instead. Everything else
+/// comes from where cubecl reads it (a `cubecl.toml` above the working
+/// directory, `CUBECL_*` variables; `CUBECL_AUTOTUNE_CACHE=0` turns the cache
+/// off), a `path` other than cubecl's default set in such a file included. Must run before the first GPU
+/// device starts, which reads the configuration once.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+fn keep_tuning_in_user_cache() {
+    use burn::cubecl::config::{CubeClRuntimeConfig, RuntimeConfig, cache::CacheConfig};
+    let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
+    if matches!(config.environment.path, CacheConfig::Target) {
+        config.environment.path = CacheConfig::Global;
+    }
+    // `false` once a device has read the configuration: it is then settled.
+    CubeClRuntimeConfig::try_set(config);
+}
+
+#[cfg(not(any(feature = "wgpu", feature = "cuda")))]
+fn keep_tuning_in_user_cache() {}
 
 /// Starts `device` with a small computation read back to the host, and
 /// returns its name. Backends panic when a device cannot start (cubecl's

@@ -124,4 +124,3 @@ pub(super) fn skip_existing(ctx: &Session, plan: Vec<(PathBuf, PathBuf)>, skip: 
     }
     todo
 }
-

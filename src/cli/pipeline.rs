@@ -234,4 +234,3 @@ impl Batch {
         if self.failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
     }
 }
-

@@ -4,11 +4,12 @@
     check.py make-weights DIR            # an SD 1.x-size AutoencoderKL, random (seeded), as a diffusers folder
     check.py make-image SRC.png OUT.png  # the central 512x512 crop of SRC
     check.py torch-bench --weights DIR --image PNG --latent CPU.safetensors --device cuda --dtypes fp32 fp16 \
-        --repeat N --batch B --out torch.json
+        --repeat N --batch B [--profile] --out torch.json
                                          # PyTorch + diffusers: warm-up, then N timed encodes and decodes,
                                          # of one image and of a batch of B
-    check.py report --out DIR --devices cuda wgpu --precisions f32 f16 --batch B
-                                         # parity of vae's device runs with its CPU run, times and ratios
+    check.py report --out DIR --devices cuda wgpu --precisions f32 f16 --batch B [--profile cuda]
+                                         # parity of vae's device runs with its CPU run, times and ratios,
+                                         # and the kernel profiles of both tools
 
 Parity limits: the unscaled latent within 1e-3 (f32) or 2e-2 (f16, bf16) of the CPU f32 one, max abs;
 the decoded PNG at least 45 dB PSNR against the CPU's; each image of a batch likewise. Times are
@@ -143,6 +144,11 @@ def torch_bench(args: argparse.Namespace) -> int:
             "decode": timed(functools.partial(decode, z), args.repeat),
         }
         results[name]["finite"] = bool(torch.isfinite(encode(x)).all() and torch.isfinite(decode(z)).all())
+        if args.profile:
+            results[name]["profile"] = {
+                "encode": kernel_profile(functools.partial(encode, x), args.device),
+                "decode": kernel_profile(functools.partial(decode, z), args.device),
+            }
         if args.batch > 0:
             xs, zs = x.repeat(args.batch, 1, 1, 1), z.repeat(args.batch, 1, 1, 1)
             results[name]["encode_batch"] = timed(functools.partial(encode, xs), args.repeat)
@@ -152,6 +158,63 @@ def torch_bench(args: argparse.Namespace) -> int:
             torch.cuda.empty_cache()
     Path(args.out).write_text(json.dumps(results, indent=1))
     return 0
+
+
+def kernel_profile(fn, device: str) -> list[dict]:
+    """One pass of `fn` (already warm) under torch.profiler: device time per kernel, summed by name."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    activity = ProfilerActivity.CUDA if device == "cuda" else ProfilerActivity.CPU
+    with profile(activities=[activity]) as prof:
+        fn()
+    rows = []
+    for event in prof.key_averages():
+        if device == "cuda":
+            us = getattr(event, "self_device_time_total", None)
+            us = event.self_cuda_time_total if us is None else us
+        else:
+            us = event.self_cpu_time_total
+        if us > 0:
+            rows.append({"name": event.key, "count": event.count, "s": us * 1e-6})
+    return sorted(rows, key=lambda r: -r["s"])
+
+
+DURATION_UNITS = {"ns": 1e-9, "µs": 1e-6, "us": 1e-6, "ms": 1e-3, "s": 1.0}
+
+
+def cubecl_profile(log: Path) -> list[dict]:
+    """CubeCL's profiling log (`| 1.234ms | kernel name` per launch): device time per kernel, summed by name."""
+    if not log.exists():
+        return []
+    kernels: dict[str, dict] = {}
+    for line in log.read_text().splitlines():
+        parts = [part.strip() for part in line.split("|")]
+        if len(parts) < 3 or parts[0] or not parts[1]:
+            continue
+        number = parts[1].rstrip("nµusm")
+        unit = parts[1][len(number) :]
+        if unit not in DURATION_UNITS:
+            continue
+        try:
+            seconds = float(number) * DURATION_UNITS[unit]
+        except ValueError:
+            continue
+        kernel = kernels.setdefault(parts[2], {"name": parts[2], "count": 0, "s": 0.0})
+        kernel["count"] += 1
+        kernel["s"] += seconds
+    return sorted(kernels.values(), key=lambda r: -r["s"])
+
+
+def print_profile(title: str, rows: list[dict], top: int = 12) -> None:
+    if not rows:
+        print(f"  {title}: no kernel logged (the CPU device runs no CubeCL kernels)")
+        return
+    total = sum(r["s"] for r in rows)
+    print(f"  {title}: {1e3 * total:.2f} ms of kernels, {sum(r['count'] for r in rows)} launches")
+    for r in rows[:top]:
+        name = r["name"] if len(r["name"]) <= 90 else r["name"][:87] + "..."
+        print(f"    {1e3 * r['s']:8.3f} ms {100 * r['s'] / total:5.1f}% {r['count']:5d}x  {name}")
 
 
 def parity(latent_path: Path, png_path: Path, cpu_latent: np.ndarray, cpu_png: np.ndarray, p: str) -> dict:
@@ -262,6 +325,29 @@ def report(args: argparse.Namespace) -> int:
                     text = ", ".join(f"{k}: {v}" for k, v in sorted(winners.items(), key=lambda kv: -kv[1]))
                     print(f"  {d} {p} {op}{kind}: {text or 'none logged'}")
 
+    print("\nfirst image of a process (warm-up, ms): autotune in the first process, its results read from")
+    print("disk in the second (the user cache directory keeps them between runs of vae):")
+    for d in args.devices:
+        for p in args.precisions:
+            for op in ("encode", "decode"):
+                first, again = (bench_lines(out / f"{op}{kind}_{d}_{p}.log") for kind in ("", "_again"))
+                if first and again:
+                    cold, warm = first[0]["warmup_s"], again[0]["warmup_s"]
+                    summary.setdefault("first_image", {})[f"{d} {p} {op}"] = {"first_process_s": cold, "second_process_s": warm}
+                    print(f"  {d} {p} {op}: {1e3 * cold:.1f} then {1e3 * warm:.1f}")
+
+    if args.profile:
+        print("\nop by op, one pass of the image (device time per kernel, each launch timed alone):")
+        for d in args.profile:
+            for p in args.precisions:
+                for op in ("encode", "decode"):
+                    rows = cubecl_profile(out / "profile" / f"{op}_{d}_{p}.log")
+                    summary.setdefault("profile", {})[f"vae {d} {p} {op}"] = rows
+                    print_profile(f"vae {d} {p} {op}", rows)
+                    torch_rows = torch_results.get(TORCH_DTYPE[p], {}).get("profile", {}).get(op, [])
+                    if torch_rows:
+                        print_profile(f"torch {TORCH_DTYPE[p]} {op}", torch_rows)
+
     fp16 = {op: medians.get(("torch fp16", op, 1)) for op in ("encode", "decode")}
     if all(fp16.values()):
         print("\nissue #4's goal, one 512x512 image: within 2x of PyTorch fp16")
@@ -293,6 +379,7 @@ def main() -> int:
     p.add_argument("--dtypes", nargs="+", default=["fp32", "fp16"])
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--batch", type=int, default=0)
+    p.add_argument("--profile", action="store_true", help="also one pass of each op under torch.profiler")
     p.add_argument("--out", required=True, type=Path)
     p = sub.add_parser("make-image")
     p.add_argument("src", type=Path)
@@ -302,6 +389,7 @@ def main() -> int:
     p.add_argument("--devices", nargs="+", default=["cuda", "wgpu"])
     p.add_argument("--precisions", nargs="+", default=["f32", "f16"])
     p.add_argument("--batch", type=int, default=0)
+    p.add_argument("--profile", nargs="*", default=[], help="devices whose kernel profiles to report")
     args = parser.parse_args()
     if args.command == "make-weights":
         make_weights(args.folder)
