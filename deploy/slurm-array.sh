@@ -19,6 +19,9 @@
 set -euo pipefail
 # On GPU nodes, once `vae` is built with a GPU backend (see README, "GPU"):
 #   #SBATCH --gres=gpu:1   and   --device gpu
+# A GPU build keeps its kernel tuning in $XDG_CACHE_HOME/cubecl (else ~/.cache/cubecl),
+# shared by the processes of a node. Where home is a network file system, a node-local
+# folder is kinder to it:   export XDG_CACHE_HOME="${SLURM_TMPDIR:-/tmp}/cache"
 exec vae dataset encode \
     '/shared/laion-subset/{00000..00999}.tar' \
     --output /shared/latents/sd15 \

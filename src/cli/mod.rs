@@ -275,6 +275,17 @@ struct EncodeArgs {
     /// (created if missing). Default: beside each image, as NAME.safetensors.
     #[arg(short, long, value_name = "PATH")]
     output: Option<PathBuf>,
+    #[command(flatten)]
+    outputs: OutputFlags,
+    #[command(flatten)]
+    input: InputArgs,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+/// What encode and decode do with their outputs.
+#[derive(Debug, Args)]
+struct OutputFlags {
     /// Replace the output file if it exists.
     #[arg(short, long)]
     force: bool,
@@ -284,10 +295,6 @@ struct EncodeArgs {
     /// Print one JSON object per file written on stdout.
     #[arg(long)]
     json: bool,
-    #[command(flatten)]
-    input: InputArgs,
-    #[command(flatten)]
-    model: ModelArgs,
 }
 
 #[derive(Debug, Args)]
@@ -301,15 +308,8 @@ struct DecodeArgs {
     /// missing). Default: beside each latent, as NAME.png.
     #[arg(short, long, value_name = "PATH")]
     output: Option<PathBuf>,
-    /// Replace the output file if it exists.
-    #[arg(short, long)]
-    force: bool,
-    /// Leave inputs whose output exists alone (resume an interrupted batch).
-    #[arg(long, conflicts_with = "force")]
-    skip_existing: bool,
-    /// Print one JSON object per file written on stdout.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    outputs: OutputFlags,
     /// Refuse latents that would decode to more pixels than this.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_PIXELS)]
     max_pixels: u64,
@@ -442,7 +442,7 @@ fn overwrite(force: bool) -> Overwrite {
 fn encode(ctx: &mut Session, args: EncodeArgs) -> Result<ExitCode> {
     let inputs = expand_inputs(&args.images, &imageio::EXTENSIONS)?;
     let plan = plan_outputs(&args.images, inputs, args.output.as_deref(), "safetensors")?;
-    let plan = skip_existing(ctx, plan, args.skip_existing);
+    let plan = skip_existing(ctx, plan, args.outputs.skip_existing);
     if plan.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
@@ -450,7 +450,7 @@ fn encode(ctx: &mut Session, args: EncodeArgs) -> Result<ExitCode> {
     check_posterior(&vae, &args.input)?;
     let chunk = vae.read_ahead();
     let read = |(input, output): &(PathBuf, PathBuf)| {
-        check_writable(output, overwrite(args.force))?;
+        check_writable(output, overwrite(args.outputs.force))?;
         Ok(imageio::load(input, args.input.max_pixels)?)
     };
     let encode = |ctx: &mut Session, items: &[&(PathBuf, PathBuf)], images: Vec<imageio::InputImage>| {
@@ -474,11 +474,11 @@ fn encode(ctx: &mut Session, args: EncodeArgs) -> Result<ExitCode> {
         sized.map(|(latent, image)| latent.map(|l| (l, image.width, image.height))).collect()
     };
     let write = |(input, output): &(PathBuf, PathBuf), (latent, width, height): (Latent, usize, usize)| {
-        latent.write(output, overwrite(args.force))?;
+        latent.write(output, overwrite(args.outputs.force))?;
         let shape = [1, latent.channels, latent.height, latent.width];
         Ok(Written {
             message: format!("wrote {} (latent {shape:?} from {width}x{height})", output.display()),
-            json: args.json.then(|| {
+            json: args.outputs.json.then(|| {
                 serde_json::json!({ "input": input, "output": output, "latent": shape, "width": width, "height": height })
             }),
         })
@@ -489,14 +489,14 @@ fn encode(ctx: &mut Session, args: EncodeArgs) -> Result<ExitCode> {
 fn decode(ctx: &mut Session, args: DecodeArgs) -> Result<ExitCode> {
     let inputs = expand_inputs(&args.latents, &LatentFormat::EXTENSIONS)?;
     let plan = plan_outputs(&args.latents, inputs, args.output.as_deref(), "png")?;
-    let plan = skip_existing(ctx, plan, args.skip_existing);
+    let plan = skip_existing(ctx, plan, args.outputs.skip_existing);
     if plan.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
     let mut vae = ctx.load(&args.model, Parts::Decoder)?;
     let chunk = vae.read_ahead();
     let read = |(input, output): &(PathBuf, PathBuf)| {
-        check_writable(output, overwrite(args.force))?;
+        check_writable(output, overwrite(args.outputs.force))?;
         Ok(Latent::read(input)?)
     };
     let decode = |ctx: &mut Session, items: &[&(PathBuf, PathBuf)], latents: Vec<Latent>| {
@@ -537,11 +537,12 @@ fn decode(ctx: &mut Session, args: DecodeArgs) -> Result<ExitCode> {
         images
     };
     let write = |(input, output): &(PathBuf, PathBuf), image: imageio::OutputImage| {
-        image.save_png(output, overwrite(args.force))?;
+        image.save_png(output, overwrite(args.outputs.force))?;
         let (width, height) = (image.width, image.height);
         Ok(Written {
             message: format!("wrote {} ({width}x{height})", output.display()),
             json: args
+                .outputs
                 .json
                 .then(|| serde_json::json!({ "input": input, "output": output, "width": width, "height": height })),
         })
