@@ -216,3 +216,47 @@ fn f16_overflow_is_redone_in_f32() {
     let levels = png_levels_apart(&dir.join("cpu.png"), &dir.join("gpu.png"));
     assert!(levels <= 1, "retried PNG vs cpu differs by {levels} levels");
 }
+
+/// Autotune's results land in the user cache directory (`XDG_CACHE_HOME`
+/// here), not in `target/environment` of the Cargo project the binary runs
+/// in (the scratch folders are inside this one), and a `cubecl.toml` naming a
+/// folder puts them there instead; the second run, reading them, gives the
+/// same latent.
+#[test]
+fn autotune_results_are_kept_in_the_user_cache() {
+    if gpu().is_none() {
+        return;
+    }
+    let dir = scratch("tune-cache");
+    image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([(x * 4) as u8, (y * 5) as u8, 128]))
+        .save(dir.join("in.png"))
+        .unwrap();
+    let weights = fixtures().join("weights/tiny_sd");
+    let encode = |dir: &Path, output: &str| {
+        let args = ["encode", "in.png", "-o", output, "--device", "gpu", "--weights", weights.to_str().unwrap()];
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_vae"))
+            .args(args)
+            .current_dir(dir)
+            .env("XDG_CACHE_HOME", dir.join("user-cache"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        latent_values(&dir.join(output))
+    };
+    let database = |root: &Path| root.join("default.db");
+    let first = encode(&dir, "first.safetensors");
+    assert!(database(&dir.join("user-cache/cubecl")).is_file(), "no autotune database in XDG_CACHE_HOME/cubecl");
+    let project_cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/environment");
+    assert!(!project_cache.exists(), "{} was written", project_cache.display());
+    assert_eq!(first, encode(&dir, "again.safetensors"));
+
+    let configured = dir.join("configured");
+    std::fs::create_dir_all(&configured).unwrap();
+    std::fs::copy(dir.join("in.png"), configured.join("in.png")).unwrap();
+    let chosen = configured.join("chosen");
+    std::fs::write(configured.join("cubecl.toml"), format!("[environment]\npath = {{ directory = {:?} }}\n", chosen))
+        .unwrap();
+    assert_eq!(first, encode(&configured, "configured.safetensors"));
+    assert!(database(&chosen).is_file(), "cubecl.toml's folder holds no autotune database");
+    assert!(!configured.join("user-cache/cubecl").exists());
+}
