@@ -205,10 +205,11 @@ fn wgpu(software: bool) -> Result<Chosen, DeviceError> {
 /// directory, which would scatter caches into whatever checkout `vae` happens
 /// to run in; an installed tool keeps them in the user cache directory
 /// (`$XDG_CACHE_HOME/cubecl`, else `~/.cache/cubecl`) instead. Everything else
-/// comes from where cubecl reads it (a `cubecl.toml` above the working
-/// directory, `CUBECL_*` variables; `CUBECL_AUTOTUNE_CACHE=0` turns the cache
-/// off), a `path` other than cubecl's default set in such a file included. Must run before the first GPU
-/// device starts, which reads the configuration once.
+/// comes from where cubecl reads it: a `cubecl.toml` above the working
+/// directory (its `[environment] path` too, unless that is the default) and
+/// `CUBECL_*` variables (`CUBECL_AUTOTUNE_CACHE=0` turns the cache off).
+/// Must run before the first GPU device starts, which reads the
+/// configuration once.
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 fn keep_tuning_in_user_cache() {
     use burn::cubecl::config::{CubeClRuntimeConfig, RuntimeConfig, cache::CacheConfig};

@@ -70,8 +70,8 @@ WEIGHTS="$(realpath "$WEIGHTS")"
 # direct kernel (WGPU.md here). It also keeps the autotune results on disk in $OUT/cubecl-cache
 # (instead of the user cache directory), emptied here so that the first runs start cold.
 rm -rf "$OUT/cubecl-cache"
-printf '[autotune.logger]\nlevel = "minimal"\nstderr = true\n\n[environment]\npath = { directory = "%s" }\n' \
-  "$OUT/cubecl-cache" >"$OUT/cubecl.toml"
+cache_dir="$(printf '[environment]\npath = { directory = "%s" }' "$OUT/cubecl-cache")"
+printf '[autotune.logger]\nlevel = "minimal"\nstderr = true\n\n%s\n' "$cache_dir" >"$OUT/cubecl.toml"
 
 "$VAE" --version
 run_vae() { # LOG ARGS...: runs vae in $OUT (or $RUN_IN), keeping its stderr in $OUT/LOG
@@ -127,8 +127,7 @@ done
 # side runs under torch.profiler in torch-bench.
 if [ -n "$PROFILE" ]; then
   mkdir -p "$OUT/profile"
-  printf '[profiling.logger]\nlevel = "basic"\nstderr = true\n\n[environment]\npath = { directory = "%s" }\n' \
-    "$OUT/cubecl-cache" >"$OUT/profile/cubecl.toml"
+  printf '[profiling.logger]\nlevel = "basic"\nstderr = true\n\n%s\n' "$cache_dir" >"$OUT/profile/cubecl.toml"
   for d in $PROFILE; do
     for p in $PRECISIONS; do
       args=(--device "$d" --precision "$p")
