@@ -52,6 +52,13 @@ impl Precision {
     }
 }
 
+/// The backends this build has, as `--device` names them (`vae --version`
+/// lists them): the CPU always, the GPU ones as their features were built.
+pub fn backends() -> Vec<&'static str> {
+    let built = [("cpu", true), ("wgpu", cfg!(feature = "wgpu")), ("cuda", cfg!(feature = "cuda"))];
+    built.into_iter().filter(|(_, on)| *on).map(|(name, _)| name).collect()
+}
+
 /// The device chosen, and how to describe it.
 #[derive(Debug, Clone)]
 pub struct Chosen {

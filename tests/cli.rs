@@ -43,6 +43,21 @@ fn encode_512_gives_4x64x64_and_decodes_back() {
     assert_eq!((decoded.width(), decoded.height()), (512, 512));
 }
 
+/// `--version` says which backends the build has, so that a log or a bug
+/// report shows whether `--device gpu` could work; `-V` stays the bare version.
+#[test]
+fn version_lists_the_backends_built_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = vae(dir.path(), &["--version"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.starts_with(&format!("vae {} (backends: cpu", env!("CARGO_PKG_VERSION"))), "{text}");
+    assert_eq!(text.contains("wgpu"), cfg!(feature = "wgpu"), "{text}");
+    assert_eq!(text.contains("cuda"), cfg!(feature = "cuda"), "{text}");
+    let short = stdout(&vae(dir.path(), &["-V"]));
+    assert_eq!(short.trim(), format!("vae {}", env!("CARGO_PKG_VERSION")));
+}
+
 #[test]
 fn odd_sizes_are_padded_and_cropped_back() {
     let dir = tempfile::tempdir().unwrap();

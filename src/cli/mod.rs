@@ -16,7 +16,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use crate::Vae;
 use crate::batch::BatchSize;
 use crate::dataset::{self, Workers};
-use crate::device::{DeviceRequest, Precision};
+use crate::device::{self, DeviceRequest, Precision};
 use crate::hub::{Hub, HubRepo};
 use crate::imageio::{self, DEFAULT_MAX_PIXELS};
 use crate::latent::{Latent, LatentFormat, Posterior};
@@ -38,7 +38,7 @@ use session::Session;
 ///
 /// Exit codes: 0 success, 1 an input or output failed, 2 bad usage.
 #[derive(Debug, Parser)]
-#[command(name = "vae", version, about, long_about = None)]
+#[command(name = "vae", version, long_version = long_version(), about, long_about = None)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -364,6 +364,16 @@ struct RoundtripArgs {
     input: InputArgs,
     #[command(flatten)]
     model: ModelArgs,
+}
+
+/// `--version` (`-V` is the version alone): also which backends this build
+/// has, and whether wgpu compiles its shaders to SPIR-V (`vulkan`).
+fn long_version() -> &'static str {
+    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TEXT.get_or_init(|| {
+        let spirv = if cfg!(feature = "vulkan") { "; wgpu with SPIR-V on Vulkan" } else { "" };
+        format!("{} (backends: {}{spirv})", env!("CARGO_PKG_VERSION"), device::backends().join(", "))
+    })
 }
 
 /// Runs the parsed command line.
