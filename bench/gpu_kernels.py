@@ -32,7 +32,8 @@ import check  # noqa: E402  (the profile-log parser and PSNR of the GPU check)
 def vae(binary: Path, args: list[str], cwd: Path, log: Path) -> None:
     with log.open("w") as err:
         if subprocess.run([str(binary), *args, "--force"], cwd=cwd, stderr=err, stdout=subprocess.DEVNULL).returncode:
-            sys.exit(f"{binary} {' '.join(args)} failed: {log.read_text().strip().splitlines()[-1]}")
+            last = (log.read_text().strip().splitlines() or ["no message"])[-1]
+            sys.exit(f"{binary} {' '.join(args)} failed: {last}")
 
 
 def main() -> int:
