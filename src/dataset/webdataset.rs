@@ -91,14 +91,8 @@ impl Sample {
 
 /// Splits a member path into (key, extension) at the first dot of its file
 /// name; `None` for names that are no sample's (hidden files, no extension).
-pub fn split_key(path: &str) -> Option<(&str, &str)> {
-    let (key, ext) = split_key_bytes(path.as_bytes())?;
-    // Both split at ASCII bytes, so at character boundaries.
-    Some((&path[..key.len()], &path[key.len() + 1..key.len() + 1 + ext.len()]))
-}
-
-/// [`split_key`] on a name's bytes, which need not be UTF-8.
-fn split_key_bytes(path: &[u8]) -> Option<(&[u8], &[u8])> {
+/// Names are bytes: they need not be UTF-8.
+fn split_key(path: &[u8]) -> Option<(&[u8], &[u8])> {
     let start = path.iter().rposition(|&b| b == b'/').map_or(0, |i| i + 1);
     let name = &path[start..];
     if name.first() == Some(&b'.') {
@@ -138,7 +132,7 @@ impl<F: FnMut(Sample) -> Result<()>> Grouper<F> {
     /// The sample of the member `path` (a new one when its key changes), and
     /// the member's extension; `None` for names that are no sample's.
     fn sample(&mut self, path: &[u8], mtime: u64) -> Result<Option<(&mut Sample, String)>> {
-        let Some((key, ext)) = split_key_bytes(path) else { return Ok(None) };
+        let Some((key, ext)) = split_key(path) else { return Ok(None) };
         if self.current.as_ref().is_some_and(|(k, _)| k != key) {
             self.flush()?;
         }
@@ -386,7 +380,7 @@ pub fn read_folder(dir: &Path, each: impl FnMut(Sample) -> Result<()>) -> Result
     walk(dir, dir, &mut visited, &mut files)?;
     let mut keys: BTreeMap<Vec<u8>, Vec<(Vec<u8>, Found)>> = BTreeMap::new();
     for (relative, found) in files {
-        if let Some((key, _)) = split_key_bytes(&relative) {
+        if let Some((key, _)) = split_key(&relative) {
             keys.entry(key.to_owned()).or_default().push((relative, found));
         }
     }
@@ -548,10 +542,12 @@ mod tests {
 
     #[test]
     fn keys_split_at_the_first_dot_of_the_file_name() {
-        assert_eq!(split_key("000123.jpg"), Some(("000123", "jpg")));
-        assert_eq!(split_key("a.b/000123.latent.safetensors"), Some(("a.b/000123", "latent.safetensors")));
-        assert_eq!(split_key("dir/.hidden.jpg"), None);
-        assert_eq!(split_key("README"), None);
+        assert_eq!(split_key(b"000123.jpg"), Some((&b"000123"[..], &b"jpg"[..])));
+        assert_eq!(split_key(b"a.b/000123.latent.safetensors"), Some((&b"a.b/000123"[..], &b"latent.safetensors"[..])));
+        assert_eq!(split_key(b"dir/.hidden.jpg"), None);
+        assert_eq!(split_key(b"README"), None);
+        assert_eq!(text(b"a\xff"), ("a\\xff".to_owned(), false));
+        assert_eq!(text("é".as_bytes()), ("é".to_owned(), true));
         assert!(is_image("x/y.JPG") && is_image("a.b.webp") && !is_image("a.json"));
         assert!(check_key("a/b").is_ok());
         for bad in ["", "/a", "a/../b", "a//b"] {
