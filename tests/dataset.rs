@@ -480,3 +480,357 @@ fn the_same_over_an_s3_compatible_server() {
     let last: serde_json::Value = serde_json::from_str(stdout(&report).lines().last().unwrap()).unwrap();
     assert_eq!(last["total"]["encoded"], SHARDS * PER_SHARD);
 }
+
+// Hostile and careless inputs (issue 18): each case fails alone, with a
+// record or one clear error, and nothing is lost, leaked or corrupted.
+
+/// A tar at `path` holding `members` as (name bytes, data) regular files.
+fn tar_of(path: &Path, members: &[(&[u8], &[u8])]) {
+    use std::os::unix::ffi::OsStrExt;
+    let mut builder = tar::Builder::new(std::fs::File::create(path).unwrap());
+    for (name, data) in members {
+        append(&mut builder, std::ffi::OsStr::from_bytes(name).to_str().unwrap_or("?"), data);
+    }
+    builder.finish().unwrap();
+}
+
+/// `vae dataset encode ARGS -w tiny_sd` in `dir`.
+fn dataset_encode(dir: &Path, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["dataset", "encode"];
+    all.extend(args);
+    let weights = tiny_sd();
+    all.extend(["-w", &weights]);
+    vae(dir, &all)
+}
+
+fn manifest(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+}
+
+/// The (key, kind) of a manifest's skipped samples.
+fn skipped_kinds(manifest: &serde_json::Value) -> Vec<(String, String)> {
+    let skipped = manifest["skipped"].as_array().unwrap();
+    skipped.iter().map(|s| (s["key"].as_str().unwrap().to_owned(), s["kind"].as_str().unwrap().to_owned())).collect()
+}
+
+fn member_names(path: &Path) -> Vec<String> {
+    members(path).into_iter().map(|(n, _)| n).collect()
+}
+
+/// Two small shards `in/00000.tar` and `in/00001.tar` of two samples each.
+fn small_shards(dir: &Path) {
+    std::fs::create_dir_all(dir.join("in")).unwrap();
+    for s in 0..2 {
+        let (a, b) = (image_bytes(s, 32, 32, false), image_bytes(s + 5, 32, 24, true));
+        let path = dir.join(format!("in/{s:05}.tar"));
+        tar_of(&path, &[(b"a.png", &a), (b"a.txt", b"first"), (b"b.jpg", &b), (b"b.txt", b"second")]);
+    }
+}
+
+#[test]
+fn a_second_writer_of_a_shard_leaves_it_to_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    small_shards(dir.path());
+    // Another worker is writing shard 00000: it holds its partial file's lock.
+    std::fs::create_dir_all(dir.path().join("out")).unwrap();
+    let partial = dir.path().join("out/.00000.tar.partial");
+    std::fs::write(&partial, b"the first worker's samples").unwrap();
+    let held = std::fs::OpenOptions::new().write(true).open(&partial).unwrap();
+    use std::os::fd::AsRawFd;
+    assert_eq!(unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }, 0);
+
+    let second = dataset_encode(dir.path(), &["in", "-o", "out"]);
+    common::assert_fails(&second, ".00000.tar.partial", "another worker is writing this shard");
+    assert_eq!(std::fs::read(&partial).unwrap(), b"the first worker's samples", "the holder's file was touched");
+    assert!(!dir.path().join("out/00000.tar").exists(), "the held shard was committed");
+    assert!(dir.path().join("out/00001.tar").exists(), "the other shard was not done");
+
+    // The holder gone (a killed worker's lock dies with it), a rerun does it.
+    drop(held);
+    let again = dataset_encode(dir.path(), &["in", "-o", "out"]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(
+        member_names(&dir.path().join("out/00000.tar")),
+        ["a.latent.safetensors", "a.txt", "b.latent.safetensors", "b.txt"]
+    );
+    assert!(!partial.exists());
+}
+
+#[test]
+fn an_output_folder_holding_the_inputs_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    small_shards(dir.path());
+    let before = std::fs::read(dir.path().join("in/00000.tar")).unwrap();
+    for args in [&["in", "-o", "in", "--force"][..], &["in", "-o", "in"], &["in/00001.tar", "-o", "./in/../in"]] {
+        let out = dataset_encode(dir.path(), args);
+        common::assert_fails(&out, "in/0000", "the output folder");
+        assert!(stderr(&out).contains("holds this input shard"), "{}", stderr(&out));
+        assert_eq!(common::listing(&dir.path().join("in")), ["00000.tar", "00001.tar"], "{args:?}");
+    }
+    assert_eq!(std::fs::read(dir.path().join("in/00000.tar")).unwrap(), before);
+    // A folder shard: the output folder is the shard, or inside it.
+    let folder = dir.path().join("files/00042");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(folder.join("a.png"), image_bytes(1, 32, 32, false)).unwrap();
+    for output in ["files/00042", "files/00042/latents"] {
+        let out = dataset_encode(dir.path(), &["files/00042", "-o", output, "--force"]);
+        common::assert_fails(&out, "files/00042", "holds this input shard");
+        assert_eq!(common::listing(&folder), ["a.png"], "{output}");
+    }
+}
+
+#[test]
+fn memory_is_bounded_per_sample_and_per_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let half_gib: u64 = 512 << 20;
+    // A tar: sample a has an image and two side files of 512 MiB (each at
+    // the per-file limit, together past the 1 GiB per sample); the data is
+    // a hole in a sparse file.
+    let path = dir.path().join("big.tar");
+    let mut builder = tar::Builder::new(std::fs::File::create(&path).unwrap());
+    append(&mut builder, "a.png", &image_bytes(1, 32, 32, false));
+    for name in ["a.side1", "a.side2"] {
+        let mut header = tar::Header::new_gnu();
+        header.set_path(name).unwrap();
+        header.set_size(half_gib);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder.append(&header, std::io::empty()).unwrap();
+        use std::io::{Seek, SeekFrom};
+        builder.get_mut().seek(SeekFrom::Current(half_gib as i64)).unwrap();
+    }
+    append(&mut builder, "b.png", &image_bytes(2, 32, 32, false));
+    // A GNU long name and a PAX header of 2 MiB (the limit is 1 MiB), each
+    // before a sample's image; then a sample after them.
+    for (kind, name) in [(tar::EntryType::GNULongName, "././@LongLink"), (tar::EntryType::XHeader, "PaxHeader/c")] {
+        let mut header = tar::Header::new_gnu();
+        header.set_path(name).unwrap();
+        header.set_size(2 << 20);
+        header.set_entry_type(kind);
+        header.set_cksum();
+        builder.append(&header, &vec![b'x'; 2 << 20][..]).unwrap();
+        let image = image_bytes(3, 32, 32, false);
+        append(&mut builder, if kind == tar::EntryType::XHeader { "d.png" } else { "c.png" }, &image);
+    }
+    // A PAX header of the usual size names its member.
+    let mut header = tar::Header::new_ustar();
+    let record = b"19 path=long/e.png\n";
+    header.set_path("PaxHeader/e").unwrap();
+    header.set_size(record.len() as u64);
+    header.set_entry_type(tar::EntryType::XHeader);
+    header.set_cksum();
+    builder.append(&header, &record[..]).unwrap();
+    append(&mut builder, "short-e.png", &image_bytes(4, 32, 32, false));
+    append(&mut builder, "f.png", &image_bytes(5, 32, 32, false));
+    builder.finish().unwrap();
+
+    let out = dataset_encode(dir.path(), &["big.tar", "-o", "out"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let m = manifest(&dir.path().join("out/big.json"));
+    let kinds = skipped_kinds(&m);
+    assert_eq!(
+        kinds,
+        [
+            ("a".into(), "sample too large".into()),
+            ("c.png".into(), "bad header".into()),
+            ("d.png".into(), "bad header".into())
+        ]
+    );
+    assert!(m["skipped"][1]["reason"].as_str().unwrap().contains("GNU long name is 2097152 bytes"), "{m}");
+    assert_eq!((m["samples"].as_u64(), m["encoded"].as_u64()), (Some(6), Some(3)), "{m}");
+    assert_eq!(
+        member_names(&dir.path().join("out/big.tar")),
+        ["b.latent.safetensors", "long/e.latent.safetensors", "f.latent.safetensors"]
+    );
+
+    // A folder: the same sample, refused from the files' sizes, unread.
+    let folder = dir.path().join("files/00007");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(folder.join("a.png"), image_bytes(1, 32, 32, false)).unwrap();
+    for name in ["a.side1", "a.side2"] {
+        std::fs::File::create(folder.join(name)).unwrap().set_len(half_gib).unwrap();
+    }
+    std::fs::write(folder.join("b.png"), image_bytes(2, 32, 32, false)).unwrap();
+    let out = dataset_encode(dir.path(), &["files", "-o", "out"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let m = manifest(&dir.path().join("out/00007.json"));
+    assert_eq!(skipped_kinds(&m), [("a".into(), "sample too large".into())]);
+    assert_eq!(member_names(&dir.path().join("out/00007.tar")), ["b.latent.safetensors"]);
+}
+
+#[test]
+fn folder_shards_do_not_follow_links() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret"), "SECRET-PASSWD-LINE").unwrap();
+    let folder = dir.path().join("files/00042");
+    std::fs::create_dir_all(folder.join("sub")).unwrap();
+    std::fs::write(folder.join("a.png"), image_bytes(1, 32, 32, false)).unwrap();
+    std::fs::write(folder.join("sub/b.png"), image_bytes(2, 32, 32, false)).unwrap();
+    std::os::unix::fs::symlink("../../secret", folder.join("a.txt")).unwrap();
+    std::os::unix::fs::symlink("../../secret", folder.join("c.png")).unwrap();
+    // Loops: to the folder itself, twice, and to its parent.
+    std::os::unix::fs::symlink(".", folder.join("loop")).unwrap();
+    std::os::unix::fs::symlink(".", folder.join("sub/loop")).unwrap();
+    std::os::unix::fs::symlink("..", folder.join("sub/up")).unwrap();
+
+    let out = dataset_encode(dir.path(), &["files", "-o", "out"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let tar = dir.path().join("out/00042.tar");
+    assert_eq!(member_names(&tar), ["a.latent.safetensors", "sub/b.latent.safetensors"]);
+    assert!(!std::fs::read(&tar).unwrap().windows(6).any(|w| w == b"SECRET"), "the link's target was copied");
+    let m = manifest(&dir.path().join("out/00042.json"));
+    assert_eq!((m["samples"].as_u64(), m["encoded"].as_u64()), (Some(3), Some(2)), "{m}");
+    assert_eq!(skipped_kinds(&m), [("c".into(), "no image".into())]);
+    assert!(m["skipped"][0]["reason"].as_str().unwrap().contains("symbolic link"), "{m}");
+    let left_out: Vec<&str> =
+        m["files_left_out"].as_array().unwrap().iter().map(|l| l["key"].as_str().unwrap()).collect();
+    assert_eq!(left_out, ["a", "c"], "{m}");
+}
+
+#[test]
+fn odd_members_each_get_a_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = image_bytes(1, 32, 32, false);
+    let path = dir.path().join("odd.tar");
+    let mut builder = tar::Builder::new(std::fs::File::create(&path).unwrap());
+    // Two names that differ only in bytes that are not UTF-8.
+    use std::os::unix::ffi::OsStrExt;
+    for name in [&b"x\xff.png"[..], b"x\xfe.png"] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(image.len() as u64);
+        header.set_mode(0o644);
+        builder.append_data(&mut header, std::ffi::OsStr::from_bytes(name), &image[..]).unwrap();
+    }
+    // A repeated member, a latent already there, a sample of a link only.
+    append(&mut builder, "r.png", &image);
+    append(&mut builder, "r.txt", b"one");
+    append(&mut builder, "r.txt", b"two");
+    append(&mut builder, "l.png", &image);
+    append(&mut builder, "l.latent.safetensors", b"old latent");
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Symlink);
+    header.set_size(0);
+    builder.append_link(&mut header, "s.png", "/etc/passwd").unwrap();
+    append(&mut builder, "ok.png", &image);
+    builder.finish().unwrap();
+
+    let out = dataset_encode(dir.path(), &["odd.tar", "-o", "out"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let m = manifest(&dir.path().join("out/odd.json"));
+    assert_eq!(
+        skipped_kinds(&m),
+        [
+            (r"x\xff".into(), "bad key".into()),
+            (r"x\xfe".into(), "bad key".into()),
+            ("r".into(), "repeated file".into()),
+            ("l".into(), "has a latent".into()),
+            ("s".into(), "no image".into()),
+        ]
+    );
+    assert_eq!((m["samples"].as_u64(), m["encoded"].as_u64()), (Some(6), Some(1)), "{m}");
+    assert_eq!(member_names(&dir.path().join("out/odd.tar")), ["ok.latent.safetensors"]);
+}
+
+#[test]
+fn json_lines_go_on_a_closed_stdout_and_braces_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    small_shards(dir.path());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vae"))
+        .args(["dataset", "encode", "in", "-o", "out", "--json", "-w", &tiny_sd()])
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // `| head -0`
+    let (_, err) = child.wait_with_output_ref();
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(
+        common::listing(&dir.path().join("out")),
+        ["00000.json", "00000.tar", "00001.json", "00001.tar"],
+        "{err}"
+    );
+
+    let out = vae(dir.path(), &["dataset", "encode", "x{0..9999}{0..9999}.tar", "-o", "o"]);
+    common::assert_fails(&out, "x{0..9999}{0..9999}.tar", "more than 1000000 names");
+}
+
+#[test]
+fn report_reads_only_manifests_and_refuses_inconsistent_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    small_shards(dir.path());
+    let out = dataset_encode(dir.path(), &["in", "-o", "out"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Unrelated JSON files, one beside a tar of its name.
+    std::fs::write(dir.path().join("out/notes.json"), "[1, 2]").unwrap();
+    std::fs::write(dir.path().join("out/other.json"), "not even json").unwrap();
+    std::fs::write(dir.path().join("out/other.tar"), "").unwrap();
+    let report = vae(dir.path(), &["dataset", "report", "out", "--json"]);
+    assert!(report.status.success(), "{}", stderr(&report));
+    let last: serde_json::Value = serde_json::from_str(stdout(&report).lines().last().unwrap()).unwrap();
+    assert_eq!((last["total"]["shards"].as_u64(), last["total"]["encoded"].as_u64()), (Some(2), Some(4)));
+
+    // A manifest whose counts do not add up (the sums would wrap).
+    let path = dir.path().join("out/00001.json");
+    let mut m = manifest(&path);
+    m["encoded"] = serde_json::json!(u64::MAX);
+    std::fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
+    let report = vae(dir.path(), &["dataset", "report", "out"]);
+    common::assert_fails(&report, "00001.json", "do not make its 2 samples");
+}
+
+#[test]
+fn file_urls_a_tmp_dir_not_used_and_the_usual_file_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    small_shards(dir.path());
+    std::fs::write(dir.path().join("a-file"), "").unwrap();
+    let root = dir.path().canonicalize().unwrap();
+    let (input, output) = (format!("file://{}/in/00000.tar", root.display()), format!("file://{}/out", root.display()));
+    // file:// URLs are local paths; --tmp-dir, a file, is not used by local
+    // shards; the files made get the usual mode (0666 less the umask).
+    let out = Command::new(env!("CARGO_BIN_EXE_vae"))
+        .args(["dataset", "encode", &input, "-o", &output, "--tmp-dir", "a-file", "-w", &tiny_sd()])
+        .current_dir(dir.path())
+        .output_with_umask(0o002);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for name in ["00000.tar", "00000.json"] {
+        let mode = std::fs::metadata(dir.path().join("out").join(name)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o664, "{name}");
+    }
+}
+
+/// README: two runs of the same shard give byte-identical output tars.
+#[test]
+fn two_runs_of_a_shard_give_the_same_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    small_shards(dir.path());
+    for output in ["one", "two"] {
+        let out = dataset_encode(dir.path(), &["in/00000.tar", "-o", output]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let (a, b) = (dir.path().join("one/00000.tar"), dir.path().join("two/00000.tar"));
+    for ((name, x), (_, y)) in members(&a).iter().zip(&members(&b)) {
+        assert!(x == y, "two runs of one shard differ in {name}");
+    }
+    assert!(std::fs::read(a).unwrap() == std::fs::read(b).unwrap(), "two runs of one shard differ");
+}
+
+trait WithUmask {
+    fn output_with_umask(&mut self, mask: libc::mode_t) -> std::process::Output;
+}
+
+impl WithUmask for Command {
+    /// Runs the command with `mask` as its umask.
+    fn output_with_umask(&mut self, mask: libc::mode_t) -> std::process::Output {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: umask is async-signal-safe and touches only the child.
+        unsafe {
+            self.pre_exec(move || {
+                libc::umask(mask);
+                Ok(())
+            })
+        };
+        self.output().unwrap()
+    }
+}

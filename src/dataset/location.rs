@@ -62,12 +62,12 @@ impl Location {
         if !is_url(text) {
             return Ok(Location::Local(PathBuf::from(text)));
         }
-        runtime();
         let url = url::Url::parse(text).with_context(|| format!("{text}: not a valid URL"))?;
-        let bucket = url.host_str().filter(|h| !h.is_empty()).ok_or_else(|| anyhow!("{text}: no bucket in the URL"))?;
         if url.scheme() == "file" {
-            return Ok(Location::Local(url.to_file_path().map_err(|()| anyhow!("{text}: not a local path"))?));
+            return Ok(Location::Local(local_path(text)?));
         }
+        runtime();
+        let bucket = url.host_str().filter(|h| !h.is_empty()).ok_or_else(|| anyhow!("{text}: no bucket in the URL"))?;
         let base = format!("{}://{bucket}", url.scheme());
         // One client per bucket, however many shards name it.
         static STORES: Mutex<BTreeMap<String, Arc<dyn ObjectStore>>> = Mutex::new(BTreeMap::new());
@@ -197,10 +197,7 @@ impl Location {
     /// only once complete).
     pub fn put(&self, bytes: Vec<u8>) -> Result<()> {
         match self {
-            Location::Local(path) => {
-                crate::output::write_atomic(path, crate::output::Overwrite::Replace, |out| out.write_all(&bytes))?;
-                Ok(())
-            }
+            Location::Local(path) => write_local(path, &bytes),
             Location::Remote(r) => {
                 block_on(r.store.put(&r.path, PutPayload::from(bytes))).map(drop).map_err(|e| self.failed("write", &e))
             }
@@ -234,6 +231,35 @@ impl Location {
             writer.finish().await.map(drop).map_err(|e| err(&e))
         })
     }
+}
+
+/// The local path a `file://` URL names (`file:///data/shards`, or with
+/// `localhost` as its host).
+pub fn local_path(text: &str) -> Result<PathBuf> {
+    let url = url::Url::parse(text).with_context(|| format!("{text}: not a valid URL"))?;
+    if url.scheme() != "file" {
+        bail!("{text}: not a file:// URL");
+    }
+    url.to_file_path().map_err(|()| anyhow!("{text}: not a local path (file:///path/to/it)"))
+}
+
+/// Writes `bytes` to `path` whole: into a temporary file beside it, synced,
+/// then renamed over it. The file gets the usual mode (0666 less the umask),
+/// as any file this program creates for the user.
+fn write_local(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |e| anyhow::Error::new(e).context(format!("{}: cannot write", path.display()));
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".tmp")
+        .permissions(std::fs::Permissions::from_mode(0o666))
+        .tempfile_in(dir)
+        .map_err(err)?;
+    tmp.write_all(bytes).map_err(err)?;
+    tmp.as_file().sync_all().map_err(err)?;
+    tmp.persist(path).map(drop).map_err(|e| err(e.error))
 }
 
 /// The process's I/O runtime, started on first use.

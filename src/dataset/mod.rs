@@ -17,18 +17,28 @@
 //! store, where it becomes visible only when the upload completes). The
 //! manifest is written just before. So a worker killed mid-shard and started
 //! again redoes only that shard, and no sample is lost or written twice.
+//!
+//! Two workers that take the same shard anyway (two processes started with
+//! the same index) cannot both write it: the temporary file is locked
+//! (`flock`) by its writer from before it is emptied until after it is
+//! renamed, and a worker that finds it locked leaves the shard to the holder,
+//! with an error. The lock dies with its process, so the temporary file of
+//! a killed worker is taken over by the next one.
 
 mod location;
 mod shards;
 mod webdataset;
 
 use std::collections::HashSet;
-use std::io::{IsTerminal, Write as _};
-use std::path::PathBuf;
+use std::fs::File;
+use std::io::{self, IsTerminal, Write as _};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
 use std::time::Instant;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -81,6 +91,10 @@ pub struct ShardSummary {
     /// Samples written with their latent.
     pub encoded: usize,
     pub skipped: Vec<Skipped>,
+    /// Members of the input not copied to the output although their sample
+    /// was (links, devices, FIFOs), or that made no sample of their own.
+    #[serde(default)]
+    pub files_left_out: Vec<Skipped>,
     pub seconds: f64,
     pub images_per_second: f64,
     pub latent_member: String,
@@ -98,8 +112,10 @@ pub struct ShardSummary {
 pub struct Skipped {
     pub key: String,
     /// What kind of problem, to count alike ones: `no image`, `unreadable
-    /// image`, `image too large`, `empty image`, `file too large`, `bad key`,
-    /// `repeated key`.
+    /// image`, `image too large`, `empty image`, `file too large`, `sample
+    /// too large`, `bad header`, `bad key`, `repeated key`, `repeated file`,
+    /// `has a latent`, `unreadable file`; for [`ShardSummary::files_left_out`],
+    /// `not a regular file`.
     pub kind: String,
     /// The problem in full, naming the file.
     pub reason: String,
@@ -134,7 +150,7 @@ impl Report {
             "shards_failed": self.failed,
             "samples": samples,
             "encoded": encoded,
-            "skipped": samples - encoded,
+            "skipped": samples.saturating_sub(encoded),
             "seconds": self.seconds,
             "images_per_second": rate(encoded, self.seconds),
         })
@@ -158,6 +174,7 @@ pub fn run(shards: &[Shard], options: &Options, load: impl FnOnce() -> Result<Va
             eprintln!("{message}");
         }
     };
+    check_outputs(shards, &options.output)?;
     let w = options.workers;
     info(format!("worker {} of {}: {} of {} shards -> {}", w.index, w.count, mine.len(), shards.len(), options.output));
     if let Location::Local(dir) = &options.output {
@@ -179,10 +196,16 @@ pub fn run(shards: &[Shard], options: &Options, load: impl FnOnce() -> Result<Va
         return Ok(report);
     }
     let mut vae = load()?;
+    // A closed stdout stops the JSON lines, not the work.
+    let mut printing = options.json;
     for (n, shard) in todo.iter().enumerate() {
         info(format!("{}: encoding ({} of {})", shard.name, n + 1, todo.len()));
         match encode_shard(&mut vae, shard, options) {
-            Ok(summary) => {
+            Ok(None) => {
+                info(format!("{}: done meanwhile by another worker", shard.name));
+                report.done_before += 1;
+            }
+            Ok(Some(summary)) => {
                 info(format!(
                     "{}: {} latents, {} skipped, {:.1} s ({:.2} images/s) -> {}",
                     summary.shard,
@@ -192,8 +215,9 @@ pub fn run(shards: &[Shard], options: &Options, load: impl FnOnce() -> Result<Va
                     summary.images_per_second,
                     summary.output
                 ));
-                if options.json {
-                    json_line(&serde_json::to_value(&summary)?)?;
+                if printing && let Err(e) = json_line(&serde_json::to_value(&summary)?) {
+                    printing = false;
+                    info(format!("vae: warning: {e:#}; no more JSON lines, the shards go on"));
                 }
                 report.summaries.push(summary);
             }
@@ -213,16 +237,24 @@ struct Prepared {
     image: Result<InputImage, Skipped>,
     /// The files copied to the output beside the latent.
     others: Vec<(String, Vec<u8>)>,
+    /// Its members not copied, for the manifest.
+    left_out: Vec<Skipped>,
     mtime: u64,
 }
 
 /// Turns a sample into its image (the first image file) and the rest.
-fn prepare(sample: webdataset::Sample, max_pixels: u64) -> Prepared {
-    let webdataset::Sample { key, mut files, problems, mtime } = sample;
-    let image = if let Err(e) = webdataset::check_key(&key) {
+/// `latent_ext` is the extension of the latent member it would get.
+fn prepare(sample: webdataset::Sample, max_pixels: u64, latent_ext: &str) -> Prepared {
+    let webdataset::Sample { key, mut files, problems, left_out, mtime, .. } = sample;
+    let repeated = files.iter().enumerate().find(|(i, (ext, _))| files[..*i].iter().any(|(e, _)| e == ext));
+    let image = if let Some((kind, problem)) = problems.into_iter().next() {
+        Err(Skipped::new(&key, kind, problem))
+    } else if let Err(e) = webdataset::check_key(&key) {
         Err(Skipped::new(&key, "bad key", e.to_string()))
-    } else if let Some(problem) = problems.into_iter().next() {
-        Err(Skipped::new(&key, "file too large", problem))
+    } else if let Some((_, (ext, _))) = repeated {
+        Err(Skipped::new(&key, "repeated file", format!("{key}.{ext} comes twice in the sample")))
+    } else if files.iter().any(|(ext, _)| ext == latent_ext) {
+        Err(Skipped::new(&key, "has a latent", format!("{key}.{latent_ext} is in the input already")))
     } else if let Some(i) = files.iter().position(|(ext, _)| webdataset::is_image_extension(ext)) {
         let (ext, bytes) = files.remove(i);
         let name = PathBuf::from(format!("{key}.{ext}"));
@@ -235,11 +267,50 @@ fn prepare(sample: webdataset::Sample, max_pixels: u64) -> Prepared {
             Skipped::new(&key, kind, e.to_string())
         })
     } else {
-        let exts: Vec<&str> = files.iter().map(|(e, _)| e.as_str()).collect();
-        let has = if exts.is_empty() { "nothing".into() } else { exts.join(", ") };
+        let mut has: Vec<String> = files.iter().map(|(e, _)| e.clone()).collect();
+        has.extend(left_out.iter().map(|l| l.reason.clone()));
+        let has = if has.is_empty() { "nothing".into() } else { has.join(", ") };
         Err(Skipped::new(&key, "no image", format!("no image file (has {has})")))
     };
-    Prepared { key, image, others: files, mtime }
+    Prepared { key, image, others: files, left_out, mtime }
+}
+
+/// Refuses an output folder (or prefix) that holds input shards, before any
+/// work: an output NAME.tar that is an input tar (it would be replaced), or
+/// an output folder that is, or is inside, a folder shard.
+fn check_outputs(shards: &[Shard], output: &Location) -> Result<()> {
+    // The path with symbolic links and `..` resolved, also for a folder not
+    // made yet (through its nearest existing parent).
+    let canonical = |p: &Path| {
+        let absolute = std::path::absolute(p).ok()?;
+        let existing = absolute.ancestors().find(|a| a.exists())?;
+        let rest = absolute.strip_prefix(existing).ok()?;
+        Some(existing.canonicalize().ok()?.join(rest))
+    };
+    for shard in shards {
+        let target = output.join(&format!("{}.tar", shard.name));
+        let clash = match (&shard.source, output, &target) {
+            (Source::Tar(Location::Local(input)), Location::Local(dir), Location::Local(out)) => {
+                let parent = input.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                let same_folder = canonical(parent).is_some_and(|p| Some(p) == canonical(dir));
+                (same_folder && input.file_name() == out.file_name()) || crate::output::same_file(input, out)
+            }
+            (Source::Tar(input @ Location::Remote(_)), Location::Remote(_), _) => {
+                input.to_string() == target.to_string()
+            }
+            (Source::Folder(folder), Location::Local(dir), _) => {
+                canonical(dir).zip(canonical(folder)).is_some_and(|(dir, folder)| dir.starts_with(folder))
+            }
+            _ => false,
+        };
+        if clash {
+            bail!(
+                "{}: the output folder {output} holds this input shard; its output {target} would replace or mix with it (choose another output folder)",
+                shard.source.describe()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Where a shard's output is assembled before it is committed.
@@ -270,27 +341,95 @@ enum Input {
     Folder(PathBuf),
 }
 
-/// Deletes a file when dropped (a downloaded shard, a partial output).
-struct Scratch(PathBuf);
+/// Deletes a file when dropped (a partial output), unless kept.
+struct Scratch(Option<PathBuf>);
 
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+impl Scratch {
+    /// Leaves the file alone: it was renamed, and the path may be another
+    /// worker's file by now.
+    fn keep(mut self) {
+        self.0 = None;
     }
 }
 
-fn encode_shard(vae: &mut Vae, shard: &Shard, options: &Options) -> Result<ShardSummary> {
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Opens the partial output `path` for this worker alone: locked (`flock`,
+/// exclusive, without waiting), then emptied. A link there is not followed.
+/// A lock held by a live worker is an error (the shard is left to it); the
+/// lock of a killed worker died with it, so its file is taken over. The lock
+/// lasts as long as the returned file (and its clones) stays open.
+fn lock_partial(path: &Path) -> Result<File> {
+    loop {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)
+            .with_context(|| format!("{}: cannot create", path.display()))?;
+        // SAFETY: flock on a file descriptor this function owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::WouldBlock {
+                bail!(
+                    "{}: another worker is writing this shard (it holds this file's lock); left to it",
+                    path.display()
+                );
+            }
+            return Err(err).with_context(|| format!("{}: cannot lock", path.display()));
+        }
+        let held = file.metadata().with_context(|| format!("{}: cannot read", path.display()))?;
+        if !held.is_file() {
+            bail!("{}: not a regular file; remove it", path.display());
+        }
+        // The file locked must still be the one at `path`: between the open
+        // and the lock, its writer may have renamed it into place (it is a
+        // finished shard now) or removed it. Then open again.
+        let now = std::fs::symlink_metadata(path);
+        if now.is_ok_and(|m| (m.dev(), m.ino()) == (held.dev(), held.ino())) {
+            file.set_len(0).with_context(|| format!("{}: cannot write", path.display()))?;
+            return Ok(file);
+        }
+    }
+}
+
+/// Encodes one shard; `None` when another worker finished it meanwhile.
+fn encode_shard(vae: &mut Vae, shard: &Shard, options: &Options) -> Result<Option<ShardSummary>> {
     let start = Instant::now();
-    let tmp = &options.tmp_dir;
-    std::fs::create_dir_all(tmp).with_context(|| format!("{}: cannot create folder (--tmp-dir)", tmp.display()))?;
     let output = options.output.join(&format!("{}.tar", shard.name));
     let manifest = options.output.join(&format!("{}.json", shard.name));
-    // A remote input is first copied to local disk, then read like a local one.
+    let remote = matches!(shard.source, Source::Tar(Location::Remote(_))) || matches!(output, Location::Remote(_));
+    if remote {
+        // --tmp-dir is checked where it is used: not for local shards.
+        let tmp = &options.tmp_dir;
+        std::fs::create_dir_all(tmp).with_context(|| format!("{}: cannot create folder (--tmp-dir)", tmp.display()))?;
+    }
+    // This worker's alone from here (the lock) until the rename; dropped in
+    // reverse order: the writer, the partial file removed, the lock.
+    let partial = partial_path(options, &shard.name);
+    let lock = lock_partial(&partial)?;
+    let guard = Scratch(Some(partial.clone()));
+    if !options.force && output.exists()? {
+        return Ok(None);
+    }
+    let file = lock.try_clone().with_context(|| format!("{}: cannot write", partial.display()))?;
+    let mut writer = webdataset::TarWriter::new(file, &partial)?;
+    // A remote input is first copied to local disk, then read like a local
+    // one. Its name is made of the output's and the shard's, as the partial
+    // output's, so that lock covers it too (and a restarted worker reuses the
+    // file a killed one left).
     let (input, _download) = match &shard.source {
         Source::Tar(location @ Location::Remote(_)) => {
-            let path =
-                options.tmp_dir.join(format!("vae-{}-{}.input.tar", short_hash(&location.to_string()), shard.name));
-            let scratch = Scratch(path.clone());
+            let output_hash = short_hash(&options.output.to_string());
+            let path = options.tmp_dir.join(format!("vae-{output_hash}-{}.input.tar", shard.name));
+            let scratch = Scratch(Some(path.clone()));
             let file = std::fs::File::create(&path).with_context(|| format!("{}: cannot create", path.display()))?;
             let mut out = std::io::BufWriter::new(file);
             location.download(&mut out)?;
@@ -300,12 +439,9 @@ fn encode_shard(vae: &mut Vae, shard: &Shard, options: &Options) -> Result<Shard
         Source::Tar(Location::Local(path)) => (Input::Tar(path.clone()), None),
         Source::Folder(dir) => (Input::Folder(dir.clone()), None),
     };
-    let partial = partial_path(options, &shard.name);
-    let guard = Scratch(partial.clone());
-    let mut writer = webdataset::TarWriter::create(&partial)?;
     let latent_ext = options.latent_extension();
     let mut seen = HashSet::new();
-    let (mut samples, mut encoded, mut skipped) = (0, 0, Vec::new());
+    let (mut samples, mut encoded, mut skipped, mut files_left_out) = (0, 0, Vec::new(), Vec::new());
     let progress = progress_bar(options, &shard.name);
     // Samples with an image, waiting to be encoded together (`--batch-size`).
     let mut window = Vec::new();
@@ -314,7 +450,7 @@ fn encode_shard(vae: &mut Vae, shard: &Shard, options: &Options) -> Result<Shard
         let max_pixels = options.max_pixels;
         let input = &input;
         s.spawn(move || {
-            let send = |sample| tx.send(Ok(prepare(sample, max_pixels))).map_err(|_| anyhow!("stopped"));
+            let send = |sample| tx.send(Ok(prepare(sample, max_pixels, latent_ext))).map_err(|_| anyhow!("stopped"));
             let read = match input {
                 Input::Folder(dir) => webdataset::read_folder(dir, send),
                 Input::Tar(path) => std::fs::File::open(path)
@@ -326,8 +462,9 @@ fn encode_shard(vae: &mut Vae, shard: &Shard, options: &Options) -> Result<Shard
             }
         });
         for prepared in rx {
-            let Prepared { key, image, others, mtime } = prepared?;
+            let Prepared { key, image, others, left_out, mtime } = prepared?;
             samples += 1;
+            files_left_out.extend(left_out);
             if !seen.insert(key.clone()) {
                 skipped.push(Skipped::new(&key, "repeated key", "the key comes again, apart from its other files"));
                 continue;
@@ -366,6 +503,7 @@ fn encode_shard(vae: &mut Vae, shard: &Shard, options: &Options) -> Result<Shard
         samples,
         encoded,
         skipped,
+        files_left_out,
         seconds,
         images_per_second: rate(encoded, seconds),
         latent_member: latent_ext.to_owned(),
@@ -389,8 +527,12 @@ fn encode_shard(vae: &mut Vae, shard: &Shard, options: &Options) -> Result<Shard
         }
         remote => remote.upload(&partial)?,
     }
-    drop(guard);
-    Ok(summary)
+    match &output {
+        Location::Local(_) => guard.keep(),
+        Location::Remote(_) => drop(guard),
+    }
+    drop(lock);
+    Ok(Some(summary))
 }
 
 /// A sample whose image is ready to encode.
@@ -454,22 +596,43 @@ fn progress_bar(options: &Options, name: &str) -> Option<indicatif::ProgressBar>
     Some(indicatif::ProgressBar::new_spinner().with_style(style).with_prefix(name.to_owned()))
 }
 
-/// Sums the manifests in `output`: `vae dataset report`.
+/// Sums the manifests in `output`: `vae dataset report`. Only manifests
+/// are read: a `NAME.json` beside a committed `NAME.tar`, with a manifest's
+/// fields; any other JSON file is passed over. A manifest whose counts do
+/// not add up is refused, naming it.
 pub fn report(output: &Location) -> Result<(Vec<ShardSummary>, serde_json::Value)> {
     let mut summaries = Vec::new();
     for manifest in output.list(".json")? {
-        let bytes = manifest.read()?;
-        let summary: ShardSummary =
-            serde_json::from_slice(&bytes).with_context(|| format!("{manifest}: not a shard manifest"))?;
-        // A manifest whose shard was not committed (a worker stopped between the two).
-        if !output.join(&format!("{}.tar", summary.shard)).exists()? {
+        let file = manifest.file_name();
+        let stem = file.strip_suffix(".json").unwrap_or(&file);
+        // Not a committed shard's (or a worker stopped between the two writes).
+        if !output.join(&format!("{stem}.tar")).exists()? {
             continue;
         }
-        summaries.push(summary);
+        let Ok(value) = serde_json::from_slice::<serde_json::Value>(&manifest.read()?) else { continue };
+        let ours = ["shard", "samples", "encoded", "skipped", "vae_version"];
+        if !value.as_object().is_some_and(|fields| ours.iter().all(|f| fields.contains_key(*f))) {
+            continue;
+        }
+        let summary: ShardSummary =
+            serde_json::from_value(value).with_context(|| format!("{manifest}: a damaged shard manifest"))?;
+        if summary.encoded.checked_add(summary.skipped.len()) != Some(summary.samples) {
+            bail!(
+                "{manifest}: a damaged shard manifest: {} latents and {} skipped do not make its {} samples",
+                summary.encoded,
+                summary.skipped.len(),
+                summary.samples
+            );
+        }
+        summaries.push((manifest, summary));
     }
-    let samples: usize = summaries.iter().map(|s| s.samples).sum();
-    let encoded: usize = summaries.iter().map(|s| s.encoded).sum();
-    let seconds: f64 = summaries.iter().map(|s| s.seconds).sum();
+    let (mut samples, mut encoded, mut seconds) = (0usize, 0usize, 0.0);
+    for (manifest, summary) in &summaries {
+        let sum = samples.checked_add(summary.samples).zip(encoded.checked_add(summary.encoded));
+        (samples, encoded) = sum.with_context(|| format!("{manifest}: its counts overflow the totals"))?;
+        seconds += summary.seconds;
+    }
+    let summaries: Vec<ShardSummary> = summaries.into_iter().map(|(_, s)| s).collect();
     let mut reasons: std::collections::BTreeMap<&str, usize> = Default::default();
     for skipped in summaries.iter().flat_map(|s| &s.skipped) {
         *reasons.entry(&skipped.kind).or_default() += 1;

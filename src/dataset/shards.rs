@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use super::location::{Location, is_url};
+use super::location::{self, Location, is_url};
+
+/// The most names a pattern's braces may expand to (all braces together).
+pub const MAX_BRACE_NAMES: usize = 1_000_000;
 
 /// One input shard: a WebDataset tar, or a folder of samples.
 pub struct Shard {
@@ -58,6 +61,9 @@ pub fn expand(inputs: &[String]) -> Result<Vec<Shard>> {
 }
 
 fn expand_one(text: &str, shards: &mut Vec<Shard>) -> Result<()> {
+    if text.starts_with("file://") {
+        return local(&location::local_path(text)?, shards);
+    }
     if is_url(text) {
         let location = Location::parse(text)?;
         let found = if text.ends_with('/') { location.list(".tar")? } else { vec![location] };
@@ -140,8 +146,32 @@ fn holds_images(dir: &Path) -> Result<bool> {
 }
 
 /// WebDataset's brace notation, expanded: `{000..011}` is a zero-padded
-/// range, `{a,b}` a list; several braces give every combination.
+/// range, `{a,b}` a list; several braces give every combination, at most
+/// [`MAX_BRACE_NAMES`] of them (counted before any is made).
 pub fn braces(text: &str) -> Result<Vec<String>> {
+    let mut count = 1usize;
+    let mut rest = text;
+    while let Some(open) = rest.find('{') {
+        let close = rest[open..].find('}').map(|i| open + i).with_context(|| format!("{text}: unclosed {{"))?;
+        let inner = &rest[open + 1..close];
+        let choices = match inner.split_once("..") {
+            Some((a, b)) => match (a.parse::<u64>(), b.parse::<u64>()) {
+                (Ok(first), Ok(last)) if first <= last => {
+                    usize::try_from(last - first).ok().and_then(|n| n.checked_add(1))
+                }
+                _ => Some(1), // refused with its reason below
+            },
+            None => Some(inner.split(',').count()),
+        };
+        count = choices.and_then(|n| count.checked_mul(n)).filter(|&n| n <= MAX_BRACE_NAMES).with_context(|| {
+            format!("{text}: the braces expand to more than {MAX_BRACE_NAMES} names (split the run, or name a folder)")
+        })?;
+        rest = &rest[close + 1..];
+    }
+    expand_braces(text)
+}
+
+fn expand_braces(text: &str) -> Result<Vec<String>> {
     let Some(open) = text.find('{') else {
         return Ok(vec![text.to_owned()]);
     };
@@ -154,15 +184,12 @@ pub fn braces(text: &str) -> Result<Vec<String>> {
         if last < first {
             bail!("{text}: the range {{{inner}}} runs backwards");
         }
-        if last - first >= 10_000_000 {
-            bail!("{text}: the range {{{inner}}} is too long");
-        }
         let width = if a.starts_with('0') { a.len() } else { 0 };
         (first..=last).map(|n| format!("{n:0width$}")).collect()
     } else {
         inner.split(',').map(str::to_owned).collect()
     };
-    let tails = braces(tail)?;
+    let tails = expand_braces(tail)?;
     let mut expanded = Vec::new();
     for choice in &choices {
         for rest in &tails {
@@ -250,6 +277,10 @@ mod tests {
             ["s3://b/x/0.tar", "s3://b/x/1.tar", "s3://b/y/0.tar", "s3://b/y/1.tar"]
         );
         assert_eq!(braces("plain.tar").unwrap(), ["plain.tar"]);
+        let big = braces("x{0..9999}{0..9999}.tar").unwrap_err().to_string();
+        assert!(big.contains("more than 1000000 names"), "{big}");
+        assert_eq!(braces("{0..999}{0..999}").unwrap().len(), MAX_BRACE_NAMES);
+        assert!(braces("{0..18446744073709551615}").is_err(), "a range past usize");
         for bad in ["{3..1}", "{a..b}", "x{1..2"] {
             assert!(braces(bad).is_err(), "{bad}");
         }
