@@ -52,7 +52,7 @@ enum Trick {
     NoLocation,
     /// Its resolve URL redirects to itself.
     Loop,
-    /// The CDN sends `served` without announcing a length (chunked).
+    /// The CDN's downloads send `served` without announcing a length (chunked).
     Unannounced,
     /// The CDN's next N downloads send half the bytes, then nothing, without closing.
     Stall(Arc<AtomicUsize>),
@@ -192,7 +192,7 @@ fn answer(repos: &Repos, base: &str, request: &tiny_http::Request, stopped: &Arc
         };
         let served = file.served.clone().unwrap_or_else(|| file.bytes.clone());
         match &file.trick {
-            Trick::Unannounced => {
+            Trick::Unannounced if range.as_deref() != Some("bytes=0-0") => {
                 let body = std::io::Cursor::new(served);
                 return tiny_http::Response::new(200.into(), Vec::new(), body, None, None).boxed();
             }
