@@ -32,29 +32,29 @@ pub struct Timeout {
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
     #[error("{url} answered HTTP {status}")]
-    Status { url: Url, status: u16, from_endpoint: bool },
+    Status { url: String, status: u16, from_endpoint: bool },
     #[error("{url}: no answer for {:?} ({var}: set it to wait longer)", .limit)]
-    Timeout { url: Url, limit: Duration, var: &'static str },
+    Timeout { url: String, limit: Duration, var: &'static str },
     #[error("{url}: {reason}")]
-    Transport { url: Url, reason: String },
+    Transport { url: String, reason: String },
     #[error("{url} answered a {status} redirect without a Location header")]
-    NoLocation { url: Url, status: u16 },
+    NoLocation { url: String, status: u16 },
     #[error("{url} redirects to {location:?}, which is not an http:// or https:// URL")]
-    BadLocation { url: Url, location: String },
+    BadLocation { url: String, location: String },
     #[error("{url}: more than {MAX_REDIRECTS} redirects")]
-    Redirects { url: Url },
+    Redirects { url: String },
     #[error("{url} answered without a {header} header")]
-    MissingHeader { url: Url, header: &'static str },
+    MissingHeader { url: String, header: &'static str },
     #[error("{url} answered with an unusable {header} header {value:?}")]
-    BadHeader { url: Url, header: &'static str, value: String },
+    BadHeader { url: String, header: &'static str, value: String },
     #[error("{url} answered {source}")]
-    Answer { url: Url, source: AnswerError },
+    Answer { url: String, source: AnswerError },
     #[error("{url} sent more than the {size} bytes the Hub announced; stopped reading there")]
-    TooLong { url: Url, size: u64 },
+    TooLong { url: String, size: u64 },
     #[error("{url} announces {length} bytes from byte {start}, where the Hub announced {size} in all")]
-    Length { url: Url, start: u64, length: u64, size: u64 },
+    Length { url: String, start: u64, length: u64, size: u64 },
     #[error("{url}: the download ended after {got} of the {size} bytes the Hub announced")]
-    TooShort { url: Url, got: u64, size: u64 },
+    TooShort { url: String, got: u64, size: u64 },
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
 }
@@ -110,11 +110,11 @@ impl Client {
             Ok(bytes) => bytes,
             Err(ureq::Error::BodyExceedsLimit(_)) => {
                 let reason = format!("a repo description of more than {MAX_INFO_BYTES} bytes");
-                return Err(HttpError::Transport { url, reason });
+                return Err(HttpError::Transport { url: url.into(), reason });
             }
             Err(e) => return Err(self.ureq_error(Kind::Metadata, url, e)),
         };
-        answer::parse_repo_info(&bytes).map_err(|source| HttpError::Answer { url, source })
+        answer::parse_repo_info(&bytes).map_err(|source| HttpError::Answer { url: url.into(), source })
     }
 
     /// A file's commit, blob name, size and download URL, from its resolve URL
@@ -130,15 +130,15 @@ impl Client {
         }
         let header = |name: &str| header(&response, name);
         let commit = header("x-repo-commit")
-            .ok_or_else(|| HttpError::MissingHeader { url: url.clone(), header: "X-Repo-Commit" })?
+            .ok_or_else(|| HttpError::MissingHeader { url: url.to_string(), header: "X-Repo-Commit" })?
             .to_owned();
         let etag = header("x-linked-etag")
             .or_else(|| header("etag"))
             .map(answer::normalize_etag)
-            .ok_or_else(|| HttpError::MissingHeader { url: url.clone(), header: "ETag" })?;
+            .ok_or_else(|| HttpError::MissingHeader { url: url.to_string(), header: "ETag" })?;
         let linked_size = match header("x-linked-size") {
             Some(value) => Some(value.parse::<u64>().map_err(|_| HttpError::BadHeader {
-                url: url.clone(),
+                url: url.to_string(),
                 header: "X-Linked-Size",
                 value: value.to_owned(),
             })?),
@@ -182,7 +182,7 @@ impl Client {
                 let value = header(&response, "content-range").unwrap_or_default();
                 if answer::parse_content_range(value).is_none_or(|(from, total)| from != start || total != size) {
                     let value = value.to_owned();
-                    return Err(HttpError::BadHeader { url, header: "Content-Range", value });
+                    return Err(HttpError::BadHeader { url: url.into(), header: "Content-Range", value });
                 }
             }
             // The whole file, the range ignored: start again.
@@ -192,7 +192,7 @@ impl Client {
         if let Some(length) = header(&response, "content-length").and_then(|v| v.parse::<u64>().ok())
             && start.checked_add(length) != Some(size)
         {
-            return Err(HttpError::Length { url, start, length, size });
+            return Err(HttpError::Length { url: url.into(), start, length, size });
         }
         file.set_len(start).map_err(io)?;
         file.seek(SeekFrom::Start(start)).map_err(io)?;
@@ -215,12 +215,12 @@ impl Client {
             if due < n {
                 drop(file);
                 let _ = std::fs::remove_file(part);
-                return Err(HttpError::TooLong { url, size });
+                return Err(HttpError::TooLong { url: url.into(), size });
             }
         }
         file.flush().map_err(io)?;
         if written < size {
-            return Err(HttpError::TooShort { url, got: written, size });
+            return Err(HttpError::TooShort { url: url.into(), got: written, size });
         }
         Ok(())
     }
@@ -246,7 +246,7 @@ impl Client {
             }
             url = next;
         }
-        Err(HttpError::Redirects { url })
+        Err(HttpError::Redirects { url: url.into() })
     }
 
     /// One GET, no redirect followed.
@@ -274,14 +274,14 @@ impl Client {
 
     fn status(&self, url: Url, status: u16) -> HttpError {
         let from_endpoint = url.origin() == self.origin;
-        HttpError::Status { url, status, from_endpoint }
+        HttpError::Status { url: url.into(), status, from_endpoint }
     }
 
     fn ureq_error(&self, kind: Kind, url: Url, error: ureq::Error) -> HttpError {
         match error {
             ureq::Error::Timeout(_) => self.timeout(kind, url),
             ureq::Error::Io(e) => self.read_error(kind, url, e),
-            other => HttpError::Transport { url, reason: other.to_string() },
+            other => HttpError::Transport { url: url.into(), reason: other.to_string() },
         }
     }
 
@@ -290,12 +290,12 @@ impl Client {
         if error.kind() == std::io::ErrorKind::TimedOut || matches!(inner, Some(ureq::Error::Timeout(_))) {
             return self.timeout(kind, url);
         }
-        HttpError::Transport { url, reason: error.to_string() }
+        HttpError::Transport { url: url.into(), reason: error.to_string() }
     }
 
     fn timeout(&self, kind: Kind, url: Url) -> HttpError {
         let Timeout { limit, var } = self.agent(kind).1;
-        HttpError::Timeout { url, limit, var }
+        HttpError::Timeout { url: url.into(), limit, var }
     }
 }
 
@@ -329,12 +329,12 @@ fn header<'a>(response: &'a Response<Body>, name: &str) -> Option<&'a str> {
 fn location(url: &Url, response: &Response<Body>) -> Result<(Url, bool), HttpError> {
     let status = response.status().as_u16();
     let Some(value) = header(response, "location").filter(|v| !v.is_empty()) else {
-        return Err(HttpError::NoLocation { url: url.clone(), status });
+        return Err(HttpError::NoLocation { url: url.to_string(), status });
     };
     let absolute = Url::parse(value).is_ok();
     match url.join(value) {
         Ok(next) if ["http", "https"].contains(&next.scheme()) && next.has_host() => Ok((next, absolute)),
-        _ => Err(HttpError::BadLocation { url: url.clone(), location: value.to_owned() }),
+        _ => Err(HttpError::BadLocation { url: url.to_string(), location: value.to_owned() }),
     }
 }
 
@@ -343,18 +343,18 @@ fn location(url: &Url, response: &Response<Body>) -> Result<(Url, bool), HttpErr
 fn size_of(url: &Url, response: &Response<Body>) -> Result<u64, HttpError> {
     if let Some(value) = header(response, "content-range") {
         return answer::parse_content_range(value).map(|(_, total)| total).ok_or_else(|| HttpError::BadHeader {
-            url: url.clone(),
+            url: url.to_string(),
             header: "Content-Range",
             value: value.to_owned(),
         });
     }
     match header(response, "content-length") {
         Some(value) if response.status().as_u16() == 200 => value.parse().map_err(|_| HttpError::BadHeader {
-            url: url.clone(),
+            url: url.to_string(),
             header: "Content-Length",
             value: value.to_owned(),
         }),
-        _ => Err(HttpError::MissingHeader { url: url.clone(), header: "Content-Range" }),
+        _ => Err(HttpError::MissingHeader { url: url.to_string(), header: "Content-Range" }),
     }
 }
 

@@ -3,12 +3,12 @@
 //! diffusers and huggingface_hub share: a model either of them downloaded is
 //! found here offline, and one downloaded here is theirs too.
 //!
-//! The cache, as huggingface_hub lays it out ([`cache`]): `models--ORG--NAME/refs/REVISION`
+//! The cache, as huggingface_hub lays it out (`cache.rs`): `models--ORG--NAME/refs/REVISION`
 //! holds a commit hash, and `snapshots/COMMIT/PATH` links to `blobs/ETAG`. A repo
 //! resolves to its folder `snapshots/COMMIT[/SUBFOLDER]`, which the weights
 //! module then reads as any local diffusers folder.
 //!
-//! The client is our own, on ureq ([`http`]): timeouts on every request, the
+//! The client is our own, on ureq (`http.rs`): timeouts on every request, the
 //! token only to the endpoint, downloads bounded by the size the Hub announces.
 //! Every file is then checked here (size, SHA-256 for LFS files, safetensors header).
 
