@@ -3,28 +3,41 @@
 //! diffusers and huggingface_hub share: a model either of them downloaded is
 //! found here offline, and one downloaded here is theirs too.
 //!
-//! The cache, as huggingface_hub lays it out: `models--ORG--NAME/refs/REVISION`
+//! The cache, as huggingface_hub lays it out (`cache.rs`): `models--ORG--NAME/refs/REVISION`
 //! holds a commit hash, and `snapshots/COMMIT/PATH` links to `blobs/ETAG`. A repo
 //! resolves to its folder `snapshots/COMMIT[/SUBFOLDER]`, which the weights
 //! module then reads as any local diffusers folder.
 //!
-//! Downloads go through hf-hub's blocking client (ureq with rustls); each file is
-//! then checked here (size, SHA-256 for LFS files, safetensors header), since
-//! hf-hub checks none of it.
+//! The client is our own, on ureq (`http.rs`): timeouts on every request, the
+//! token only to the endpoint, downloads bounded by the size the Hub announces.
+//! Every file is then checked here (size, SHA-256 for LFS files, safetensors header).
+
+mod answer;
+mod cache;
+mod http;
 
 use std::fs::{self, File};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use hf_hub::api::Progress;
-use hf_hub::api::sync::{ApiBuilder, ApiError, Metadata};
-use hf_hub::{Cache, Repo, RepoType};
 use sha2::{Digest, Sha256};
+use url::Url;
+
+use self::http::{Client, HttpError, Metadata, Timeout};
+pub use answer::{AnswerError, RepoInfo, parse_repo_info};
+use cache::RepoCache;
 
 use crate::weights::{DIFFUSERS_FILES, TensorFile};
 
 const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 const CONFIG_FILE: &str = "config.json";
+/// huggingface_hub's variables for its timeouts, in seconds, and their default.
+const ETAG_TIMEOUT: &str = "HF_HUB_ETAG_TIMEOUT";
+const DOWNLOAD_TIMEOUT: &str = "HF_HUB_DOWNLOAD_TIMEOUT";
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to wait for another process downloading the same file.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
 
 /// What went wrong with a Hub repo; `repo` is its display form (`org/name[/subfolder]`,
 /// and the revision unless `main`).
@@ -34,6 +47,8 @@ pub enum HubError {
     NoCache,
     #[error("HF_ENDPOINT {0:?} is not an http:// or https:// URL")]
     Endpoint(String),
+    #[error("{var} {value:?} is not a number of seconds above 0")]
+    Setting { var: &'static str, value: String },
     #[error(
         "{repo}: {file} is not in the Hugging Face cache ({}) and HF_HUB_OFFLINE is set; \
          download it once with network access: {command}",
@@ -49,14 +64,17 @@ pub enum HubError {
     Denied { repo: String, endpoint: String },
     #[error("{repo}: no diffusers safetensors weights ({}) in {folder}{found}", DIFFUSERS_FILES.join(" or "))]
     NoWeights { repo: String, folder: String, found: String },
-    /// `reason` is the innermost error's message: hf-hub's errors repeat
-    /// their cause in their own message, so their chain would print it twice.
+    /// `reason` names the URL and what went wrong there.
     #[error("{repo}: no such local file or folder; as a Hub repo, downloading from {endpoint} failed: {reason}")]
     Request { repo: String, endpoint: String, reason: String },
     #[error("{repo}: {endpoint} answered with an unusable {what} {value:?}")]
     BadAnswer { repo: String, endpoint: String, what: &'static str, value: String },
     #[error("{repo}: its files come from different commits ({0} and {1}): the repo changed meanwhile; run again", .commits.0, .commits.1)]
     Moved { repo: String, commits: (String, String) },
+    #[error("{repo}: downloading {file} failed: {reason}")]
+    Download { repo: String, file: String, reason: String },
+    #[error("{repo}: another process is downloading {file} (it holds {}); run again when it is done", lock.display())]
+    Busy { repo: String, file: String, lock: PathBuf },
     #[error("{repo}: {file} as downloaded: {reason}; removed it from the cache, run again to download it anew")]
     Corrupt { repo: String, file: String, reason: String },
     #[error("{}: {source}", path.display())]
@@ -157,6 +175,10 @@ pub struct Hub {
     offline: bool,
     /// `$HF_TOKEN`, else the `token` file of `$HF_HOME` (what `hf auth login` writes).
     token: Option<String>,
+    /// `$HF_HUB_ETAG_TIMEOUT` (descriptions and metadata) and
+    /// `$HF_HUB_DOWNLOAD_TIMEOUT` (downloads): the longest wait to connect and
+    /// for each read, 10 s each by default; or the variable that is not a time.
+    timeouts: Result<(Timeout, Timeout), (&'static str, String)>,
     /// Say on stderr what is downloaded, with a progress bar on a terminal.
     verbose: bool,
 }
@@ -177,7 +199,9 @@ impl Hub {
         let endpoint = endpoint.as_deref().unwrap_or(DEFAULT_ENDPOINT).trim_end_matches('/').to_owned();
         let offline = std::env::var("HF_HUB_OFFLINE")
             .is_ok_and(|v| ["1", "ON", "YES", "TRUE"].contains(&v.trim().to_ascii_uppercase().as_str()));
-        Self { cache: cache.map(|c| std::path::absolute(&c).unwrap_or(c)), endpoint, offline, token, verbose: true }
+        let timeouts = timeout_from_env(ETAG_TIMEOUT).and_then(|e| Ok((e, timeout_from_env(DOWNLOAD_TIMEOUT)?)));
+        let cache = cache.map(|c| std::path::absolute(&c).unwrap_or(c));
+        Self { cache, endpoint, offline, token, timeouts, verbose: true }
     }
 
     /// Whether to say on stderr what is downloaded, with a progress bar on a
@@ -207,82 +231,127 @@ impl Hub {
                 command: fetch_command(repo),
             });
         }
-        let cache = self.cache()?;
-        if !self.endpoint.starts_with("http://") && !self.endpoint.starts_with("https://") {
-            return Err(HubError::Endpoint(self.endpoint.clone()));
-        }
-        let request = |source| self.request_error(repo, source);
-        let api = ApiBuilder::from_cache(Cache::new(cache.to_owned()))
-            .with_endpoint(self.endpoint.clone())
-            .with_token(self.token.clone())
-            .with_progress(false)
-            .with_user_agent("vae", env!("CARGO_PKG_VERSION"))
-            .build()
-            .map_err(request)?;
-        let hub_repo = Repo::with_revision(repo.id.clone(), RepoType::Model, repo.revision.clone());
-        let api_repo = api.repo(hub_repo.clone());
-        let listing: Vec<String> =
-            api_repo.info().map_err(request)?.siblings.into_iter().map(|s| s.rfilename).collect();
-        let files = choose_files(repo, &listing)?;
+        let cache = RepoCache::new(self.cache()?, &repo.id);
+        let (etag_timeout, download_timeout) =
+            self.timeouts.clone().map_err(|(var, value)| HubError::Setting { var, value })?;
+        let endpoint = Url::parse(&self.endpoint)
+            .ok()
+            .filter(|u| ["http", "https"].contains(&u.scheme()) && u.has_host())
+            .ok_or_else(|| HubError::Endpoint(self.endpoint.clone()))?;
+        let client = Client::new(&endpoint, self.token.clone(), etag_timeout, download_timeout);
+        let url = |path: String| {
+            Url::parse(&format!("{}/{path}", self.endpoint)).map_err(|_| HubError::Endpoint(self.endpoint.clone()))
+        };
+        let revision = repo.revision.replace('/', "%2F");
+        let request = |e| self.request_error(repo, e);
 
-        let repo_dir = cache.join(hub_repo.folder_name());
+        let info = client.repo_info(url(format!("api/models/{}/revision/{revision}", repo.id))?).map_err(request)?;
+        let files = choose_files(repo, &info.files)?;
         let mut commit: Option<String> = None;
         for file in &files {
-            let meta = api.metadata(&api_repo.url(file)).map_err(request)?;
+            let meta = client.metadata(url(format!("{}/resolve/{revision}/{file}", repo.id))?).map_err(request)?;
             // Both name paths in the cache (snapshots/COMMIT, blobs/ETAG): hex only.
-            for (what, value) in [("commit", meta.commit_hash()), ("etag", meta.etag())] {
+            for (what, value) in [("commit", &meta.commit), ("etag", &meta.etag)] {
                 if value.is_empty() || value.len() > 128 || !value.chars().all(|c| c.is_ascii_alphanumeric()) {
-                    let (repo, endpoint, value) = (repo.to_string(), self.endpoint.clone(), value.to_owned());
+                    let (repo, endpoint, value) = (repo.to_string(), self.endpoint.clone(), value.clone());
                     return Err(HubError::BadAnswer { repo, endpoint, what, value });
                 }
             }
             match &commit {
-                Some(c) if c != meta.commit_hash() => {
-                    return Err(HubError::Moved {
-                        repo: repo.to_string(),
-                        commits: (c.clone(), meta.commit_hash().to_owned()),
-                    });
+                Some(c) if *c != meta.commit => {
+                    return Err(HubError::Moved { repo: repo.to_string(), commits: (c.clone(), meta.commit.clone()) });
                 }
-                _ => commit = Some(meta.commit_hash().to_owned()),
+                _ => commit = Some(meta.commit.clone()),
             }
-            let local = repo_dir.join("snapshots").join(meta.commit_hash()).join(file);
+            let local = cache.snapshot(&meta.commit).join(file);
             if !local.is_file() {
-                if self.verbose {
-                    eprintln!("downloading {}/{file} ({})", repo.id, indicatif::HumanBytes(meta.size() as u64));
+                if !cache.blob(&meta.etag).is_file() {
+                    self.download(&client, &cache, repo, file, &meta)?;
                 }
-                api_repo.download_with_progress(file, Bar::new(self.verbose)).map_err(request)?;
+                let io = |source| HubError::Io { path: local.clone(), source };
+                cache.link(&meta.commit, file, &meta.etag).map_err(io)?;
             }
             if let Err(reason) = check(&local, &meta) {
                 // Nothing that failed its check stays usable: the link and its blob go.
                 let _ = fs::remove_file(&local);
-                let _ = fs::remove_file(repo_dir.join("blobs").join(meta.etag()));
+                let _ = fs::remove_file(cache.blob(&meta.etag));
                 return Err(HubError::Corrupt { repo: repo.to_string(), file: file.clone(), reason });
             }
         }
         let commit = commit.unwrap_or_default();
-        // hf-hub writes the ref when it downloads; also when all was cached.
         if commit != repo.revision {
-            let io = |source| HubError::Io { path: repo_dir.join("refs"), source };
-            Cache::new(cache.to_owned()).repo(hub_repo).create_ref(&commit).map_err(io)?;
+            let io = |source| HubError::Io { path: cache.dir().join("refs").join(&repo.revision), source };
+            cache.write_ref(&repo.revision, &commit).map_err(io)?;
         }
-        Ok(in_subfolder(repo_dir.join("snapshots").join(commit), &repo.subfolder))
+        Ok(in_subfolder(cache.snapshot(&commit), &repo.subfolder))
+    }
+
+    /// Downloads `file` into its blob, holding the blob's lock: into
+    /// `blobs/ETAG.incomplete`, bounded by the announced size, then renamed.
+    fn download(
+        &self,
+        client: &Client,
+        cache: &RepoCache,
+        repo: &HubRepo,
+        file: &str,
+        meta: &Metadata,
+    ) -> Result<(), HubError> {
+        let lock_path = cache.lock(&meta.etag);
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| HubError::Io { path, source }
+        };
+        let lock = http::lock(&lock_path).map_err(io(&lock_path))?;
+        let waiting = Instant::now();
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(fs::TryLockError::WouldBlock) if waiting.elapsed() < LOCK_WAIT => {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(fs::TryLockError::WouldBlock) => {
+                    return Err(HubError::Busy { repo: repo.to_string(), file: file.to_owned(), lock: lock_path });
+                }
+                Err(fs::TryLockError::Error(e)) => return Err(io(&lock_path)(e)),
+            }
+        }
+        let blob = cache.blob(&meta.etag);
+        if blob.is_file() {
+            // Another process downloaded it while this one waited.
+            return Ok(());
+        }
+        if let Some(blobs) = blob.parent() {
+            fs::create_dir_all(blobs).map_err(io(blobs))?;
+        }
+        if self.verbose {
+            eprintln!("downloading {}/{file} ({})", repo.id, indicatif::HumanBytes(meta.size));
+        }
+        let part = cache.incomplete(&meta.etag);
+        let bar = Bar::new(self.verbose, meta.size, file);
+        let result = client.download(&meta.download, &part, meta.size, &mut |n| bar.inc(n));
+        bar.finish();
+        result.map_err(|e| match e {
+            HttpError::Io { path, source } => HubError::Io { path, source },
+            other => HubError::Download { repo: repo.to_string(), file: file.to_owned(), reason: other.to_string() },
+        })?;
+        fs::rename(&part, &blob).map_err(io(&blob))
     }
 
     /// The snapshot folder of `repo` when the cache holds its weights; no network.
     pub fn cached(&self, repo: &HubRepo) -> Result<Option<PathBuf>, HubError> {
-        let repo_dir = self.cache()?.join(Repo::model(repo.id.clone()).folder_name());
-        let commit = match fs::read_to_string(repo_dir.join("refs").join(&repo.revision)) {
-            Ok(commit) => commit.trim().to_owned(),
+        let cache = RepoCache::new(self.cache()?, &repo.id);
+        let commit = match cache.read_ref(&repo.revision) {
+            Some(commit) => commit,
             // A commit hash needs no ref (huggingface_hub writes none for one).
-            Err(_) if repo.revision.len() == 40 && repo.revision.chars().all(|c| c.is_ascii_hexdigit()) => {
+            None if repo.revision.len() == 40 && repo.revision.chars().all(|c| c.is_ascii_hexdigit()) => {
                 repo.revision.clone()
             }
-            Err(_) => return Ok(None),
+            None => return Ok(None),
         };
         if !is_name(&commit) {
             return Ok(None);
         }
-        let folder = in_subfolder(repo_dir.join("snapshots").join(commit), &repo.subfolder);
+        let folder = in_subfolder(cache.snapshot(&commit), &repo.subfolder);
         Ok(DIFFUSERS_FILES.iter().any(|f| folder.join(f).is_file()).then_some(folder))
     }
 
@@ -290,23 +359,27 @@ impl Hub {
         self.cache.as_deref().ok_or(HubError::NoCache)
     }
 
-    fn request_error(&self, repo: &HubRepo, source: ApiError) -> HubError {
+    fn request_error(&self, repo: &HubRepo, error: HttpError) -> HubError {
         let (repo, endpoint) = (repo.to_string(), self.endpoint.clone());
-        if let ApiError::RequestError(e) = &source
-            && let ureq::Error::StatusCode(status) = **e
-        {
-            match status {
-                // The Hub answers 401 for a repo that does not exist, as for a private one.
-                401 | 404 => return HubError::NotFound { repo, endpoint },
-                403 => return HubError::Denied { repo, endpoint },
-                _ => {}
-            }
+        match error {
+            // The Hub answers 401 for a repo that does not exist, as for a private one.
+            HttpError::Status { status: 401 | 404, from_endpoint: true, .. } => HubError::NotFound { repo, endpoint },
+            HttpError::Status { status: 403, from_endpoint: true, .. } => HubError::Denied { repo, endpoint },
+            HttpError::Io { path, source } => HubError::Io { path, source },
+            other => HubError::Request { repo, endpoint, reason: other.to_string() },
         }
-        let reason = match &source {
-            ApiError::RequestError(e) => e.to_string(),
-            other => other.to_string(),
-        };
-        HubError::Request { repo, endpoint, reason }
+    }
+}
+
+/// A timeout from huggingface_hub's variable `var` (seconds), 10 s when unset.
+fn timeout_from_env(var: &'static str) -> Result<Timeout, (&'static str, String)> {
+    let Some(value) = std::env::var_os(var).filter(|v| !v.is_empty()) else {
+        return Ok(Timeout { limit: DEFAULT_TIMEOUT, var });
+    };
+    let text = value.to_string_lossy().into_owned();
+    match text.trim().parse::<f64>().ok().filter(|s| *s > 0.0).and_then(|s| Duration::try_from_secs_f64(s).ok()) {
+        Some(limit) => Ok(Timeout { limit, var }),
+        None => Err((var, text)),
     }
 }
 
@@ -353,10 +426,10 @@ fn choose_files(repo: &HubRepo, listing: &[String]) -> Result<Vec<String>, HubEr
 /// (whose etag is their SHA-256), its SHA-256; for safetensors, its header.
 fn check(path: &Path, meta: &Metadata) -> Result<(), String> {
     let size = fs::metadata(path).map_err(|e| e.to_string())?.len();
-    if size != meta.size() as u64 {
-        return Err(format!("{size} bytes, where the Hub has {}", meta.size()));
+    if size != meta.size {
+        return Err(format!("{size} bytes, where the Hub has {}", meta.size));
     }
-    let etag = meta.etag();
+    let etag = meta.etag.as_str();
     if etag.len() == 64 && etag.chars().all(|c| c.is_ascii_hexdigit()) {
         let mut hasher = Sha256::new();
         let mut file = File::open(path).map_err(|e| e.to_string())?;
@@ -372,38 +445,28 @@ fn check(path: &Path, meta: &Metadata) -> Result<(), String> {
     Ok(())
 }
 
-/// hf-hub's download progress as an indicatif bar on stderr, drawn only on a terminal.
+/// A download's progress as an indicatif bar on stderr, drawn only on a terminal.
 struct Bar(Option<indicatif::ProgressBar>);
 
 impl Bar {
-    fn new(verbose: bool) -> Self {
+    fn new(verbose: bool, size: u64, file: &str) -> Self {
         let draw = verbose && std::io::stderr().is_terminal();
         Self(draw.then(|| {
             let style = indicatif::ProgressStyle::with_template(
                 "{msg} {bar:30} {bytes}/{total_bytes}, {bytes_per_sec} (eta {eta})",
             )
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-            indicatif::ProgressBar::new(0).with_style(style)
+            indicatif::ProgressBar::new(size).with_style(style).with_message(file.to_owned())
         }))
     }
-}
 
-impl Progress for Bar {
-    fn init(&mut self, size: usize, filename: &str) {
+    fn inc(&self, bytes: u64) {
         if let Some(bar) = &self.0 {
-            bar.set_length(size as u64);
-            bar.set_position(0);
-            bar.set_message(filename.to_owned());
+            bar.inc(bytes);
         }
     }
 
-    fn update(&mut self, size: usize) {
-        if let Some(bar) = &self.0 {
-            bar.inc(size as u64);
-        }
-    }
-
-    fn finish(&mut self) {
+    fn finish(&self) {
         if let Some(bar) = &self.0 {
             bar.finish_and_clear();
         }

@@ -1,0 +1,12 @@
+//! Any bytes as the Hub's description of a repo (`GET /api/models/ORG/NAME/revision/REV`):
+//! parsed or refused, never a panic.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(info) = vae::hub::parse_repo_info(data) {
+        // Every name kept is a relative path in the repo, safe to join to the cache.
+        assert!(info.files.iter().all(|f| !f.starts_with('/') && f.split('/').all(|p| !p.is_empty() && p != "..")));
+    }
+});
