@@ -241,7 +241,13 @@ impl Latent {
             return Err(LatentError::Overflow { path: path.to_owned(), name: "the array".to_owned(), shape });
         };
         if expected != found as u64 {
-            return Err(LatentError::Size { path: path.to_owned(), name: "the array".to_owned(), shape, expected, found });
+            return Err(LatentError::Size {
+                path: path.to_owned(),
+                name: "the array".to_owned(),
+                shape,
+                expected,
+                found,
+            });
         }
         let read = match item_size {
             4 => file.into_vec::<f32>(),
@@ -430,7 +436,9 @@ impl LatentMeta {
         }
         let finite = |key: &str| -> Result<Option<f64>, LatentError> {
             match parse::<f64>(map, key, path)? {
-                Some(v) if if key == "scaling_factor" { check_scaling(v).is_err() } else { check_shift(v).is_err() } => {
+                Some(v)
+                    if if key == "scaling_factor" { check_scaling(v).is_err() } else { check_shift(v).is_err() } =>
+                {
                     Err(LatentError::Metadata { path: path.to_owned(), key: key.to_owned(), value: map[key].clone() })
                 }
                 other => Ok(other),

@@ -100,8 +100,11 @@ pub fn preview(latent: &Latent, family: Family, scale: usize) -> Result<OutputIm
         (latent.meta.scaling_factor.unwrap_or(fam_scaling), latent.meta.shift_factor.unwrap_or(fam_shift));
     let (h, w) = (latent.height, latent.width);
     let plane = h * w;
-    let rescaled: Vec<f32> =
-        latent.data.iter().map(|&z| (((z as f64 / file_scaling + file_shift) - fam_shift) * fam_scaling) as f32).collect();
+    let rescaled: Vec<f32> = latent
+        .data
+        .iter()
+        .map(|&z| (((z as f64 / file_scaling + file_shift) - fam_shift) * fam_scaling) as f32)
+        .collect();
     if let Some(err) = NotFinite::of("the preview", &rescaled, (file_scaling, file_shift)) {
         return Err(err);
     }

@@ -129,6 +129,7 @@ cases! { bad_latent:
     latent_subnormal_scaling => "tiny_scaling.safetensors", "metadata `scaling_factor` = \"1e-40\"";
     latent_huge_shift => "huge_shift.safetensors", "metadata `shift_factor` = \"1e300\"";
     latent_overflows_once_unscaled => "huge_values.safetensors", "the decoded image has";
+    latent_overflows_with_its_scaling => "unscaled_overflow.safetensors", "the decoded image has";
 }
 
 cases! { inspected_latent:
@@ -143,7 +144,7 @@ cases! { previewed_latent:
     preview_npy_shape_wraps_to_zero => "wraps_to_zero.npy", "whose number of values overflows 64 bits";
     preview_npy_long_data => "long_data.npy", "but the file holds 260";
     preview_comfy_shape_overflows => "overflow.latent", "declared size overflows";
-    preview_overflows_once_unscaled => "huge_values.safetensors", "the preview has 64 infinite values";
+    preview_overflows_once_unscaled => "unscaled_overflow.safetensors", "the preview has 64 infinite values (the latent unscaled by 1e-30)";
 }
 
 /// A latent whose shape overflows, in the middle of a batch: the files

@@ -251,7 +251,9 @@ fn a_tiny_memory_budget_stores_f16_and_warns() {
 #[test]
 fn bad_tile_and_memory_values_are_usage_errors() {
     let dir = tempfile::tempdir().unwrap();
-    for args in [["--tile", "4"], ["--tile", "big"], ["--max-memory", "lots"], ["--max-memory", "0"], ["--max-memory", "0.5"]] {
+    for args in
+        [["--tile", "4"], ["--tile", "big"], ["--max-memory", "lots"], ["--max-memory", "0"], ["--max-memory", "0.5"]]
+    {
         let out = vae(dir.path(), &["decode", "z.safetensors", args[0], args[1]]);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
         assert!(stderr(&out).contains(args[1]), "{args:?}: {}", stderr(&out));
@@ -507,7 +509,11 @@ fn a_closed_stdout_ends_the_output_quietly() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(!stderr(&out).contains("error"), "{}", stderr(&out));
     assert!(dir.path().join("in.safetensors").is_file());
-    for args in [&["inspect", "in.safetensors"][..], &["inspect", "in.safetensors", "--json"], &["roundtrip", "in.png", "--weights", &w]] {
+    for args in [
+        &["inspect", "in.safetensors"][..],
+        &["inspect", "in.safetensors", "--json"],
+        &["roundtrip", "in.png", "--weights", &w],
+    ] {
         let out = with_closed_stdout(dir.path(), args);
         assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
         assert!(!stderr(&out).contains("panicked") && !stderr(&out).contains("error"), "{args:?}: {}", stderr(&out));
@@ -558,7 +564,8 @@ fn outputs_get_the_umask_mode_or_keep_the_replaced_one() {
     assert_eq!(mode("z.png"), 0o664);
     // --force keeps the mode of the file it replaces.
     std::fs::set_permissions(dir.path().join("z.png"), std::fs::Permissions::from_mode(0o640)).unwrap();
-    let out = with_umask(dir.path(), 0o022, &["decode", "z.safetensors", "-o", "z.png", "--force", "--weights", &tiny_sd()]);
+    let out =
+        with_umask(dir.path(), 0o022, &["decode", "z.safetensors", "-o", "z.png", "--force", "--weights", &tiny_sd()]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(mode("z.png"), 0o640);
 }

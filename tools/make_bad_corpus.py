@@ -127,6 +127,10 @@ def latents() -> None:
         (d / f"{name}.safetensors").write_bytes(safetensors({"latent": ("F32", [1, 4, 4, 4], sixteen)}, {key: value}))
     # Finite values that overflow f32 once unscaled by 0.18215: they decode to NaN.
     (d / "huge_values.safetensors").write_bytes(safetensors({"latent": ("F32", [1, 4, 4, 4], f32([3e38] * 64))}))
+    # A valid scaling that these values do not fit: 1e10 / 1e-30 overflows f32.
+    (d / "unscaled_overflow.safetensors").write_bytes(
+        safetensors({"latent": ("F32", [1, 4, 4, 4], f32([1e10] * 64))}, {"scaling_factor": "1e-30"})
+    )
     (d / "garbage.safetensors").write_bytes(bytes((i * 7919 + 13) % 251 for i in range(3000)))
     (d / "empty.safetensors").write_bytes(b"")
 

@@ -79,8 +79,10 @@ pub(super) fn expand_globs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
 fn recursive_glob(text: &str, options: glob::MatchOptions) -> Result<Vec<PathBuf>> {
     let pattern = glob::Pattern::new(text).with_context(|| format!("{text}: not a valid pattern"))?;
     let options = glob::MatchOptions { require_literal_separator: true, ..options };
-    let literal: PathBuf =
-        Path::new(text).components().take_while(|c| !c.as_os_str().to_string_lossy().contains(['*', '?', '['])).collect();
+    let literal: PathBuf = Path::new(text)
+        .components()
+        .take_while(|c| !c.as_os_str().to_string_lossy().contains(['*', '?', '[']))
+        .collect();
     let root = if literal.as_os_str().is_empty() { Path::new(".") } else { literal.as_path() };
     let mut found = Vec::new();
     if root.is_dir() {

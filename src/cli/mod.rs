@@ -389,7 +389,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             // Into memory first: clap_complete panics on a failed write.
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "vae", &mut script);
-            print(&String::from_utf8_lossy(&script)).map(|()| ExitCode::SUCCESS).context("writing the completion script")
+            print(&String::from_utf8_lossy(&script))
+                .map(|()| ExitCode::SUCCESS)
+                .context("writing the completion script")
         }
         Command::Roundtrip(args) => roundtrip(&mut ctx, args),
         Command::Dataset { command: DatasetCommand::Encode(args) } => dataset_encode(&mut ctx, *args),
