@@ -361,6 +361,11 @@ fn sorted_metadata(file: Vec<u8>) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
+/// `v` as people write it: `1e39`, not forty digits.
+pub(crate) fn short(v: f64) -> String {
+    if v != 0.0 && v.is_finite() && !(1e-4..1e6).contains(&v.abs()) { format!("{v:e}") } else { format!("{v}") }
+}
+
 /// Why `scaling` cannot scale latents: it must be finite, nonzero, and a
 /// normal f32 in size (latents are f32: a smaller or larger factor turns
 /// every value into zero or infinity).
@@ -369,7 +374,7 @@ pub fn check_scaling(scaling: f64) -> Result<(), String> {
     if scaling.is_finite() && size >= f64::from(f32::MIN_POSITIVE) && size <= f64::from(f32::MAX) {
         Ok(())
     } else {
-        Err(format!("scaling factor {scaling} is not a nonzero, finite number within f32's normal range"))
+        Err(format!("scaling factor {} is not a nonzero, finite number within f32's normal range", short(scaling)))
     }
 }
 
@@ -378,7 +383,7 @@ pub fn check_shift(shift: f64) -> Result<(), String> {
     if shift.is_finite() && shift.abs() <= f64::from(f32::MAX) {
         Ok(())
     } else {
-        Err(format!("shift factor {shift} is not a finite number within f32's range"))
+        Err(format!("shift factor {} is not a finite number within f32's range", short(shift)))
     }
 }
 

@@ -93,9 +93,7 @@ impl std::fmt::Display for NotFinite {
             (n, 0) => format!("{n} NaN values"),
             (n, m) => format!("{n} NaN and {m} infinite values"),
         };
-        // 1e39, not forty digits.
-        let number =
-            |v: f64| if v != 0.0 && !(1e-4..1e6).contains(&v.abs()) { format!("{v:e}") } else { format!("{v}") };
+        let number = crate::latent::short;
         let shift = if self.shift == 0.0 { String::new() } else { format!(" and shift {}", number(self.shift)) };
         let scaling = number(self.scaling);
         match self.what {

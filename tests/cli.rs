@@ -641,6 +641,7 @@ fn double_star_patterns_do_not_follow_folder_links() {
     std::os::unix::fs::symlink(".", dir.path().join("d/loop")).unwrap();
     std::os::unix::fs::symlink(".", dir.path().join("d/sub/x")).unwrap();
     std::os::unix::fs::symlink(".", dir.path().join("d/sub/y")).unwrap();
+    std::fs::create_dir(dir.path().join("out")).unwrap();
     let out = vae(dir.path(), &["encode", "d/**/*.png", "-o", "out", "--json", "--weights", &tiny_sd()]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out).lines().count(), 1, "{}", stdout(&out));
