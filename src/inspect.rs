@@ -3,10 +3,11 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use burn::tensor::Device;
+use burn::tensor::{Device, FloatDType};
 use serde_json::{Value, json};
 
 use crate::latent::{Latent, LatentFormat};
+use crate::latent_space::{LatentSpace, LatentSpaceRequest};
 use crate::model::{Family, Model};
 use crate::weights::{self, Parts, WeightsSource};
 
@@ -34,13 +35,16 @@ fn looks_like_latent(path: &Path) -> Result<bool> {
 fn inspect_weights(path: &Path) -> Result<Value> {
     let source = WeightsSource::from_path(path)?;
     // Every tensor is checked by name, shape and dtype; none is read.
-    let (model, info) = weights::load(&source, &Device::flex(), None, Parts::Neither)?;
-    let family = match model.family() {
+    let (model, info) = weights::load(&source, &Device::flex(), FloatDType::F32, Parts::Neither)?;
+    // The latent space the weights give, with no --family or --scaling-factor.
+    let resolved = LatentSpace::resolve(&info.scaling, LatentSpaceRequest::default(), model.latent_channels())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let family = match resolved.space.family {
         Some(Family::Sd1) => "sd1/sd2 (or sdxl: same architecture, its config.json says scaling 0.13025)",
         Some(f) => f.name(),
         None => "unknown (scaling and channels fit no preset)",
     };
-    let (scaling, shift) = model.latent_scaling();
+    let (scaling, shift) = (resolved.space.scaling_factor, resolved.space.shift_factor);
     let mut report = json!({
         "kind": "weights",
         "model": model.class_name(),
@@ -75,7 +79,11 @@ fn inspect_weights(path: &Path) -> Result<Value> {
             };
             json!({
                 // TAESD's family is that of the big VAE it was distilled from.
-                "family": format!("{} ({})", c.family().map_or("unknown", Family::name), info.notes.join("; ")),
+                "family": format!(
+                    "{} ({})",
+                    resolved.space.family.map_or("unknown", Family::name),
+                    resolved.notes.iter().chain(&info.notes).cloned().collect::<Vec<_>>().join("; ")
+                ),
                 "halves": halves,
                 "encoder_block_out_channels": c.encoder_block_out_channels,
                 "num_encoder_blocks": c.num_encoder_blocks,
@@ -119,7 +127,7 @@ fn inspect_latent(path: &Path) -> Result<Value> {
         "format": format,
         "shape": [1, latent.channels, latent.height, latent.width],
         "decodes_to": format!("{}x{} (at 8x)", m.width.unwrap_or(8 * latent.width), m.height.unwrap_or(8 * latent.height)),
-        "family": m.family,
+        "family": m.family.map(Family::name),
         "scaling_factor": m.scaling_factor,
         "shift_factor": m.shift_factor,
         "weights": m.weights,

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use npyz::WriterBuilder;
 use safetensors::{Dtype, SafeTensors};
 
+use crate::model::Family;
 use crate::output::{self, OutputError, Overwrite};
 
 /// Name of the tensor in files written by `vae encode`.
@@ -75,6 +76,8 @@ pub enum LatentError {
     Dtype { path: PathBuf, name: String, dtype: String },
     #[error("{}: tensor `{name}` contains {count} NaN or infinite values", path.display())]
     NotFinite { path: PathBuf, name: String, count: usize },
+    #[error("{}: written by a newer vae (latent format version {found}; this vae reads up to {FORMAT_VERSION}): upgrade vae to read it", path.display())]
+    NewerVersion { path: PathBuf, found: String },
     #[error("{}: metadata `{key}` = {value:?} is not valid", path.display())]
     Metadata { path: PathBuf, key: String, value: String },
     #[error(transparent)]
@@ -101,8 +104,10 @@ pub struct LatentMeta {
     pub weights: Option<String>,
     pub weights_sha256: Option<String>,
     pub tool_version: Option<String>,
-    /// The model family (`sd1`, `sdxl`, `sd3`, `flux`, ...) whose latent space this is.
-    pub family: Option<String>,
+    /// The model family whose latent space this is (`family`: `sd1`,
+    /// `sdxl`, `sd3`, `flux`, ...; a name this version does not know reads
+    /// as none).
+    pub family: Option<Family>,
 }
 
 /// A latent `[C, h, w]` (batch of one), as stored: scaled.
@@ -366,26 +371,7 @@ pub(crate) fn short(v: f64) -> String {
     if v != 0.0 && v.is_finite() && !(1e-4..1e6).contains(&v.abs()) { format!("{v:e}") } else { format!("{v}") }
 }
 
-/// Why `scaling` cannot scale latents: it must be finite, nonzero, and a
-/// normal f32 in size (latents are f32: a smaller or larger factor turns
-/// every value into zero or infinity).
-pub fn check_scaling(scaling: f64) -> Result<(), String> {
-    let size = scaling.abs();
-    if scaling.is_finite() && size >= f64::from(f32::MIN_POSITIVE) && size <= f64::from(f32::MAX) {
-        Ok(())
-    } else {
-        Err(format!("scaling factor {} is not a nonzero, finite number within f32's normal range", short(scaling)))
-    }
-}
-
-/// Why `shift` cannot shift latents: it must be finite as an f32.
-pub fn check_shift(shift: f64) -> Result<(), String> {
-    if shift.is_finite() && shift.abs() <= f64::from(f32::MAX) {
-        Ok(())
-    } else {
-        Err(format!("shift factor {} is not a finite number within f32's range", short(shift)))
-    }
-}
+pub use crate::latent_space::{check_scaling, check_shift};
 
 impl LatentMeta {
     fn to_map(&self) -> HashMap<String, String> {
@@ -418,7 +404,7 @@ impl LatentMeta {
         put("weights", self.weights.clone());
         put("weights_sha256", self.weights_sha256.clone());
         put("vae_version", self.tool_version.clone());
-        put("family", self.family.clone());
+        put("family", self.family.map(|f| f.name().to_owned()));
         m
     }
 
@@ -449,6 +435,19 @@ impl LatentMeta {
                 other => Ok(other),
             }
         };
+        // Our own files say which version of the format they are; a newer
+        // one may mean something this version would misread.
+        if map.get("format").map(String::as_str) == Some(FORMAT) {
+            let version = map.get("format_version").map_or("1", String::as_str);
+            match version.trim().parse::<u64>() {
+                Ok(v) if v <= FORMAT_VERSION.parse::<u64>().unwrap_or(1) => {}
+                Ok(_) => return Err(LatentError::NewerVersion { path: path.to_owned(), found: version.to_owned() }),
+                Err(_) => {
+                    let (key, value) = ("format_version".to_owned(), version.to_owned());
+                    return Err(LatentError::Metadata { path: path.to_owned(), key, value });
+                }
+            }
+        }
         let posterior = match map.get("posterior").map(String::as_str) {
             None => None,
             Some("mean") => Some(Posterior::Mean),
@@ -470,7 +469,7 @@ impl LatentMeta {
             weights: map.get("weights").cloned(),
             weights_sha256: map.get("weights_sha256").cloned(),
             tool_version: map.get("vae_version").cloned(),
-            family: map.get("family").cloned(),
+            family: map.get("family").and_then(|f| f.parse::<Family>().ok()),
         })
     }
 }
@@ -494,7 +493,7 @@ mod tests {
                 weights: Some("w.safetensors".into()),
                 weights_sha256: Some("0123456789abcdef".into()),
                 tool_version: Some("0.1.0".into()),
-                family: Some("sd1".into()),
+                family: Some(Family::Sd1),
             },
         }
     }

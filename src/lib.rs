@@ -19,6 +19,7 @@ pub mod imageio;
 pub mod inspect;
 pub mod kernels;
 pub mod latent;
+pub mod latent_space;
 pub mod metrics;
 pub mod model;
 pub mod output;
@@ -28,4 +29,7 @@ pub mod tiling;
 pub mod vae;
 pub mod weights;
 
-pub use vae::Vae;
+pub use imageio::{InputImage, OutputImage};
+pub use latent::{Latent, Posterior};
+pub use latent_space::{LatentSpace, LatentSpaceRequest};
+pub use vae::{OpenError, Vae, VaeError, VaeOptions};

@@ -79,7 +79,7 @@ fn factors(family: Family) -> (&'static [[f32; 3]], [f32; 3]) {
 pub fn family_of(latent: &Latent, family: Option<Family>) -> Option<Family> {
     let m = &latent.meta;
     family
-        .or_else(|| m.family.as_deref().and_then(|f| f.parse().ok()))
+        .or(m.family)
         .or_else(|| Family::of(latent.channels, m.scaling_factor?, m.shift_factor.unwrap_or(0.0)))
         .or(match latent.channels {
             4 => Some(Family::Sd1),

@@ -1,76 +1,143 @@
-//! The VAE as the tool uses it: images in, scaled latents out, and back,
-//! with diffusers' `AutoencoderKL` or with TAESD (`AutoencoderTiny`).
+//! The front door: [`Vae::open`] a VAE as [`VaeOptions`] say, then encode
+//! images to scaled latents and decode latents to images, with diffusers'
+//! `AutoencoderKL` or TAESD (`AutoencoderTiny`).
+//!
+//! ```no_run
+//! use vae::{Posterior, Vae, VaeOptions, imageio};
+//!
+//! let mut vae = Vae::open(&VaeOptions::new("stabilityai/sd-vae-ft-mse"))?;
+//! let image = imageio::load("photo.png".as_ref(), imageio::DEFAULT_MAX_PIXELS)?;
+//! let latent = vae.encode(&image, Posterior::Mean)?;
+//! let decoded = vae.decode(&latent)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
-use std::path::Path;
+use std::path::PathBuf;
 
 use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData};
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
 
 use crate::batch::{self, BatchSize};
-use crate::imageio::{InputImage, OutputImage};
+use crate::device::{self, DeviceError, DeviceRequest, Precision};
+use crate::hub::Hub;
+use crate::imageio::{DEFAULT_MAX_PIXELS, InputImage, OutputImage};
 use crate::latent::{Latent, LatentMeta, Posterior};
+use crate::latent_space::{LatentSpace, LatentSpaceError, LatentSpaceRequest};
 use crate::model::{AutoencoderTiny, DiagonalGaussian, Family, Model};
-use crate::tiling::{self, Plan, Program, Tile, TileOptions};
+use crate::tiling::{self, Plan, Program, Tile, TileOptions, default_max_memory};
 use crate::weights::{self, Parts, WeightsError, WeightsInfo, WeightsSource};
 
 /// Characters of the weights' SHA-256 recorded in latent metadata.
 const HASH_PREFIX: usize = 16;
 
-pub struct Vae {
-    pub model: Model,
-    pub info: WeightsInfo,
-    /// When to run in bands to bound memory (`--tile`, `--max-memory`).
-    /// `AutoencoderKL` only: TAESD always runs untiled (see [`Vae::encode_plan`]).
-    pub tiling: TileOptions,
-    /// How many inputs of one size a pass may take (`--batch-size`).
+/// How to open a VAE: what `vae`'s model flags say, for a library user.
+#[derive(Debug, Clone)]
+pub struct VaeOptions {
+    /// A `.safetensors` file, a diffusers folder, or a Hugging Face Hub repo
+    /// id (`org/name`, `org/name/subfolder`). `None`: `$VAE_WEIGHTS`, then
+    /// `./weights/`.
+    pub weights: Option<PathBuf>,
+    /// The Hub revision (branch, tag or commit) of a repo id.
+    pub revision: Option<String>,
+    pub device: DeviceRequest,
+    pub precision: Precision,
+    /// `--family` and `--scaling-factor`: see [`LatentSpace::resolve`].
+    pub latent_space: LatentSpaceRequest,
+    /// When to run in bands (`AutoencoderKL` in f32 only).
+    pub tile: Tile,
+    /// Peak memory to stay under; `None`: [`default_max_memory`].
+    pub max_memory: Option<u64>,
     pub batch: BatchSize,
-    /// Whether the device is a GPU, where batches pay (see [`crate::batch`]).
-    pub gpu: bool,
+    /// The halves to load (decoding needs no encoder).
+    pub parts: Parts,
+    /// The largest image a latent may decode to, in pixels.
+    pub max_pixels: u64,
+    /// The Hub client for repo ids (`None`: from the environment, silent).
+    pub hub: Option<Hub>,
+}
+
+impl VaeOptions {
+    /// Defaults for `weights`: the CPU or a GPU (`--device auto`), f32, the
+    /// weights' own latent space, bands when memory is short, both halves.
+    pub fn new(weights: impl Into<PathBuf>) -> Self {
+        Self { weights: Some(weights.into()), ..Self::default() }
+    }
+}
+
+impl Default for VaeOptions {
+    fn default() -> Self {
+        Self {
+            weights: None,
+            revision: None,
+            device: DeviceRequest::Auto,
+            precision: Precision::F32,
+            latent_space: LatentSpaceRequest::default(),
+            tile: Tile::Auto,
+            max_memory: None,
+            batch: BatchSize::Auto,
+            parts: Parts::Both,
+            max_pixels: DEFAULT_MAX_PIXELS,
+            hub: None,
+        }
+    }
+}
+
+/// Why a VAE could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    #[error("{}: {cause}", path.display())]
+    LatentSpace { path: PathBuf, cause: LatentSpaceError },
+    #[error("--tile {0}: bands run in f32 only; drop --tile or use --precision f32")]
+    TileNeedsF32(usize),
+}
+
+/// A VAE loaded on a device, ready to encode and decode.
+pub struct Vae {
+    model: Model,
+    info: WeightsInfo,
+    latent_space: LatentSpace,
+    /// Lines worth telling a user about how the latent space was chosen.
+    notes: Vec<String>,
+    tiling: TileOptions,
+    batch: BatchSize,
+    max_pixels: u64,
+    device: device::Chosen,
+    /// The float type of weights and activations now (`--precision`, until
+    /// a result that was not finite made it f32).
+    dtype: FloatDType,
+    /// The precision asked for, when a retry moved the model to f32.
+    retried_from: Option<FloatDType>,
     /// Resident bytes once the weights were loaded: the base of every estimate.
     resident: u64,
     parts: Parts,
-    /// The family named on the command line, recorded in latents (else
-    /// the one the model's scaling points to).
-    pub family: Option<Family>,
-    device: Device,
-    /// The float type of weights and activations (`--precision`).
-    dtype: FloatDType,
-    /// Where the weights came from, to load them again in f32 when a
-    /// reduced-precision result is not finite.
+    /// Where the weights came from, to load them again in f32.
     source: WeightsSource,
-    scaling_factor: Option<f64>,
 }
 
-/// Whether a result had to be computed again in f32.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Retried {
-    No,
-    /// The reduced-precision output held NaN or Inf; it was redone in f32,
-    /// and the model stays in f32 from then on.
-    InF32 {
-        from: FloatDType,
-    },
-}
-
+/// A result that could not be computed.
 #[derive(Debug, thiserror::Error)]
 pub enum VaeError {
-    #[error("{}: latent has {found} channels but the weights expect {expected}", path.display())]
-    Channels { path: std::path::PathBuf, found: usize, expected: usize },
-    #[error("{}: latent {height}x{width} would decode to {pixels} pixels, more than --max-pixels {max_pixels}", path.display())]
-    TooLarge { path: std::path::PathBuf, height: usize, width: usize, pixels: u64, max_pixels: u64 },
+    #[error("latent has {found} channels but the weights expect {expected}")]
+    Channels { found: usize, expected: usize },
+    #[error("latent {height}x{width} would decode to {pixels} pixels, more than --max-pixels {max_pixels}")]
+    TooLarge { height: usize, width: usize, pixels: u64, max_pixels: u64 },
+    #[error("TAESD's encoder is deterministic (no posterior to sample from); drop --sample")]
+    NoPosterior,
+    #[error("these weights were loaded without their {0}")]
+    NotLoaded(&'static str),
+    #[error("a batch takes inputs of one size (and one posterior each)")]
+    MixedBatch,
     // Not `#[from]`, which would make the cause a source as well, printed
     // twice by `{:#}`.
     #[error("loading the weights again in f32 after a result with NaN or Inf: {0}")]
     Reload(WeightsError),
     #[error("{0}")]
     NotFinite(NotFinite),
-}
-
-impl From<WeightsError> for VaeError {
-    fn from(err: WeightsError) -> Self {
-        VaeError::Reload(err)
-    }
 }
 
 /// A result that held NaN or Inf even in f32 (the retry cannot help): the
@@ -115,137 +182,209 @@ impl NotFinite {
 }
 
 impl Vae {
-    pub fn load(source: &WeightsSource, device: &Device, scaling_factor: Option<f64>) -> Result<Self, WeightsError> {
-        Self::load_parts(source, device, scaling_factor, Parts::Both)
-    }
-
-    /// Loads only the halves of the model in `parts` (the file is checked whole;
-    /// a TAESD file without a half in `parts` is an error).
-    /// Encoding without the encoder, or decoding without the decoder, panics.
-    pub fn load_parts(
-        source: &WeightsSource,
-        device: &Device,
-        scaling_factor: Option<f64>,
-        parts: Parts,
-    ) -> Result<Self, WeightsError> {
-        Self::load_in(source, device, FloatDType::F32, scaling_factor, parts)
-    }
-
-    /// [`Vae::load_parts`] computing in `dtype`: f16 and bf16 are for GPUs
-    /// (the CPU kernels compute in f32; elsewhere burn's operations run in
-    /// `dtype`, with GroupNorm statistics and the attention softmax in f32).
-    pub fn load_in(
-        source: &WeightsSource,
-        device: &Device,
-        dtype: FloatDType,
-        scaling_factor: Option<f64>,
-        parts: Parts,
-    ) -> Result<Self, WeightsError> {
-        let (model, info) = weights::load_in(source, device, dtype, scaling_factor, parts)?;
-        // From config.json or `scaling_factor`: latents are f32, and a factor
-        // out of its range makes every value zero or infinite.
-        let (scaling, shift) = model.latent_scaling();
-        if let Err(reason) = crate::latent::check_scaling(scaling).and_then(|()| crate::latent::check_shift(shift)) {
-            let path = source.config_json.clone().unwrap_or_else(|| source.file.clone());
-            return Err(WeightsError::Config { path, reason });
+    /// Opens the VAE `options` name: chooses the device, finds the weights
+    /// (downloading a Hub repo the cache lacks), loads them, and settles the
+    /// latent space ([`LatentSpace::resolve`]). Every option the model cannot
+    /// honour is an error here.
+    pub fn open(options: &VaeOptions) -> Result<Self, OpenError> {
+        let chosen = device::choose(options.device)?;
+        device::check_precision(&chosen, options.precision)?;
+        if let (Tile::Rows(rows), false) = (options.tile, options.precision == Precision::F32) {
+            return Err(OpenError::TileNeedsF32(rows));
         }
+        let source = resolve_weights(options)?;
+        let dtype = options.precision.dtype();
+        let (model, info) = weights::load(&source, &chosen.device, dtype, options.parts)?;
+        let resolved = LatentSpace::resolve(&info.scaling, options.latent_space, model.latent_channels())
+            .map_err(|cause| {
+                let path = source.config_json.clone().unwrap_or_else(|| source.file.clone());
+                OpenError::LatentSpace { path, cause }
+            })?;
+        // Bands bound the host's memory and move every band through it: on a
+        // GPU the default is the plain pass.
+        let tile = if chosen.gpu && options.tile == Tile::Auto { Tile::Off } else { options.tile };
+        let max_memory = options.max_memory.unwrap_or_else(default_max_memory);
         // Without a reading from the OS, assume the weights in f32 twice over.
         let resident = tiling::resident_memory().unwrap_or(2 << 30);
+        let mut notes = resolved.notes;
+        notes.extend(info.notes.iter().cloned());
         Ok(Self {
             model,
             info,
-            tiling: TileOptions::default(),
-            batch: BatchSize::Auto,
-            gpu: false,
-            resident,
-            parts,
-            family: None,
-            device: device.clone(),
+            latent_space: resolved.space,
+            notes,
+            tiling: TileOptions { tile, max_memory },
+            batch: options.batch,
+            max_pixels: options.max_pixels,
+            device: chosen,
             dtype,
-            source: source.clone(),
-            scaling_factor,
+            retried_from: None,
+            resident,
+            parts: options.parts,
+            source,
         })
     }
 
-    /// The float type the model computes in.
+    /// The network, for reports and for checks of its layers.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// The weights file and what was read from it.
+    pub fn info(&self) -> &WeightsInfo {
+        &self.info
+    }
+
+    /// How latents are scaled: what [`Vae::encode`] writes and, for latents
+    /// without scaling metadata, what [`Vae::decode`] assumes.
+    pub fn latent_space(&self) -> &LatentSpace {
+        &self.latent_space
+    }
+
+    /// How the latent space was chosen, and how the weights were read: one
+    /// line each, for a user.
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+
+    /// Whether [`Vae::encode`] can draw from a posterior (TAESD has none).
+    pub fn has_posterior(&self) -> bool {
+        matches!(self.model, Model::Kl(_))
+    }
+
+    /// The device, as `--device` resolved it.
+    pub fn device(&self) -> &device::Chosen {
+        &self.device
+    }
+
+    /// The float type the model computes in now.
     pub fn dtype(&self) -> FloatDType {
         self.dtype
     }
 
-    /// [`Vae::encode`], checked: when the output holds NaN or Inf in a
-    /// reduced precision, the weights are loaded again in f32 and the image
-    /// encoded again (the latent scaling set on the model is kept).
-    pub fn encode_checked(&mut self, image: &InputImage, posterior: Posterior) -> Result<(Latent, Retried), VaeError> {
-        let (mut latents, retried) = self.encode_batch_checked(&[image], &[posterior])?;
-        Ok((latents.pop().expect("one latent per image"), retried))
+    /// The precision first asked for, once a result in it held NaN or Inf
+    /// and was computed again in f32 (the model stays in f32 from then on).
+    pub fn retried_from(&self) -> Option<FloatDType> {
+        self.retried_from
     }
 
-    /// [`Vae::encode_batch`], checked as [`Vae::encode_checked`] is (the
-    /// whole batch again in f32 when one latent is not finite). A latent
-    /// that is still not finite in f32 is an error: nothing can fix it.
-    pub fn encode_batch_checked(
-        &mut self,
-        images: &[&InputImage],
-        posteriors: &[Posterior],
-    ) -> Result<(Vec<Latent>, Retried), VaeError> {
-        let (latents, retried) = self.with_f32_retry(
-            |vae| vae.encode_batch(images, posteriors),
+    /// When runs go in bands, and the memory they budget for.
+    pub fn tiling(&self) -> TileOptions {
+        self.tiling
+    }
+
+    /// Encodes an image to a scaled latent: `(z - shift) * scaling_factor`,
+    /// where `z` is the posterior mean or a seeded draw from the posterior.
+    /// TAESD's encoder outputs that scaled latent directly and has no
+    /// posterior (`Posterior::Sample` is refused). A result with NaN or Inf
+    /// in f16/bf16 is computed again in f32; one that is not finite even
+    /// then is an error.
+    pub fn encode(&mut self, image: &InputImage, posterior: Posterior) -> Result<Latent, VaeError> {
+        let mut latents = self.encode_batch(&[image], &[posterior])?;
+        Ok(latents.pop().expect("one latent per image"))
+    }
+
+    /// [`Vae::encode`] for images of one size in one pass of the model (a
+    /// batch: what a GPU runs fastest), each with its own posterior; the
+    /// latents are those of encoding each alone. When one image would run in
+    /// bands, they are encoded one by one (see [`Vae::encode_passes`]).
+    pub fn encode_batch(&mut self, images: &[&InputImage], posteriors: &[Posterior]) -> Result<Vec<Latent>, VaeError> {
+        if !self.parts.encoder() {
+            return Err(VaeError::NotLoaded("encoder"));
+        }
+        let size = |image: &InputImage| (image.width, image.height);
+        if images.len() != posteriors.len() || images.iter().any(|i| size(i) != size(images[0])) {
+            return Err(VaeError::MixedBatch);
+        }
+        if matches!(self.model, Model::Tiny(_)) && posteriors.iter().any(|p| *p != Posterior::Mean) {
+            return Err(VaeError::NoPosterior);
+        }
+        let latents = self.with_f32_retry(
+            |vae| vae.run_encoder(images, posteriors),
             |latents| latents.iter().all(|l| all_finite(&l.data)),
         )?;
         for latent in &latents {
-            let scaling = (latent.meta.scaling_factor.unwrap_or(1.0), latent.meta.shift_factor.unwrap_or(0.0));
-            if let Some(err) = NotFinite::of("the latent", &latent.data, scaling) {
+            let (scaling, shift) = self.latent_space.channel(0);
+            if let Some(err) = NotFinite::of("the latent", &latent.data, (scaling, shift)) {
                 return Err(VaeError::NotFinite(err));
             }
         }
-        Ok((latents, retried))
+        Ok(latents)
     }
 
-    /// [`Vae::decode`], checked as [`Vae::encode_checked`] is.
-    pub fn decode_checked(
-        &mut self,
-        latent: &Latent,
-        path: &Path,
-        max_pixels: u64,
-    ) -> Result<(OutputImage, Retried), VaeError> {
-        self.check_latent(latent, path, max_pixels)?;
-        let (mut images, retried) = self.decode_batch_checked(&[latent])?;
-        Ok((images.pop().expect("one image per latent"), retried))
+    /// Decodes a scaled latent to an 8-bit image, cropped to the size recorded
+    /// in its metadata. The latent's own scaling metadata wins over the
+    /// model's: it says how that file was scaled. Refuses a latent of other
+    /// channels, or one that would decode to more than `max_pixels`, before
+    /// decoding.
+    pub fn decode(&mut self, latent: &Latent) -> Result<OutputImage, VaeError> {
+        let mut images = self.decode_batch(&[latent])?;
+        Ok(images.pop().expect("one image per latent"))
     }
 
-    /// [`Vae::decode_planar_batch`] made images, checked as [`Vae::encode_checked`] is.
-    pub fn decode_batch_checked(&mut self, latents: &[&Latent]) -> Result<(Vec<OutputImage>, Retried), VaeError> {
-        let (planar, retried) =
-            self.with_f32_retry(|vae| vae.decode_planar_batch(latents), |planar| planar.iter().all(|p| all_finite(p)))?;
-        self.check_finite(latents, &planar)?;
+    /// [`Vae::decode`] for latents of one shape in one pass of the model
+    /// (one by one when one would run in bands).
+    pub fn decode_batch(&mut self, latents: &[&Latent]) -> Result<Vec<OutputImage>, VaeError> {
+        let planar = self.decode_float_batch(latents)?;
         let images = latents.iter().zip(&planar).map(|(latent, planar)| self.postprocess(latent, planar));
-        Ok((images.collect(), retried))
+        Ok(images.collect())
+    }
+
+    /// The decoder's float output `[3, 8h, 8w]` (about [-1, 1]), before
+    /// postprocessing: for checks of exactness.
+    pub fn decode_float(&mut self, latent: &Latent) -> Result<Vec<f32>, VaeError> {
+        Ok(self.decode_float_batch(&[latent])?.pop().expect("one image per latent"))
+    }
+
+    /// [`Vae::decode_float`] for latents of one shape, as [`Vae::decode_batch`].
+    pub fn decode_float_batch(&mut self, latents: &[&Latent]) -> Result<Vec<Vec<f32>>, VaeError> {
+        if !self.parts.decoder() {
+            return Err(VaeError::NotLoaded("decoder"));
+        }
+        let shape = |l: &Latent| (l.channels, l.height, l.width);
+        if latents.iter().any(|l| shape(l) != shape(latents[0])) {
+            return Err(VaeError::MixedBatch);
+        }
+        for latent in latents {
+            self.check_latent(latent)?;
+        }
+        let planar = self.with_f32_retry(|vae| vae.run_decoder(latents), |planar| planar.iter().all(|p| all_finite(p)))?;
+        for (latent, planar) in latents.iter().zip(&planar) {
+            if let Some(err) = NotFinite::of("the decoded image", planar, self.file_scaling(latent)) {
+                return Err(VaeError::NotFinite(err));
+            }
+        }
+        Ok(planar)
+    }
+
+    /// Whether this model decodes `latent`: its channels, and an image of at
+    /// most `max_pixels`.
+    pub fn check_latent(&self, latent: &Latent) -> Result<(), VaeError> {
+        let expected = self.model.latent_channels();
+        if latent.channels != expected {
+            return Err(VaeError::Channels { found: latent.channels, expected });
+        }
+        let factor = self.model.upscale() as u64;
+        let pixels = (latent.height as u64 * factor).saturating_mul(latent.width as u64 * factor);
+        if pixels > self.max_pixels {
+            let (height, width, max_pixels) = (latent.height, latent.width, self.max_pixels);
+            return Err(VaeError::TooLarge { height, width, pixels, max_pixels });
+        }
+        Ok(())
     }
 
     /// `run(self)`, and once more in f32 when `finite` says its result is not.
-    fn with_f32_retry<T>(
-        &mut self,
-        run: impl Fn(&Self) -> T,
-        finite: impl Fn(&T) -> bool,
-    ) -> Result<(T, Retried), WeightsError> {
+    fn with_f32_retry<T>(&mut self, run: impl Fn(&Self) -> T, finite: impl Fn(&T) -> bool) -> Result<T, VaeError> {
         let out = run(self);
         if finite(&out) || self.dtype == FloatDType::F32 {
-            return Ok((out, Retried::No));
+            return Ok(out);
         }
-        let from = self.dtype;
-        self.reload_in_f32()?;
-        Ok((run(self), Retried::InF32 { from }))
-    }
-
-    /// Loads the weights again in f32, keeping the latent scaling and tiling.
-    fn reload_in_f32(&mut self) -> Result<(), WeightsError> {
         let (model, _) =
-            weights::load_in(&self.source, &self.device, FloatDType::F32, self.scaling_factor, self.parts)?;
-        let scaling = self.model.latent_scaling();
+            weights::load(&self.source, &self.device.device, FloatDType::F32, self.parts).map_err(VaeError::Reload)?;
         self.model = model;
-        self.model.set_latent_scaling(scaling.0, scaling.1);
+        self.retried_from = Some(self.dtype);
         self.dtype = FloatDType::F32;
-        Ok(())
+        Ok(run(self))
     }
 
     /// How `image` is encoded: whole or in bands (see [`tiling`]).
@@ -280,7 +419,7 @@ impl Vae {
 
     /// How many inputs to read ahead and group into passes.
     pub fn read_ahead(&self) -> usize {
-        self.batch.chunk(self.gpu)
+        self.batch.chunk(self.device.gpu)
     }
 
     /// `images` grouped into passes of [`Vae::encode_batch`]: one size in
@@ -311,7 +450,7 @@ impl Vae {
     /// untiled, each input adding its activations to the weights. On a GPU
     /// tiling is off: its memory is not the host's.
     fn pass_limit(&self, plan: Plan, pixels: usize) -> usize {
-        let wanted = self.batch.per_pass(self.gpu, pixels as u64);
+        let wanted = self.batch.per_pass(self.device.gpu, pixels as u64);
         match plan {
             Plan::Banded { .. } => 1,
             Plan::Whole { estimate } if self.tiling.tile == Tile::Auto && self.dtype == FloatDType::F32 => {
@@ -335,31 +474,16 @@ impl Vae {
         Plan::Whole { estimate: self.resident + 4 * activation }
     }
 
-    /// Encodes an image to a scaled latent: `(z - shift) * scaling_factor`,
-    /// where `z` is the posterior mean or a seeded draw from the posterior.
-    /// TAESD's encoder outputs that scaled latent directly (it has no
-    /// posterior: a sample is its mean, recorded as such).
-    pub fn encode(&self, image: &InputImage, posterior: Posterior) -> Latent {
-        self.encode_batch(&[image], &[posterior]).pop().expect("one latent per image")
-    }
-
-    /// [`Vae::encode`] for images of one size in one pass of the model
-    /// (a batch: what a GPU runs fastest), each with its own posterior; the
-    /// latents are those of encoding each alone. When one image would run in
-    /// bands, they are encoded one by one (see [`Vae::encode_passes`]).
-    pub fn encode_batch(&self, images: &[&InputImage], posteriors: &[Posterior]) -> Vec<Latent> {
-        assert!(self.parts.encoder(), "Vae::encode on a model loaded without its encoder");
-        assert_eq!(images.len(), posteriors.len(), "Vae::encode_batch takes a posterior per image");
+    /// The encoder on `images` (of one size), unchecked.
+    fn run_encoder(&self, images: &[&InputImage], posteriors: &[Posterior]) -> Vec<Latent> {
         let Some(first) = images.first() else { return Vec::new() };
-        let size = |image: &InputImage| (image.width, image.height);
-        assert!(images.iter().all(|i| size(i) == size(first)), "Vae::encode_batch takes images of one size");
         let plan = self.encode_plan(first);
         if images.len() > 1 && matches!(plan, Plan::Banded { .. }) {
-            return images.iter().zip(posteriors).map(|(image, p)| self.encode(image, *p)).collect();
+            return images.iter().zip(posteriors).flat_map(|(image, p)| self.run_encoder(&[image], &[*p])).collect();
         }
-        let x = images.iter().map(|image| image.to_tensor(self.model.downscale(), &self.device)).collect();
+        let x = images.iter().map(|image| image.to_tensor(self.model.downscale(), &self.device.device)).collect();
         let x = Tensor::cat(x, 0).cast(self.dtype);
-        let (scaling, shift) = self.model.latent_scaling();
+        let (scaling, shift) = (self.latent_space.scaling_factor, self.latent_space.shift_factor);
         let (scaled, posteriors) = match &self.model {
             Model::Kl(model) => {
                 let moments = tiling::run(&Program::encoder(model), x, plan, |x| model.moments(x));
@@ -370,15 +494,15 @@ impl Vae {
                     // The mean's draw is the mean: zero noise.
                     let [_, c, h, w] = dist.mean.dims();
                     let noise = posteriors.iter().map(|p| match p {
-                        Posterior::Sample { seed } => gaussian_noise([1, c, h, w], *seed, &self.device),
-                        Posterior::Mean => Tensor::zeros([1, c, h, w], &self.device),
+                        Posterior::Sample { seed } => gaussian_noise([1, c, h, w], *seed, &self.device.device),
+                        Posterior::Mean => Tensor::zeros([1, c, h, w], &self.device.device),
                     });
                     dist.sample(Tensor::cat(noise.collect(), 0))
                 };
                 ((z - shift) * scaling, posteriors.to_vec())
             }
             Model::Tiny(model) => {
-                let latents = model.encode(x).expect("Vae::load_parts refuses a TAESD without its encoder");
+                let latents = model.encode(x).expect("Vae::encode_batch checks that the encoder is loaded");
                 let latents = latents.cast(FloatDType::F32);
                 // diffusers' pipeline scaling: 1 and 0 for every TAESD.
                 let (s, t) = (model.config.scaling_factor, model.config.shift_factor);
@@ -400,49 +524,11 @@ impl Vae {
                 weights: file_name.clone(),
                 weights_sha256: Some(self.info.sha256[..HASH_PREFIX.min(self.info.sha256.len())].to_owned()),
                 tool_version: Some(env!("CARGO_PKG_VERSION").to_owned()),
-                family: self.family.or(self.model.family()).map(|f| f.name().to_owned()),
+                family: self.latent_space.family,
             };
             Latent { channels, height, width, data: data.to_vec(), meta }
         });
         latents.collect()
-    }
-
-    /// Decodes a scaled latent to an 8-bit image, cropped to the size recorded
-    /// in its metadata. The latent's own scaling metadata wins over the
-    /// model's: it says how that file was scaled.
-    ///
-    /// Refuses latents whose image would exceed `max_pixels`, before decoding.
-    pub fn decode(&self, latent: &Latent, path: &Path, max_pixels: u64) -> Result<OutputImage, VaeError> {
-        self.check_latent(latent, path, max_pixels)?;
-        let planar = self.decode_planar_batch(&[latent]).pop().expect("one image per latent");
-        self.check_finite(&[latent], std::slice::from_ref(&planar))?;
-        Ok(self.postprocess(latent, &planar))
-    }
-
-    /// Refuses decoded images holding NaN or Inf (they would be written black).
-    fn check_finite(&self, latents: &[&Latent], planar: &[Vec<f32>]) -> Result<(), VaeError> {
-        for (latent, planar) in latents.iter().zip(planar) {
-            if let Some(err) = NotFinite::of("the decoded image", planar, self.file_scaling(latent)) {
-                return Err(VaeError::NotFinite(err));
-            }
-        }
-        Ok(())
-    }
-
-    /// Whether this model decodes `latent` (read from `path`): its channels,
-    /// and an image of at most `max_pixels`.
-    pub fn check_latent(&self, latent: &Latent, path: &Path, max_pixels: u64) -> Result<(), VaeError> {
-        let expected = self.model.latent_channels();
-        if latent.channels != expected {
-            return Err(VaeError::Channels { path: path.to_owned(), found: latent.channels, expected });
-        }
-        let factor = self.model.upscale() as u64;
-        let pixels = (latent.height as u64 * factor).saturating_mul(latent.width as u64 * factor);
-        if pixels > max_pixels {
-            let (height, width) = (latent.height, latent.width);
-            return Err(VaeError::TooLarge { path: path.to_owned(), height, width, pixels, max_pixels });
-        }
-        Ok(())
     }
 
     /// The decoder's output as an 8-bit image, cropped to the recorded size.
@@ -453,33 +539,21 @@ impl Vae {
         OutputImage::from_planar(planar, full_w, full_h, width, height)
     }
 
-    /// The decoder's float output `[3, 8h, 8w]`, before postprocessing.
-    pub fn decode_planar(&self, latent: &Latent, path: &Path) -> Result<Vec<f32>, VaeError> {
-        self.check_latent(latent, path, u64::MAX)?;
-        Ok(self.decode_planar_batch(&[latent]).pop().expect("one image per latent"))
-    }
-
-    /// [`Vae::decode_planar`] for latents of one shape, each scaled as its
-    /// own file says, in one pass of the model (one by one when one would
-    /// run in bands). Each must have passed [`Vae::check_latent`].
-    pub fn decode_planar_batch(&self, latents: &[&Latent]) -> Vec<Vec<f32>> {
-        assert!(self.parts.decoder(), "Vae::decode on a model loaded without its decoder");
+    /// The decoder on `latents` (of one shape, each checked), unchecked
+    /// results: each scaled as its own file says.
+    fn run_decoder(&self, latents: &[&Latent]) -> Vec<Vec<f32>> {
         let Some(first) = latents.first() else { return Vec::new() };
         let shape = |l: &Latent| [1, l.channels, l.height, l.width];
-        assert!(
-            latents.iter().all(|l| shape(l) == shape(first)),
-            "Vae::decode_planar_batch takes latents of one shape"
-        );
-        assert_eq!(first.channels, self.model.latent_channels(), "Vae::check_latent first");
         let plan = self.decode_plan(first);
         if latents.len() > 1 && matches!(plan, Plan::Banded { .. }) {
-            return latents.iter().flat_map(|latent| self.decode_planar_batch(&[latent])).collect();
+            return latents.iter().flat_map(|latent| self.run_decoder(&[latent])).collect();
         }
+        let device = &self.device.device;
         let image = match &self.model {
             Model::Kl(model) => {
                 let z = latents.iter().map(|latent| {
                     let (scaling, shift) = self.file_scaling(latent);
-                    let z = Tensor::<4>::from_data(TensorData::new(latent.data.clone(), shape(latent)), &self.device);
+                    let z = Tensor::<4>::from_data(TensorData::new(latent.data.clone(), shape(latent)), device);
                     z / scaling + shift
                 });
                 let z = Tensor::cat(z.collect(), 0).cast(self.dtype);
@@ -488,9 +562,9 @@ impl Vae {
             Model::Tiny(model) => {
                 let p = latents.iter().map(|latent| {
                     let p = self.tiny_input(model, &latent.data, self.file_scaling(latent));
-                    Tensor::<4>::from_data(TensorData::new(p, shape(latent)), (&self.device, DType::from(self.dtype)))
+                    Tensor::<4>::from_data(TensorData::new(p, shape(latent)), (device, DType::from(self.dtype)))
                 });
-                model.decode(Tensor::cat(p.collect(), 0)).expect("Vae::load_parts refuses a TAESD without its decoder")
+                model.decode(Tensor::cat(p.collect(), 0)).expect("Vae::decode_batch checks that the decoder is loaded")
             }
         };
         let [_, c, h, w] = image.dims();
@@ -503,7 +577,7 @@ impl Vae {
     /// when it already is, as for latents TAESD or that VAE wrote), then
     /// diffusers' pipeline scaling undone (1 and 0 for every TAESD). In f64.
     fn tiny_input(&self, model: &AutoencoderTiny, data: &[f32], (scaling, shift): (f64, f64)) -> Vec<f32> {
-        let (target, target_shift) = self.model.latent_scaling();
+        let (target, target_shift) = (self.latent_space.scaling_factor, self.latent_space.shift_factor);
         let (s, t) = (model.config.scaling_factor, model.config.shift_factor);
         if (scaling, shift) == (target, target_shift) && (s, t) == (1.0, 0.0) {
             return data.to_vec();
@@ -514,19 +588,20 @@ impl Vae {
 }
 
 impl Vae {
-    /// How `latent` was scaled: its metadata, else its family's, else the model's.
+    /// How `latent` was scaled: its metadata, else its family's, else this
+    /// model's latent space.
     fn file_scaling(&self, latent: &Latent) -> (f64, f64) {
-        let family = latent.meta.family.as_deref().and_then(|f| f.parse::<Family>().ok()).map(Family::scaling);
-        let (scaling, shift) = family.unwrap_or(self.model.latent_scaling());
+        let own = (self.latent_space.scaling_factor, self.latent_space.shift_factor);
+        let (scaling, shift) = latent.meta.family.map_or(own, Family::scaling);
         (latent.meta.scaling_factor.unwrap_or(scaling), latent.meta.shift_factor.unwrap_or(shift))
     }
 
     /// Standard deviation of `latent` unscaled as its file says and scaled
-    /// again as this model's family would: about 1 when they fit (scaling
-    /// factors are chosen to give unit variance).
+    /// again as this model's latent space would: about 1 when they fit
+    /// (scaling factors are chosen to give unit variance).
     pub fn rescaled_std(&self, latent: &Latent) -> f64 {
         let (scaling, shift) = self.file_scaling(latent);
-        let (target, target_shift) = self.family.map_or(self.model.latent_scaling(), Family::scaling);
+        let (target, target_shift) = (self.latent_space.scaling_factor, self.latent_space.shift_factor);
         let values = latent.data.iter().map(|&v| ((v as f64 / scaling + shift) - target_shift) * target);
         let n = latent.data.len().max(1) as f64;
         let (sum, sum_sq) = values.fold((0.0, 0.0), |(s, q), v| (s + v, q + v * v));
@@ -545,4 +620,13 @@ fn gaussian_noise(shape: [usize; 4], seed: u64, device: &Device) -> Tensor<4> {
     let n = shape.iter().product();
     let values: Vec<f32> = (0..n).map(|_| StandardNormal.sample(&mut rng)).collect();
     Tensor::from_data(TensorData::new(values, shape), device)
+}
+
+/// The weights `options` name: a path or a Hub repo.
+fn resolve_weights(options: &VaeOptions) -> Result<WeightsSource, WeightsError> {
+    let (explicit, revision) = (options.weights.as_deref(), options.revision.as_deref());
+    match &options.hub {
+        Some(hub) => weights::resolve(explicit, revision, hub),
+        None => weights::resolve(explicit, revision, &Hub::from_env().verbose(false)),
+    }
 }

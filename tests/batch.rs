@@ -6,11 +6,12 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use vae::VaeOptions;
 use vae::batch::BatchSize;
 use vae::imageio::{self, DEFAULT_MAX_PIXELS, InputImage};
 use vae::latent::{Latent, Posterior};
 
-use common::parity::load;
+use common::parity::{load, load_with};
 use common::{fixtures, listing, max_abs_diff, stderr, vae};
 
 /// Batched and alone differ only by the order of float sums, if at all.
@@ -40,15 +41,15 @@ fn a_pass_of_several_images_gives_each_ones_latent_and_image() {
     let dir = tempfile::tempdir().unwrap();
     let images = images(dir.path());
     for weights in ["tiny_sd", "tiny_taesd"] {
-        let mut model = load(weights);
-        model.batch = BatchSize::Images(4);
+        let mut model = load_with(weights, |options| options.batch = BatchSize::Images(4));
         let all: Vec<&InputImage> = images.iter().collect();
         assert_eq!(model.encode_passes(&all), vec![vec![0, 2, 3], vec![1]], "{weights}: grouped by size");
 
         let same: Vec<&InputImage> = [0, 2, 3].iter().map(|&i| &images[i]).collect();
         let posteriors = [Posterior::Mean, Posterior::Sample { seed: 7 }, Posterior::Sample { seed: 8 }];
-        let batched = model.encode_batch(&same, &posteriors);
-        let alone: Vec<Latent> = same.iter().zip(&posteriors).map(|(image, p)| model.encode(image, *p)).collect();
+        let batched = model.encode_batch(&same, &posteriors).unwrap();
+        let alone: Vec<Latent> =
+            same.iter().zip(&posteriors).map(|(image, p)| model.encode(image, *p).unwrap()).collect();
         for (b, a) in batched.iter().zip(&alone) {
             assert_eq!(b.meta, a.meta, "{weights}");
             let diff = max_abs_diff(&b.data, &a.data);
@@ -59,9 +60,9 @@ fn a_pass_of_several_images_gives_each_ones_latent_and_image() {
 
         let latents: Vec<&Latent> = alone.iter().collect();
         assert_eq!(model.decode_passes(&latents), vec![vec![0, 1, 2]], "{weights}");
-        let batched = model.decode_planar_batch(&latents);
+        let batched = model.decode_float_batch(&latents).unwrap();
         for (b, latent) in batched.iter().zip(&alone) {
-            let a = model.decode_planar(latent, Path::new("z")).unwrap();
+            let a = model.decode_float(latent).unwrap();
             let diff = max_abs_diff(b, &a);
             assert!(diff <= TOLERANCE, "{weights}: batched image differs by {diff}");
         }
@@ -73,17 +74,22 @@ fn passes_stay_within_the_memory_budget_on_the_cpu() {
     let dir = tempfile::tempdir().unwrap();
     let images = images(dir.path());
     let all: Vec<&InputImage> = images.iter().collect();
-    let mut model = load("tiny_sd");
     // The CPU's default: one image a pass.
-    assert_eq!(model.encode_passes(&all), vec![vec![0], vec![1], vec![2], vec![3]]);
-    model.batch = BatchSize::Images(2);
-    assert_eq!(model.encode_passes(&all), vec![vec![0, 2], vec![1], vec![3]]);
+    assert_eq!(load("tiny_sd").encode_passes(&all), vec![vec![0], vec![1], vec![2], vec![3]]);
+    let two = |options: &mut VaeOptions| options.batch = BatchSize::Images(2);
+    assert_eq!(load_with("tiny_sd", two).encode_passes(&all), vec![vec![0, 2], vec![1], vec![3]]);
     // A budget that one image fills runs them one at a time (in bands).
-    model.tiling.max_memory = 1;
-    assert_eq!(model.encode_passes(&all), vec![vec![0], vec![1], vec![2], vec![3]]);
+    let tight = |options: &mut VaeOptions| {
+        two(options);
+        options.max_memory = Some(1);
+    };
+    assert_eq!(load_with("tiny_sd", tight).encode_passes(&all), vec![vec![0], vec![1], vec![2], vec![3]]);
     // Without tiling, the budget is not consulted.
-    model.tiling.tile = vae::tiling::Tile::Off;
-    assert_eq!(model.encode_passes(&all), vec![vec![0, 2], vec![1], vec![3]]);
+    let untiled = |options: &mut VaeOptions| {
+        tight(options);
+        options.tile = vae::tiling::Tile::Off;
+    };
+    assert_eq!(load_with("tiny_sd", untiled).encode_passes(&all), vec![vec![0, 2], vec![1], vec![3]]);
 }
 
 /// The `bench:` lines' batch sizes, in order.

@@ -331,7 +331,7 @@ fn family_sets_and_records_the_scaling() {
     let out = vae(dir.path(), &["encode", "in.png", "-o", "z.safetensors", "--family", "sdxl", "--weights", &loose]);
     assert!(out.status.success(), "{}", stderr(&out));
     let meta = Latent::read(&dir.path().join("z.safetensors")).unwrap().meta;
-    assert_eq!((meta.scaling_factor, meta.family.as_deref()), (Some(0.13025), Some("sdxl")));
+    assert_eq!((meta.scaling_factor, meta.family), (Some(0.13025), Some(vae::model::Family::Sdxl)));
     // A folder with config.json keeps its scaling, and says so.
     let out =
         vae(dir.path(), &["encode", "in.png", "-o", "c.safetensors", "--family", "sdxl", "--weights", &tiny_sd()]);
@@ -356,7 +356,7 @@ fn preview_maps_channels_to_colours_without_weights() {
         scaling_factor: Some(0.18215),
         width: Some(27),
         height: Some(21),
-        family: Some("sd1".into()),
+        family: Some(vae::model::Family::Sd1),
         ..Default::default()
     };
     let latent = Latent { channels: 4, height: h, width: w, data, meta };

@@ -46,7 +46,7 @@ const GPU_DECODED_TOLERANCE: f32 = 2.0 * TOLERANCE;
 #[test]
 fn parity_with_diffusers_f32() {
     let Some(chosen) = gpu() else { return };
-    let vae = load_on("tiny_sd", &chosen.device);
+    let vae = load_on("tiny_sd", DeviceRequest::Gpu);
     let input = imageio::load(&fixtures().join("images/kodim03.png"), DEFAULT_MAX_PIXELS).unwrap();
     let want = read_tensors(&fixtures().join("expected/tiny_sd__kodim03.safetensors"));
     let posterior = kl(&vae).encode(input.to_tensor(8, &chosen.device));

@@ -5,74 +5,72 @@
 mod common;
 
 use burn::tensor::{Tensor, TensorData};
-use vae::Vae;
 use vae::imageio::{self, DEFAULT_MAX_PIXELS};
-use vae::weights::WeightsSource;
 
-use common::parity::{TOLERANCE, check_decoder, check_encoder, device, full_fixtures, kl, load};
+use common::parity::{TOLERANCE, check_decoder, check_encoder, device, full_fixtures, kl, load, load_with};
 use common::{max_abs_diff, read_tensors};
 
 #[test]
 fn diffusers_folder_f32() {
-    let vae = load("tiny_sd");
+    let mut vae = load("tiny_sd");
     assert_eq!(kl(&vae).config.block_out_channels, [32, 32, 64, 64]);
     check_encoder(&vae, "tiny_sd");
-    check_decoder(&vae, "tiny_sd");
+    check_decoder(&mut vae, "tiny_sd");
 }
 
 #[test]
 fn diffusers_f16() {
-    let vae = load("tiny_sd_f16.safetensors");
+    let mut vae = load("tiny_sd_f16.safetensors");
     check_encoder(&vae, "tiny_sd_f16");
-    check_decoder(&vae, "tiny_sd_f16");
+    check_decoder(&mut vae, "tiny_sd_f16");
 }
 
 #[test]
 fn diffusers_bf16() {
-    let vae = load("tiny_sd_bf16.safetensors");
+    let mut vae = load("tiny_sd_bf16.safetensors");
     check_encoder(&vae, "tiny_sd_bf16");
-    check_decoder(&vae, "tiny_sd_bf16");
+    check_decoder(&mut vae, "tiny_sd_bf16");
 }
 
 #[test]
 fn compvis_ldm_layout() {
-    let vae = load("tiny_sd_ldm.safetensors");
-    assert_eq!(vae.info.layout, vae::weights::Layout::Ldm);
+    let mut vae = load("tiny_sd_ldm.safetensors");
+    assert_eq!(vae.info().layout, vae::weights::Layout::Ldm);
     check_encoder(&vae, "tiny_sd");
-    check_decoder(&vae, "tiny_sd");
+    check_decoder(&mut vae, "tiny_sd");
 }
 
 #[test]
 fn legacy_attention_names() {
     let vae = load("tiny_sd_old_attn.safetensors");
-    assert_eq!(vae.info.layout, vae::weights::Layout::DiffusersLegacyAttention);
+    assert_eq!(vae.info().layout, vae::weights::Layout::DiffusersLegacyAttention);
     check_encoder(&vae, "tiny_sd");
 }
 
 #[test]
 fn full_checkpoint_first_stage_model() {
-    let vae = load("tiny_sd_ckpt.safetensors");
-    assert_eq!(vae.info.prefix, Some("first_stage_model."));
-    assert_eq!(vae.info.ignored, 4); // UNet conv weight and bias, text position ids, alphas_cumprod
+    let mut vae = load("tiny_sd_ckpt.safetensors");
+    assert_eq!(vae.info().prefix, Some("first_stage_model."));
+    assert_eq!(vae.info().ignored, 4); // UNet conv weight and bias, text position ids, alphas_cumprod
     check_encoder(&vae, "tiny_sd_f16");
-    check_decoder(&vae, "tiny_sd_f16");
+    check_decoder(&mut vae, "tiny_sd_f16");
 }
 
 #[test]
 fn full_checkpoint_vae_prefix() {
     let vae = load("tiny_sd_vae_prefix.safetensors");
-    assert_eq!(vae.info.prefix, Some("vae."));
+    assert_eq!(vae.info().prefix, Some("vae."));
     check_encoder(&vae, "tiny_sd_f16");
 }
 
 #[test]
 fn sixteen_channel_vae_without_quant_convs() {
-    let vae = load("tiny_flux");
+    let mut vae = load("tiny_flux");
     let cfg = &kl(&vae).config;
     assert_eq!((cfg.latent_channels, cfg.use_quant_conv, cfg.use_post_quant_conv), (16, false, false));
     assert_eq!((cfg.scaling_factor, cfg.shift_factor), (0.3611, 0.1159));
     check_encoder(&vae, "tiny_flux");
-    check_decoder(&vae, "tiny_flux");
+    check_decoder(&mut vae, "tiny_flux");
 }
 
 /// The real SD 1.x size with random weights; needs the fixtures of
@@ -82,8 +80,7 @@ fn sixteen_channel_vae_without_quant_convs() {
 #[ignore = "needs Python-made full-size fixtures; see README"]
 fn full_size_sd15() {
     let dir = full_fixtures();
-    let source = WeightsSource::from_path(&dir.join("sd15_random")).expect("full-size fixtures exist");
-    let vae = Vae::load(&source, &device(), None).unwrap();
+    let vae = load_with(&dir.join("sd15_random").display().to_string(), |_| {});
     assert_eq!(kl(&vae).config.block_out_channels, [128, 256, 512, 512]);
     let input = imageio::load(&dir.join("images/kodim03.png"), DEFAULT_MAX_PIXELS).unwrap();
     let want = read_tensors(&dir.join("expected/sd15_random__kodim03.safetensors"));

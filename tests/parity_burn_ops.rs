@@ -8,17 +8,17 @@ use common::parity::{check_decoder, check_encoder, check_tiny, load};
 #[test]
 fn burn_ops_sd_layout() {
     vae::kernels::set_enabled(false);
-    let vae = load("tiny_sd");
+    let mut vae = load("tiny_sd");
     check_encoder(&vae, "tiny_sd");
-    check_decoder(&vae, "tiny_sd");
+    check_decoder(&mut vae, "tiny_sd");
 }
 
 #[test]
 fn burn_ops_sixteen_channels() {
     vae::kernels::set_enabled(false);
-    let vae = load("tiny_flux");
+    let mut vae = load("tiny_flux");
     check_encoder(&vae, "tiny_flux");
-    check_decoder(&vae, "tiny_flux");
+    check_decoder(&mut vae, "tiny_flux");
 }
 
 #[test]
@@ -26,5 +26,5 @@ fn burn_ops_taesd() {
     vae::kernels::set_enabled(false);
     // Stride-2 convolutions padded on all sides, convolutions without bias,
     // and nearest upsampling as burn's interpolate.
-    check_tiny(&load("tiny_taesd"), "tiny_taesd");
+    check_tiny(&mut load("tiny_taesd"), "tiny_taesd");
 }

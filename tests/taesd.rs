@@ -8,13 +8,14 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Tensor, TensorData};
-use vae::Vae;
+use vae::device::DeviceRequest;
+use vae::{Vae, VaeOptions};
 use vae::imageio::{self, DEFAULT_MAX_PIXELS};
 use vae::latent::{Latent, Posterior};
-use vae::model::AutoencoderTinyConfig;
-use vae::weights::{Layout, Parts, WeightsSource};
+use vae::model::{AutoencoderTinyConfig, Family};
+use vae::weights::{Layout, Parts};
 
-use common::parity::{TINY_IMAGES, TINY_TOLERANCE, assert_png_close, check_tiny, device, full_fixtures, load, tiny};
+use common::parity::{TINY_IMAGES, TINY_TOLERANCE, assert_png_close, check_tiny, device, full_fixtures, load, load_with, tiny};
 use common::{assert_fails, fixtures, max_abs_diff, read_tensors, stderr, stdout, vae};
 
 fn weights(name: &str) -> String {
@@ -27,66 +28,68 @@ fn image(name: &str) -> PathBuf {
 
 #[test]
 fn diffusers_folder() {
-    let vae = load("tiny_taesd");
-    assert_eq!(vae.info.layout, Layout::Diffusers);
+    let mut vae = load("tiny_taesd");
+    assert_eq!(vae.info().layout, Layout::Diffusers);
     let cfg = &tiny(&vae).config;
     assert_eq!((cfg.latent_channels, cfg.num_encoder_blocks.as_slice()), (4, &[1, 3, 3, 3][..]));
     // "taesd" in the folder name: SD 1.x latents.
-    assert_eq!(vae.model.latent_scaling(), (0.18215, 0.0));
-    check_tiny(&vae, "tiny_taesd");
+    assert_eq!((vae.latent_space().scaling_factor, vae.latent_space().shift_factor), (0.18215, 0.0));
+    check_tiny(&mut vae, "tiny_taesd");
 }
 
 #[test]
 fn original_split_files_in_one_folder() {
-    let vae = load("tiny_taesd_split");
-    assert_eq!(vae.info.layout, Layout::Taesd);
+    let mut vae = load("tiny_taesd_split");
+    assert_eq!(vae.info().layout, Layout::Taesd);
     // Read off the shapes: no config.json.
     assert_eq!(tiny(&vae).config.num_decoder_blocks, [3, 3, 3, 1]);
-    assert!(vae.info.path.ends_with("taesd_encoder.safetensors"), "{}", vae.info.path.display());
-    check_tiny(&vae, "tiny_taesd");
+    assert!(vae.info().path.ends_with("taesd_encoder.safetensors"), "{}", vae.info().path.display());
+    check_tiny(&mut vae, "tiny_taesd");
 }
 
 #[test]
 fn original_halves_alone() {
-    let source =
-        |half: &str| WeightsSource::from_path(&fixtures().join("weights/tiny_taesd_split").join(half)).unwrap();
-    let encoder = Vae::load_parts(&source("taesd_encoder.safetensors"), &device(), None, Parts::Encoder).unwrap();
+    let open = |half: &str, parts: Parts| {
+        let weights = fixtures().join("weights/tiny_taesd_split").join(half);
+        Vae::open(&VaeOptions { parts, device: DeviceRequest::Cpu, ..VaeOptions::new(weights) })
+    };
+    let mut encoder = open("taesd_encoder.safetensors", Parts::Encoder).unwrap();
     let input = imageio::load(&image(TINY_IMAGES[0]), DEFAULT_MAX_PIXELS).unwrap();
-    let latent = encoder.encode(&input, Posterior::Mean);
+    let latent = encoder.encode(&input, Posterior::Mean).unwrap();
     let want = read_tensors(&fixtures().join(format!("expected/tiny_taesd__{}.safetensors", TINY_IMAGES[0])));
     assert!(max_abs_diff(&latent.data, &want["latents"].1) <= TINY_TOLERANCE);
 
-    let decoder = Vae::load_parts(&source("taesd_decoder.safetensors"), &device(), None, Parts::Decoder).unwrap();
+    let mut decoder = open("taesd_decoder.safetensors", Parts::Decoder).unwrap();
     assert!(!tiny(&decoder).config.has_encoder());
-    let planar = decoder.decode_planar(&latent, Path::new("z")).unwrap();
+    let planar = decoder.decode_float(&latent).unwrap();
     assert!(max_abs_diff(&planar, &want["decoded"].1) <= 1e-4, "decoding our own latents");
 
     // The missing half is named, before anything is read.
-    let err = Vae::load_parts(&source("taesd_encoder.safetensors"), &device(), None, Parts::Decoder).err().unwrap();
+    let err = open("taesd_encoder.safetensors", Parts::Decoder).err().unwrap();
     assert!(err.to_string().contains("holds only the encoder of a TAESD, and decoding needs its decoder"), "{err}");
-    let err = Vae::load_parts(&source("taesd_decoder.safetensors"), &device(), None, Parts::Both).err().unwrap();
+    let err = open("taesd_decoder.safetensors", Parts::Both).err().unwrap();
     assert!(err.to_string().contains("a roundtrip needs its encoder"), "{err}");
 }
 
 #[test]
 fn comfyui_combined_f16_with_its_scaling() {
-    let vae = load("tiny_taesd_comfy_f16.safetensors");
-    assert_eq!((vae.info.layout, vae.info.dtype.as_str()), (Layout::Taesd, "f16+f32"));
+    let mut vae = load("tiny_taesd_comfy_f16.safetensors");
+    assert_eq!((vae.info().layout, vae.info().dtype.as_str()), (Layout::Taesd, "f16+f32"));
     // vae_scale / vae_shift win over the name (taesd: SD 1.x): SDXL's, exactly.
-    assert_eq!(vae.model.latent_scaling(), (0.13025, 0.0));
-    assert_eq!(vae.model.family(), Some(vae::model::Family::Sdxl));
-    check_tiny(&vae, "tiny_taesd_f16");
+    assert_eq!((vae.latent_space().scaling_factor, vae.latent_space().shift_factor), (0.13025, 0.0));
+    assert_eq!(vae.latent_space().family, Some(vae::model::Family::Sdxl));
+    check_tiny(&mut vae, "tiny_taesd_f16");
 }
 
 #[test]
 fn sixteen_channels_from_config_json() {
-    let vae = load("tiny_taef1");
+    let mut vae = load("tiny_taef1");
     let cfg = &tiny(&vae).config;
     assert_eq!((cfg.latent_channels, cfg.num_encoder_blocks.as_slice()), (16, &[1, 2, 2, 2][..]));
     assert_eq!(cfg.num_decoder_blocks, [2, 2, 2, 1]);
     // "taef1" in the folder name: FLUX.1 latents.
-    assert_eq!(vae.model.latent_scaling(), (0.3611, 0.1159));
-    check_tiny(&vae, "tiny_taef1");
+    assert_eq!((vae.latent_space().scaling_factor, vae.latent_space().shift_factor), (0.3611, 0.1159));
+    check_tiny(&mut vae, "tiny_taef1");
 }
 
 /// One model encodes, the other decodes, through latent files as `vae` writes
@@ -94,23 +97,23 @@ fn sixteen_channels_from_config_json() {
 /// scaled latent, and the big VAE that latent over its scaling factor).
 #[test]
 fn taesd_and_the_big_vae_read_each_other_latents() {
-    let (taesd, sd) = (load("tiny_taesd"), load("tiny_sd"));
+    let (mut taesd, mut sd) = (load("tiny_taesd"), load("tiny_sd"));
     let input = imageio::load(&image(TINY_IMAGES[0]), DEFAULT_MAX_PIXELS).unwrap();
-    for (encoder, decoder, expected) in [(&taesd, &sd, "tiny_taesd_to_tiny_sd"), (&sd, &taesd, "tiny_sd_to_tiny_taesd")]
-    {
-        let latent = encoder.encode(&input, Posterior::Mean);
-        assert_eq!((latent.meta.scaling_factor, latent.meta.family.as_deref()), (Some(0.18215), Some("sd1")));
-        let got = decoder.decode(&latent, Path::new("z"), DEFAULT_MAX_PIXELS).unwrap();
+    for (taesd_encodes, expected) in [(true, "tiny_taesd_to_tiny_sd"), (false, "tiny_sd_to_tiny_taesd")] {
+        let (encoder, decoder) = if taesd_encodes { (&mut taesd, &mut sd) } else { (&mut sd, &mut taesd) };
+        let latent = encoder.encode(&input, Posterior::Mean).unwrap();
+        assert_eq!((latent.meta.scaling_factor, latent.meta.family), (Some(0.18215), Some(Family::Sd1)));
+        let got = decoder.decode(&latent).unwrap();
         assert_png_close(&got.rgb8, &fixtures().join(format!("expected/{expected}__{}.png", TINY_IMAGES[0])));
     }
     // A latent scaled for another family is rescaled for TAESD's: TAESD sees
     // the same input, so decodes the same image.
-    let latent = taesd.encode(&input, Posterior::Mean);
+    let latent = taesd.encode(&input, Posterior::Mean).unwrap();
     let mut rescaled = latent.clone();
     rescaled.data = latent.data.iter().map(|v| ((*v as f64 / 0.18215 - 0.1) * 0.5) as f32).collect();
     (rescaled.meta.scaling_factor, rescaled.meta.shift_factor) = (Some(0.5), Some(0.1));
-    let a = taesd.decode_planar(&latent, Path::new("a")).unwrap();
-    let b = taesd.decode_planar(&rescaled, Path::new("b")).unwrap();
+    let a = taesd.decode_float(&latent).unwrap();
+    let b = taesd.decode_float(&rescaled).unwrap();
     assert!(max_abs_diff(&a, &b) < 1e-5);
 }
 
@@ -122,8 +125,7 @@ fn taesd_and_the_big_vae_read_each_other_latents() {
 #[ignore = "needs Python-made full-size fixtures; see README"]
 fn full_size_taesd() {
     let dir = full_fixtures();
-    let source = WeightsSource::from_path(&dir.join("taesd_random")).expect("full-size fixtures exist");
-    let vae = Vae::load(&source, &device(), None).unwrap();
+    let vae = load_with(&dir.join("taesd_random").display().to_string(), |_| {});
     assert_eq!(tiny(&vae).config, AutoencoderTinyConfig::taesd());
     let model = tiny(&vae);
     let want = read_tensors(&dir.join("expected/taesd_random__kodim03.safetensors"));
@@ -160,8 +162,8 @@ fn cli_encode_decode_and_roundtrip() {
     assert_eq!((latent.channels, latent.height, latent.width), (4, 16, 20));
     let meta = &latent.meta;
     assert_eq!(
-        (meta.scaling_factor, meta.shift_factor, meta.family.as_deref()),
-        (Some(0.18215), Some(0.0), Some("sd1"))
+        (meta.scaling_factor, meta.shift_factor, meta.family),
+        (Some(0.18215), Some(0.0), Some(Family::Sd1))
     );
 
     // TAESD and the big VAE decode it; TAESD's PNG is diffusers' within a level.

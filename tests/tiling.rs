@@ -5,36 +5,35 @@
 
 mod common;
 
-use std::path::Path;
-
 use vae::Vae;
 use vae::imageio::{self, DEFAULT_MAX_PIXELS};
 use vae::latent::Posterior;
-use vae::tiling::{Plan, Storage, Tile, TileOptions};
+use vae::tiling::{Plan, Storage, Tile};
 
-use common::parity::{TOLERANCE, load, scaled_latent};
+use common::parity::{TOLERANCE, load_with, scaled_latent};
 use common::{fixtures, max_abs_diff, read_tensors};
 
 /// f16 storage rounds each stored activation (relative 2^-11); ~40 layers
 /// of that move latents and images by a few 1e-3 at most.
 const F16_TOLERANCE: f32 = 5e-2;
 
-fn banded(vae: &mut Vae, rows: usize, max_memory: u64) {
-    vae.tiling = TileOptions { tile: Tile::Rows(rows), max_memory };
+/// `weights` opened with `tile` and `max_memory`.
+fn tiled(weights: &str, tile: Tile, max_memory: u64) -> Vae {
+    load_with(weights, |options| (options.tile, options.max_memory) = (tile, Some(max_memory)))
 }
 
 /// Max abs errors of (latent mean, decoded image) against diffusers for
 /// `image` (the decoded image where the fixture holds it, else 0).
-fn errors(vae: &Vae, expected: &str, image: &str) -> (f32, f32) {
-    let (scaling, shift) = vae.model.latent_scaling();
+fn errors(vae: &mut Vae, expected: &str, image: &str) -> (f32, f32) {
+    let (scaling, shift) = (vae.latent_space().scaling_factor, vae.latent_space().shift_factor);
     let want = read_tensors(&fixtures().join(format!("expected/{expected}__{image}.safetensors")));
     let input = imageio::load(&fixtures().join(format!("images/{image}.png")), DEFAULT_MAX_PIXELS).unwrap();
-    let latent = vae.encode(&input, Posterior::Mean);
+    let latent = vae.encode(&input, Posterior::Mean).unwrap();
     let mean: Vec<f32> = latent.data.iter().map(|v| (*v as f64 / scaling + shift) as f32).collect();
     let latent_err = max_abs_diff(&mean, &want["mean"].1);
     let (shape, expected_mean) = &want["mean"];
     let fixture_latent = scaled_latent(vae, shape, expected_mean);
-    let decoded = vae.decode_planar(&fixture_latent, Path::new("fixture")).unwrap();
+    let decoded = vae.decode_float(&fixture_latent).unwrap();
     (latent_err, want.get("decoded").map_or(0.0, |(_, d)| max_abs_diff(&decoded, d)))
 }
 
@@ -43,13 +42,13 @@ fn f32_bands_match_diffusers() {
     // 8 rows: one latent row, rounded up to bands of two; 24 and 200 don't divide the images;
     // 4096: one band.
     for (weights, bands) in [("tiny_sd", [8, 200]), ("tiny_flux", [24, 4096])] {
-        let (mut vae, expected) = (load(weights), weights);
+        let expected = weights;
         for rows in bands {
-            banded(&mut vae, rows, u64::MAX);
+            let mut vae = tiled(weights, Tile::Rows(rows), u64::MAX);
             let input = imageio::load(&fixtures().join("images/kodim03.png"), DEFAULT_MAX_PIXELS).unwrap();
             assert!(matches!(vae.encode_plan(&input), Plan::Banded { storage: Storage::F32, .. }));
             for image in ["kodim03", "kodim04"] {
-                let (latent, decoded) = errors(&vae, expected, image);
+                let (latent, decoded) = errors(&mut vae, expected, image);
                 eprintln!("{weights} rows {rows} {image}: latent {latent:e}, decoded {decoded:e}");
                 assert!(latent <= TOLERANCE, "{weights}, {rows}-row bands, {image}: latent error {latent:e}");
                 assert!(decoded <= TOLERANCE, "{weights}, {rows}-row bands, {image}: decoded error {decoded:e}");
@@ -60,13 +59,12 @@ fn f32_bands_match_diffusers() {
 
 #[test]
 fn f16_storage_stays_close() {
-    let mut vae = load("tiny_sd");
     // A budget too small for f32 storage.
-    banded(&mut vae, 40, 1);
+    let mut vae = tiled("tiny_sd", Tile::Rows(40), 1);
     let input = imageio::load(&fixtures().join("images/kodim03.png"), DEFAULT_MAX_PIXELS).unwrap();
     assert!(matches!(vae.encode_plan(&input), Plan::Banded { storage: Storage::F16, .. }));
     for image in ["kodim03", "kodim04"] {
-        let (latent, decoded) = errors(&vae, "tiny_sd", image);
+        let (latent, decoded) = errors(&mut vae, "tiny_sd", image);
         eprintln!("f16 {image}: latent {latent:e}, decoded {decoded:e}");
         assert!(latent <= F16_TOLERANCE && decoded <= F16_TOLERANCE, "{image}: {latent:e} {decoded:e}");
     }
@@ -74,12 +72,8 @@ fn f16_storage_stays_close() {
 
 #[test]
 fn auto_bands_only_over_budget() {
-    let mut vae = load("tiny_sd");
     let input = imageio::load(&fixtures().join("images/kodim03.png"), DEFAULT_MAX_PIXELS).unwrap();
-    vae.tiling = TileOptions { tile: Tile::Auto, max_memory: u64::MAX };
-    assert!(matches!(vae.encode_plan(&input), Plan::Whole { .. }));
-    vae.tiling = TileOptions { tile: Tile::Auto, max_memory: 1 };
-    assert!(matches!(vae.encode_plan(&input), Plan::Banded { .. }));
-    vae.tiling = TileOptions { tile: Tile::Off, max_memory: 1 };
-    assert!(matches!(vae.encode_plan(&input), Plan::Whole { .. }));
+    assert!(matches!(tiled("tiny_sd", Tile::Auto, u64::MAX).encode_plan(&input), Plan::Whole { .. }));
+    assert!(matches!(tiled("tiny_sd", Tile::Auto, 1).encode_plan(&input), Plan::Banded { .. }));
+    assert!(matches!(tiled("tiny_sd", Tile::Off, 1).encode_plan(&input), Plan::Whole { .. }));
 }

@@ -21,7 +21,7 @@ use crate::hub::{Hub, HubRepo};
 use crate::imageio::{self, DEFAULT_MAX_PIXELS};
 use crate::latent::{Latent, LatentFormat, Posterior};
 use crate::metrics;
-use crate::model::{Family, Model};
+use crate::model::Family;
 use crate::output::{Overwrite, check_writable, json_line, print, stdout_closed};
 use crate::tiling::{Tile, parse_size};
 use crate::weights::Parts;
@@ -444,13 +444,11 @@ fn parse_scaling(text: &str) -> Result<f64, String> {
     Ok(value)
 }
 
-/// `--sample` needs a posterior, which TAESD's deterministic encoder lacks.
+/// `--sample` needs a posterior, which TAESD's deterministic encoder lacks:
+/// said once, before any input is read (the library refuses each encode).
 fn check_posterior(vae: &Vae, args: &InputArgs) -> Result<()> {
-    if args.sample && matches!(vae.model, Model::Tiny(_)) {
-        bail!(
-            "{}: TAESD's encoder is deterministic (no posterior to sample from); drop --sample",
-            vae.info.path.display()
-        );
+    if args.sample && !vae.has_posterior() {
+        bail!("{}: {}", vae.info().path.display(), crate::vae::VaeError::NoPosterior);
     }
     Ok(())
 }
@@ -470,7 +468,7 @@ fn encode(ctx: &mut Session, args: EncodeArgs) -> Result<ExitCode> {
     if plan.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
-    let mut vae = ctx.load(&args.model, Parts::Encoder)?;
+    let mut vae = ctx.load(&args.model, Parts::Encoder, args.input.max_pixels)?;
     check_posterior(&vae, &args.input)?;
     let chunk = vae.read_ahead();
     let read = |(input, output): &(PathBuf, PathBuf)| {
@@ -481,7 +479,7 @@ fn encode(ctx: &mut Session, args: EncodeArgs) -> Result<ExitCode> {
         let paths: Vec<&Path> = items.iter().map(|(input, _)| input.as_path()).collect();
         let passes = vae.encode_passes(&images.iter().collect::<Vec<_>>());
         for (path, image) in paths.iter().zip(&images) {
-            ctx.plan(path, vae.encode_plan(image), vae.tiling.max_memory);
+            ctx.plan(path, vae.encode_plan(image), vae.tiling().max_memory);
         }
         let pick = |pass: &[usize]| pass.iter().map(|&i| &images[i]).collect::<Vec<_>>();
         let posteriors = |pass: &[usize]| vec![posterior(&args.input); pass.len()];
@@ -491,7 +489,7 @@ fn encode(ctx: &mut Session, args: EncodeArgs) -> Result<ExitCode> {
             &mut vae,
             &paths,
             passes,
-            |vae, pass| vae.encode_batch_checked(&pick(pass), &posteriors(pass)),
+            |vae, pass| vae.encode_batch(&pick(pass), &posteriors(pass)),
             |vae, pass| repeated(args.model.repeat, || vae.encode_batch(&pick(pass), &posteriors(pass))),
         );
         let sized = latents.into_iter().zip(&images);
@@ -517,7 +515,7 @@ fn decode(ctx: &mut Session, args: DecodeArgs) -> Result<ExitCode> {
     if plan.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
-    let mut vae = ctx.load(&args.model, Parts::Decoder)?;
+    let mut vae = ctx.load(&args.model, Parts::Decoder, args.max_pixels)?;
     let chunk = vae.read_ahead();
     let read = |(input, output): &(PathBuf, PathBuf)| {
         check_writable(output, overwrite(args.outputs.force))?;
@@ -528,7 +526,7 @@ fn decode(ctx: &mut Session, args: DecodeArgs) -> Result<ExitCode> {
         let mut refused = Vec::new();
         let mut checked = Vec::new();
         for (i, (path, latent)) in paths.iter().zip(&latents).enumerate() {
-            if let Err(err) = vae.check_latent(latent, path, args.max_pixels) {
+            if let Err(err) = vae.check_latent(latent) {
                 refused.push((i, err));
                 continue;
             }
@@ -540,7 +538,7 @@ fn decode(ctx: &mut Session, args: DecodeArgs) -> Result<ExitCode> {
                     path.display()
                 ));
             }
-            ctx.plan(path, vae.decode_plan(latent), vae.tiling.max_memory);
+            ctx.plan(path, vae.decode_plan(latent), vae.tiling().max_memory);
             checked.push(i);
         }
         let passes = vae.decode_passes(&checked.iter().map(|&i| &latents[i]).collect::<Vec<_>>());
@@ -552,11 +550,11 @@ fn decode(ctx: &mut Session, args: DecodeArgs) -> Result<ExitCode> {
             &mut vae,
             &paths,
             passes,
-            |vae, pass| vae.decode_batch_checked(&pick(pass)),
-            |vae, pass| repeated(args.model.repeat, || vae.decode_planar_batch(&pick(pass))),
+            |vae, pass| vae.decode_batch(&pick(pass)),
+            |vae, pass| repeated(args.model.repeat, || vae.decode_batch(&pick(pass))),
         );
         for (i, err) in refused {
-            images[i] = Err(err.into());
+            images[i] = Err(named(paths[i], err));
         }
         images
     };
@@ -631,7 +629,7 @@ fn roundtrip(ctx: &mut Session, args: RoundtripArgs) -> Result<ExitCode> {
     if args.model.batch_size != BatchSize::Auto {
         bail!("--batch-size applies to encode, decode and dataset encode");
     }
-    let mut vae = ctx.load(&args.model, Parts::Both)?;
+    let mut vae = ctx.load(&args.model, Parts::Both, args.input.max_pixels)?;
     check_posterior(&vae, &args.input)?;
     Ok(for_each(ctx, "round-tripped", &plan, |ctx, (path, recon, error_map)| {
         // With stdout's reader gone (`| head`), only written files are still wanted.
@@ -654,17 +652,17 @@ fn roundtrip_one(
     error_map: Option<&Path>,
 ) -> Result<()> {
     let image = ctx.stage("read", || imageio::load(path, args.input.max_pixels))?;
-    ctx.plan(path, vae.encode_plan(&image), vae.tiling.max_memory);
+    ctx.plan(path, vae.encode_plan(&image), vae.tiling().max_memory);
     let start = Instant::now();
-    let (latent, retried) =
-        ctx.stage("encode", || vae.encode_checked(&image, posterior(&args.input))).map_err(|e| named(path, e))?;
-    ctx.retried(&[path], retried);
+    let before = vae.retried_from();
+    let latent = ctx.stage("encode", || vae.encode(&image, posterior(&args.input))).map_err(|e| named(path, e))?;
+    ctx.retried(&[path], before, vae);
     let encode_s = start.elapsed().as_secs_f64();
-    ctx.plan(path, vae.decode_plan(&latent), vae.tiling.max_memory);
+    ctx.plan(path, vae.decode_plan(&latent), vae.tiling().max_memory);
     let start = Instant::now();
-    let (decoded, retried) =
-        ctx.stage("decode", || vae.decode_checked(&latent, path, args.input.max_pixels)).map_err(|e| named(path, e))?;
-    ctx.retried(&[path], retried);
+    let before = vae.retried_from();
+    let decoded = ctx.stage("decode", || vae.decode(&latent)).map_err(|e| named(path, e))?;
+    ctx.retried(&[path], before, vae);
     let decode_s = start.elapsed().as_secs_f64();
     let (w, h) = (image.width, image.height);
     let ssim = metrics::ssim(&image.rgb8, &decoded.rgb8, w, h).ok();
@@ -704,12 +702,9 @@ fn roundtrip_one(
     Ok(())
 }
 
-/// `err` naming `path` when it does not already (a result that is not finite).
+/// `err` naming the input `path` it was about.
 fn named(path: &Path, err: crate::vae::VaeError) -> anyhow::Error {
-    match err {
-        crate::vae::VaeError::NotFinite(_) => anyhow::anyhow!("{}: {err}", path.display()),
-        other => other.into(),
-    }
+    anyhow::anyhow!("{}: {err}", path.display())
 }
 
 fn dataset_encode(ctx: &mut Session, args: DatasetEncodeArgs) -> Result<ExitCode> {
@@ -734,7 +729,7 @@ fn dataset_encode(ctx: &mut Session, args: DatasetEncodeArgs) -> Result<ExitCode
         json: args.json,
     };
     let report = dataset::run(&shards, &options, || {
-        let vae = ctx.load(&args.model, Parts::Encoder)?;
+        let vae = ctx.load(&args.model, Parts::Encoder, args.input.max_pixels)?;
         check_posterior(&vae, &args.input)?;
         Ok(vae)
     })?;

@@ -11,7 +11,6 @@ use anyhow::Result;
 use super::session::Session;
 use crate::Vae;
 use crate::output::json_line;
-use crate::vae::Retried;
 
 /// Runs `job` on each (input, output) pair: a failure is reported on one line
 /// and the rest go on; a summary follows when there were several.
@@ -119,19 +118,21 @@ pub(super) fn in_passes<O, E: std::fmt::Display>(
     vae: &mut Vae,
     paths: &[&Path],
     passes: Vec<Vec<usize>>,
-    mut run: impl FnMut(&mut Vae, &[usize]) -> Result<(Vec<O>, Retried), E>,
-    again: impl Fn(&Vae, &[usize]) -> Vec<Duration>,
+    mut run: impl FnMut(&mut Vae, &[usize]) -> Result<Vec<O>, E>,
+    mut again: impl FnMut(&mut Vae, &[usize]) -> Vec<Duration>,
 ) -> Vec<Result<O>> {
     let mut results: Vec<Result<O>> =
         paths.iter().map(|_| Err(anyhow::anyhow!("internal error: not computed"))).collect();
     for pass in passes {
         let pass_paths: Vec<&Path> = pass.iter().map(|&i| paths[i]).collect();
+        let before = vae.retried_from();
         let (outputs, first) = timed(|| run(vae, &pass));
         ctx.record(op, first);
         match outputs {
-            Ok((outputs, retried)) => {
-                ctx.retried(&pass_paths, retried);
-                ctx.bench(op, &pass_paths, vae, first, &again(vae, &pass));
+            Ok(outputs) => {
+                ctx.retried(&pass_paths, before, vae);
+                let runs = again(vae, &pass);
+                ctx.bench(op, &pass_paths, vae, first, &runs);
                 for (&i, output) in pass.iter().zip(outputs) {
                     results[i] = Ok(output);
                 }
@@ -147,8 +148,8 @@ pub(super) fn in_passes<O, E: std::fmt::Display>(
 }
 
 /// The times of `n` more runs of `f`.
-pub(super) fn repeated<T>(n: usize, f: impl Fn() -> T) -> Vec<Duration> {
-    (0..n).map(|_| timed(&f).1).collect()
+pub(super) fn repeated<T>(n: usize, mut f: impl FnMut() -> T) -> Vec<Duration> {
+    (0..n).map(|_| timed(&mut f).1).collect()
 }
 
 /// `f`'s result and how long it took.

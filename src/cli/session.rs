@@ -4,17 +4,17 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
+use burn::tensor::FloatDType;
 
 use super::pipeline::timed;
 use super::{DeviceArg, ModelArgs};
-use crate::Vae;
-use crate::device::{self, Precision};
 use crate::hub::Hub;
-use crate::model::{Family, Model};
-use crate::tiling::{Plan, Tile, TileOptions, default_max_memory, gib};
-use crate::vae::Retried;
+use crate::latent_space::LatentSpaceRequest;
+use crate::model::Model;
+use crate::tiling::{Plan, Tile, gib};
 use crate::weights::Parts;
+use crate::{Vae, VaeOptions};
 
 /// What every command shares: verbosity and the stage clock.
 pub(super) struct Session {
@@ -83,50 +83,42 @@ impl Session {
         }
     }
 
-    pub(super) fn load(&mut self, args: &ModelArgs, parts: Parts) -> Result<Vae> {
-        let chosen = self.stage("device", || device::choose(args.device.into()))?;
-        let precision = Precision::from(args.precision);
-        device::check_precision(&chosen, precision)?;
+    /// Opens the VAE the model flags ask for ([`Vae::open`]), saying which
+    /// device and weights it took. `max_pixels`: the largest image a latent
+    /// may decode to.
+    pub(super) fn load(&mut self, args: &ModelArgs, parts: Parts, max_pixels: u64) -> Result<Vae> {
+        let options = VaeOptions {
+            weights: args.weights.clone(),
+            revision: args.revision.clone(),
+            device: args.device.into(),
+            precision: args.precision.into(),
+            latent_space: LatentSpaceRequest { family: args.family, scaling_factor: args.scaling_factor },
+            tile: args.tile,
+            max_memory: args.max_memory,
+            batch: args.batch_size,
+            parts,
+            max_pixels,
+            hub: Some(Hub::from_env().verbose(!self.quiet)),
+        };
+        let vae = self.stage("load", || Vae::open(&options))?;
+        let chosen = vae.device();
         self.device = Some(chosen.description.clone());
-        if matches!(args.device, DeviceArg::Auto) {
-            self.info(format_args!("device: {chosen} (--device auto)"));
-        } else {
-            self.info(format_args!("device: {chosen}"));
-        }
-        if let (Tile::Rows(rows), false) = (args.tile, precision == Precision::F32) {
-            bail!("--tile {rows}: bands run in f32 only; drop --tile or use --precision f32");
-        }
-        let hub = Hub::from_env().verbose(!self.quiet);
-        let source = crate::weights::resolve(args.weights.as_deref(), args.revision.as_deref(), &hub)?;
-        let dtype = precision.dtype();
-        let mut vae =
-            self.stage("load", || Vae::load_in(&source, &chosen.device, dtype, args.scaling_factor, parts))?;
-        // Bands bound the host's memory (--max-memory), and move every band
-        // through it: on a GPU the default is the plain pass.
-        let tile = if chosen.gpu && args.tile == Tile::Auto { Tile::Off } else { args.tile };
-        vae.tiling = TileOptions { tile, max_memory: args.max_memory.unwrap_or_else(default_max_memory) };
-        (vae.batch, vae.gpu) = (args.batch_size, chosen.gpu);
-        // Only an AutoencoderKL's config.json says how its latents are scaled.
-        let scaling_in_config = source.config_json.is_some() && matches!(vae.model, Model::Kl(_));
-        if let Some(family) = args.family {
-            self.apply_family(&mut vae, family, scaling_in_config, args.scaling_factor.is_some())?;
-        }
-        let (scaling, _) = vae.model.latent_scaling();
+        let auto = if matches!(args.device, DeviceArg::Auto) { " (--device auto)" } else { "" };
+        self.info(format_args!("device: {chosen}{auto}"));
+        let info = vae.info();
         self.info(format_args!(
-            "weights: {} ({}, {} layout, {}, {} latent channels, scaling {})",
-            vae.info.path.display(),
-            vae.model.class_name(),
-            vae.info.layout,
-            vae.info.dtype,
-            vae.model.latent_channels(),
-            scaling
+            "weights: {} ({}, {} layout, {}, {} latent channels, {})",
+            info.path.display(),
+            vae.model().class_name(),
+            info.layout,
+            info.dtype,
+            vae.model().latent_channels(),
+            vae.latent_space()
         ));
-        if args.family.is_none() {
-            for note in &vae.info.notes {
-                self.info(format_args!("weights: {note}"));
-            }
+        for note in vae.notes() {
+            self.info(format_args!("weights: {note}"));
         }
-        if matches!(vae.model, Model::Tiny(_)) && args.tile != Tile::Auto {
+        if matches!(vae.model(), Model::Tiny(_)) && args.tile != Tile::Auto {
             self.info("weights: TAESD runs untiled; --tile applies to AutoencoderKL");
         }
         Ok(vae)
@@ -153,10 +145,11 @@ impl Session {
         self.eprint(format_args!("bench: {line}"));
     }
 
-    /// Says when a reduced-precision result held NaN or Inf and was redone
-    /// in f32 (for each input of the pass).
-    pub(super) fn retried(&self, paths: &[&Path], retried: Retried) {
-        if let Retried::InF32 { from } = retried {
+    /// Says, for each input of a pass, when a reduced-precision result held
+    /// NaN or Inf and was redone in f32 (`before`: what
+    /// [`Vae::retried_from`] said before the pass).
+    pub(super) fn retried(&self, paths: &[&Path], before: Option<FloatDType>, vae: &Vae) {
+        if let (None, Some(from)) = (before, vae.retried_from()) {
             for path in paths {
                 self.eprint(format_args!(
                     "{}: warning: the {from:?} result held NaN or Inf; computed again in f32 (and in f32 from here on)",
@@ -164,34 +157,5 @@ impl Session {
                 ));
             }
         }
-    }
-
-    /// `--family`: its scaling unless config.json or --scaling-factor says
-    /// otherwise (config.json wins, with a warning when they disagree).
-    fn apply_family(&self, vae: &mut Vae, family: Family, has_config: bool, explicit_scaling: bool) -> Result<()> {
-        let channels = vae.model.latent_channels();
-        if channels != family.latent_channels() {
-            bail!(
-                "{}: the weights have {} latent channels; --family {} has {}",
-                vae.info.path.display(),
-                channels,
-                family.name(),
-                family.latent_channels()
-            );
-        }
-        let (scaling, shift) = family.scaling();
-        let (current, current_shift) = vae.model.latent_scaling();
-        if has_config {
-            if (current, current_shift) != (scaling, shift) {
-                self.info(format_args!(
-                    "warning: config.json's scaling {current} (shift {current_shift}) differs from --family {}'s {scaling} (shift {shift}); using config.json's",
-                    family.name()
-                ));
-            }
-        } else {
-            vae.model.set_latent_scaling(if explicit_scaling { current } else { scaling }, shift);
-        }
-        vae.family = Some(family);
-        Ok(())
     }
 }

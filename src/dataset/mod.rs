@@ -49,7 +49,6 @@ use crate::Vae;
 use crate::imageio::{self, InputImage};
 use crate::latent::{Latent, LatentFormat, Posterior};
 use crate::output::json_line;
-use crate::vae::Retried;
 
 /// What a worker does with its shards.
 pub struct Options {
@@ -507,9 +506,9 @@ fn encode_shard(vae: &mut Vae, shard: &Shard, options: &Options) -> Result<Optio
         seconds,
         images_per_second: rate(encoded, seconds),
         latent_member: latent_ext.to_owned(),
-        weights: vae.info.path.display().to_string(),
-        weights_sha256: vae.info.sha256.clone(),
-        model: vae.model.class_name().to_owned(),
+        weights: vae.info().path.display().to_string(),
+        weights_sha256: vae.info().sha256.clone(),
+        model: vae.model().class_name().to_owned(),
         posterior: match options.posterior {
             Posterior::Mean => "mean".into(),
             Posterior::Sample { seed } => format!("sample (seed {seed}, drawn per key)"),
@@ -559,10 +558,9 @@ fn encode_window(
     for pass in vae.encode_passes(&images) {
         let pass_images: Vec<&InputImage> = pass.iter().map(|&i| images[i]).collect();
         let posteriors: Vec<Posterior> = pass.iter().map(|&i| window[i].posterior).collect();
-        let (encoded, retried) = vae.encode_batch_checked(&pass_images, &posteriors)?;
-        if let Retried::InF32 { from } = retried
-            && !options.quiet
-        {
+        let before = vae.retried_from();
+        let encoded = vae.encode_batch(&pass_images, &posteriors)?;
+        if let (None, Some(from), false) = (before, vae.retried_from(), options.quiet) {
             let keys: Vec<&str> = pass.iter().map(|&i| window[i].key.as_str()).collect();
             eprintln!(
                 "{shard}: {}: warning: the {from:?} latents held NaN or Inf; encoded again in f32 (and in f32 from here on)",

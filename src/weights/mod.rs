@@ -22,6 +22,7 @@ pub use layout::{Layout, VaeKeys, detect};
 pub use params::{Mismatch, ParamLoader};
 
 use crate::hub::{Hub, HubError, HubRepo};
+use crate::latent_space::WeightsScaling;
 use crate::model::{AutoencoderKl, AutoencoderKlConfig, AutoencoderTinyConfig, Model, SD15_SCALING_FACTOR};
 
 /// Environment variable naming the weights when `--weights` is not given.
@@ -210,8 +211,9 @@ pub struct WeightsInfo {
     pub ignored: usize,
     /// Parameters of the VAE (elements of its tensors).
     pub parameters: u64,
-    /// What a user may want to know about how the weights were read (for
-    /// TAESD: where its latent scaling came from).
+    /// What the weights say of their latent scaling.
+    pub scaling: WeightsScaling,
+    /// What a user may want to know about how the weights were read.
     pub notes: Vec<String>,
 }
 
@@ -245,55 +247,43 @@ impl Parts {
     }
 }
 
-/// Loads the VAE of `source` (the halves in `parts`) onto `device`, as f32.
-///
-/// For an `AutoencoderKL`, the scaling factor is `scaling_factor` when given,
-/// else the one of `config.json`, else SD 1.x's 0.18215. For TAESD it is the
-/// latent scaling of the big VAE it stands in for (see [`tiny`]).
+/// Loads the VAE of `source` (the halves in `parts`) onto `device`, its
+/// parameters cast to `dtype` (f32; f16 or bf16 on a GPU). What the weights
+/// say of their latent scaling is in [`WeightsInfo::scaling`]:
+/// [`crate::latent_space::LatentSpace::resolve`] settles it.
 pub fn load(
     source: &WeightsSource,
     device: &Device,
-    scaling_factor: Option<f64>,
-    parts: Parts,
-) -> Result<(Model, WeightsInfo), WeightsError> {
-    load_in(source, device, FloatDType::F32, scaling_factor, parts)
-}
-
-/// [`load`] with the parameters cast to `dtype` (`--precision` on a GPU).
-pub fn load_in(
-    source: &WeightsSource,
-    device: &Device,
     dtype: FloatDType,
-    scaling_factor: Option<f64>,
     parts: Parts,
 ) -> Result<(Model, WeightsInfo), WeightsError> {
     let json = source.config_json.as_deref().map(ConfigJson::read).transpose()?;
     let file = TensorFile::open(&source.file)?;
     if let Some(companion) = &source.companion {
-        return tiny::load_pair(&file, &TensorFile::open(companion)?, (device, dtype), scaling_factor, parts);
+        return tiny::load_pair(&file, &TensorFile::open(companion)?, (device, dtype), parts);
     }
     let (keys, architecture) = read_architecture(&file.tensors, &source.file, json.as_ref())?;
-    let path = || source.file.clone();
-    let mut config = match architecture {
-        Architecture::Tiny(config) => return tiny::load(&file, &keys, config, (device, dtype), scaling_factor, parts),
+    let config = match architecture {
+        Architecture::Tiny(config) => return tiny::load(&file, &keys, config, (device, dtype), parts),
         Architecture::Kl(config) => config,
     };
-    if let Some(factor) = scaling_factor {
-        config.scaling_factor = factor;
-        check_config(&config).map_err(|reason| WeightsError::Config { path: path(), reason })?;
-    }
-
     let mut loader = ParamLoader::new(&file, &keys.names, device).casting_to(dtype).skipping(parts.unused_prefixes());
     let model = AutoencoderKl::load(&mut loader, &config);
     loader.finish()?;
-    Ok((Model::Kl(Box::new(model)), WeightsInfo::of(&file, &keys, None, Vec::new())))
+    // Only an AutoencoderKL's config.json says how its latents are scaled.
+    let (scaling, shift) = (config.scaling_factor, config.shift_factor);
+    let scaling = match source.config_json {
+        Some(_) => WeightsScaling::Config { scaling, shift },
+        None => WeightsScaling::Default { scaling, shift },
+    };
+    Ok((Model::Kl(Box::new(model)), WeightsInfo::of(&file, &keys, None, scaling)))
 }
 
 impl WeightsInfo {
     /// The report on the VAE tensors `keys` of `file`, plus those of `other`
     /// for a TAESD whose halves are in two files (`file` being the one whose
     /// hash latents record).
-    fn of(file: &TensorFile, keys: &VaeKeys, other: Option<(&TensorFile, &VaeKeys)>, notes: Vec<String>) -> Self {
+    fn of(file: &TensorFile, keys: &VaeKeys, other: Option<(&TensorFile, &VaeKeys)>, scaling: WeightsScaling) -> Self {
         let tensors: Vec<&file::RawTensor> = std::iter::once((file, keys))
             .chain(other)
             .flat_map(|(f, k)| k.names.values().map(move |key| &f.tensors[key]))
@@ -309,7 +299,8 @@ impl WeightsInfo {
             sha256: file.sha256_hex(),
             ignored: keys.ignored + other.map_or(0, |(_, k)| k.ignored),
             parameters: tensors.iter().map(|t| t.shape.iter().product::<usize>() as u64).sum(),
-            notes,
+            scaling,
+            notes: Vec::new(),
         }
     }
 }

@@ -4,11 +4,11 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor, TensorData};
-use vae::Vae;
+use vae::device::DeviceRequest;
+use vae::{Vae, VaeOptions};
 use vae::imageio::{self, DEFAULT_MAX_PIXELS};
 use vae::latent::{Latent, LatentMeta};
 use vae::model::{AutoencoderKl, AutoencoderTiny, Model};
-use vae::weights::WeightsSource;
 
 use super::{fixtures, max_abs_diff, read_tensors};
 
@@ -24,13 +24,20 @@ pub fn device() -> Device {
 }
 
 pub fn load(weights: &str) -> Vae {
-    load_on(weights, &device())
+    load_with(weights, |_| {})
 }
 
 /// [`load`] on another device (tests/gpu.rs).
-pub fn load_on(weights: &str, device: &Device) -> Vae {
-    let source = WeightsSource::from_path(&fixtures().join("weights").join(weights)).expect("fixture weights exist");
-    Vae::load(&source, device, None).unwrap_or_else(|e| panic!("loading {weights}: {e}"))
+pub fn load_on(weights: &str, device: DeviceRequest) -> Vae {
+    load_with(weights, |options| options.device = device)
+}
+
+/// [`load`] of the fixture `weights` (or of a path, when `weights` is one),
+/// on the CPU unless `options` says otherwise, with `options` changed by `f`.
+pub fn load_with(weights: &str, f: impl FnOnce(&mut VaeOptions)) -> Vae {
+    let mut options = VaeOptions { device: DeviceRequest::Cpu, ..VaeOptions::new(fixtures().join("weights").join(weights)) };
+    f(&mut options);
+    Vae::open(&options).unwrap_or_else(|e| panic!("loading {weights}: {e}"))
 }
 
 /// The fixtures of `python3 tools/make_fixtures.py --full-size` (not
@@ -43,7 +50,7 @@ pub fn full_fixtures() -> PathBuf {
 
 /// The `AutoencoderKL` of a VAE that a test loaded as one.
 pub fn kl(vae: &Vae) -> &AutoencoderKl {
-    match &vae.model {
+    match vae.model() {
         Model::Kl(model) => model,
         other => panic!("expected an AutoencoderKL, loaded an {}", other.class_name()),
     }
@@ -58,7 +65,7 @@ pub fn check_encoder(vae: &Vae, expected: &str) {
 pub fn check_encoder_on(vae: &Vae, expected: &str, device: &Device) {
     for image in IMAGES {
         let input = imageio::load(&fixtures().join(format!("images/{image}.png")), DEFAULT_MAX_PIXELS).unwrap();
-        let x = input.to_tensor(vae.model.downscale(), device);
+        let x = input.to_tensor(vae.model().downscale(), device);
         let posterior = kl(vae).encode(x);
         let want = read_tensors(&fixtures().join(format!("expected/{expected}__{image}.safetensors")));
         for (name, got) in [("mean", posterior.mean), ("logvar", posterior.logvar)] {
@@ -75,7 +82,7 @@ pub fn check_encoder_on(vae: &Vae, expected: &str, device: &Device) {
 /// diffusers' unscaled `mean` (`shape` `[1, C, h, w]`) scaled as a latent
 /// file holds it, with the model's scaling and no metadata.
 pub fn scaled_latent(vae: &Vae, shape: &[usize], mean: &[f32]) -> Latent {
-    let (scaling, shift) = vae.model.latent_scaling();
+    let (scaling, shift) = (vae.latent_space().scaling_factor, vae.latent_space().shift_factor);
     Latent {
         channels: shape[1],
         height: shape[2],
@@ -88,12 +95,12 @@ pub fn scaled_latent(vae: &Vae, shape: &[usize], mean: &[f32]) -> Latent {
 /// Decodes diffusers' own latent of each image and compares the 8-bit PNG
 /// (within one level: rounding at x.5 may flip) and, where the fixture has it,
 /// the float output before quantisation.
-pub fn check_decoder(vae: &Vae, expected: &str) {
+pub fn check_decoder(vae: &mut Vae, expected: &str) {
     check_decoder_on(vae, expected, &device());
 }
 
 /// [`check_decoder`] for a model loaded on `device`.
-pub fn check_decoder_on(vae: &Vae, expected: &str, device: &Device) {
+pub fn check_decoder_on(vae: &mut Vae, expected: &str, device: &Device) {
     for image in IMAGES {
         let want = read_tensors(&fixtures().join(format!("expected/{expected}__{image}.safetensors")));
         let (shape, mean) = &want["mean"];
@@ -106,7 +113,7 @@ pub fn check_decoder_on(vae: &Vae, expected: &str, device: &Device) {
         }
         // Through the user-facing path: a scaled latent, as a file would hold it.
         let latent = scaled_latent(vae, shape, mean);
-        let got = vae.decode(&latent, Path::new("fixture"), DEFAULT_MAX_PIXELS).unwrap();
+        let got = vae.decode(&latent).unwrap();
         let want_png = image::open(fixtures().join(format!("expected/{expected}__{image}.png"))).unwrap().to_rgb8();
         assert_eq!((got.width as u32, got.height as u32), want_png.dimensions());
         let worst = got.rgb8.iter().zip(want_png.as_raw()).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
@@ -138,7 +145,7 @@ pub const TINY_IMAGES: [&str; 2] = ["kodim03_160x128", "kodim04_96x136"];
 
 /// The `AutoencoderTiny` of a VAE that a test loaded as one.
 pub fn tiny(vae: &Vae) -> &AutoencoderTiny {
-    match &vae.model {
+    match vae.model() {
         Model::Tiny(model) => model,
         other => panic!("expected an AutoencoderTiny, loaded an {}", other.class_name()),
     }
@@ -147,13 +154,12 @@ pub fn tiny(vae: &Vae) -> &AutoencoderTiny {
 /// Encodes each image and decodes diffusers' latents, comparing both with
 /// `expected`, the decoded float image and, through `Vae::decode`, the PNG.
 /// Returns the max abs errors (latents, decoded).
-pub fn check_tiny(vae: &Vae, expected: &str) -> (f32, f32) {
-    let model = tiny(vae);
+pub fn check_tiny(vae: &mut Vae, expected: &str) -> (f32, f32) {
     let (mut latent_err, mut decoded_err) = (0.0f32, 0.0f32);
     for name in TINY_IMAGES {
         let want = read_tensors(&fixtures().join(format!("expected/{expected}__{name}.safetensors")));
         let input = imageio::load(&fixtures().join(format!("images/{name}.png")), DEFAULT_MAX_PIXELS).unwrap();
-        let latents = model.encode(input.to_tensor(8, &device())).unwrap();
+        let latents = tiny(vae).encode(input.to_tensor(8, &device())).unwrap();
         let (shape, values) = &want["latents"];
         assert_eq!(&latents.dims().to_vec(), shape, "{expected}/{name}: latents shape");
         let err = max_abs_diff(&latents.into_data().try_into_vec::<f32>().unwrap(), values);
@@ -161,17 +167,17 @@ pub fn check_tiny(vae: &Vae, expected: &str) -> (f32, f32) {
         latent_err = latent_err.max(err);
 
         let z = Tensor::<4>::from_data(TensorData::new(values.clone(), shape.clone()), &device());
-        let decoded = model.decode(z).unwrap().into_data().try_into_vec::<f32>().unwrap();
+        let decoded = tiny(vae).decode(z).unwrap().into_data().try_into_vec::<f32>().unwrap();
         let err = max_abs_diff(&decoded, &want["decoded"].1);
         assert!(err <= TINY_TOLERANCE, "{expected}/{name}: decoded max abs error {err:e} > {TINY_TOLERANCE:e}");
         decoded_err = decoded_err.max(err);
 
         // The user-facing path: TAESD latents are the big VAE's scaled latents,
         // so a file holds them as they are, with the model's scaling recorded.
-        let (scaling, shift) = vae.model.latent_scaling();
+        let (scaling, shift) = (vae.latent_space().scaling_factor, vae.latent_space().shift_factor);
         let meta = LatentMeta { scaling_factor: Some(scaling), shift_factor: Some(shift), ..LatentMeta::default() };
         let latent = Latent { channels: shape[1], height: shape[2], width: shape[3], data: values.clone(), meta };
-        let got = vae.decode(&latent, Path::new("fixture"), DEFAULT_MAX_PIXELS).unwrap();
+        let got = vae.decode(&latent).unwrap();
         assert_png_close(&got.rgb8, &fixtures().join(format!("expected/{expected}__{name}.png")));
     }
     eprintln!("{expected}: latents max abs error {latent_err:e}, decoded {decoded_err:e}");

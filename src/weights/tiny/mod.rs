@@ -6,12 +6,13 @@
 //! TAESD reads and writes the big VAE's *scaled* latents, `(z - shift) *
 //! scaling`, so its own `config.json` says scaling 1. Latent files record the
 //! big VAE's scaling instead, so that the big VAE decodes what TAESD encodes,
-//! and the other way round. The weights do not say which VAE that is; in
-//! order: `--scaling-factor` (the scale only), ComfyUI's `vae_scale` /
-//! `vae_shift` scalars in the file, madebyollin's name for it in the file or
-//! folder name (`taesd`, `taesdxl`, `taesd3`, `taef1`), else the channel
-//! count (4: SD 1.x, 16: FLUX, as `vae preview` assumes), said in a note.
-//! `--family` overrides all of these (it is applied after loading).
+//! and the other way round. The weights do not say which VAE that is; they
+//! suggest it, in order: ComfyUI's `vae_scale` / `vae_shift` scalars in the
+//! file, madebyollin's name for it in the file or folder name (`taesd`,
+//! `taesdxl`, `taesd3`, `taef1`), else the channel count (4: SD 1.x, 16:
+//! FLUX, as `vae preview` assumes). That is a [`WeightsScaling::Guess`]:
+//! `--family` and `--scaling-factor` win over it
+//! ([`crate::latent_space::LatentSpace::resolve`]).
 
 mod layout;
 
@@ -22,6 +23,7 @@ use burn::tensor::{Device, FloatDType};
 pub use layout::{TinyConfigJson, VAE_SCALE, VAE_SHIFT, detect, family_from_name, infer_config};
 
 use super::{Parts, TensorFile, VaeKeys, WeightsError, WeightsInfo};
+use crate::latent_space::WeightsScaling;
 use crate::model::{AutoencoderTiny, AutoencoderTinyConfig, DecoderTiny, EncoderTiny, Family, Model};
 use crate::weights::ParamLoader;
 
@@ -33,17 +35,16 @@ pub(super) fn load(
     keys: &VaeKeys,
     mut config: AutoencoderTinyConfig,
     (device, dtype): (&Device, FloatDType),
-    scaling_factor: Option<f64>,
     parts: Parts,
 ) -> Result<(Model, WeightsInfo), WeightsError> {
     check_halves(&file.path, &config, parts)?;
     let mut loader =
         ParamLoader::new(file, &keys.names, device).casting_to(dtype).skipping(parts.unused_prefixes()).building(CLASS);
     let scalars = (loader.scalar(VAE_SCALE), loader.scalar(VAE_SHIFT));
-    let notes = vec![latent_space(&mut config, &file.path, scalars, scaling_factor)?];
+    let scaling = latent_space(&mut config, &file.path, scalars)?;
     let model = AutoencoderTiny::load(&mut loader, &config);
     loader.finish()?;
-    Ok((Model::Tiny(model), WeightsInfo::of(file, keys, None, notes)))
+    Ok((Model::Tiny(model), WeightsInfo::of(file, keys, None, scaling)))
 }
 
 /// Builds the TAESD whose halves are `encoder` and `decoder` (madebyollin's
@@ -52,7 +53,6 @@ pub(super) fn load_pair(
     encoder: &TensorFile,
     decoder: &TensorFile,
     (device, dtype): (&Device, FloatDType),
-    scaling_factor: Option<f64>,
     parts: Parts,
 ) -> Result<(Model, WeightsInfo), WeightsError> {
     let enc = half_of(encoder, "encoder")?;
@@ -64,8 +64,8 @@ pub(super) fn load_pair(
     let mut config =
         infer_config(shape_of).map_err(|tensor| WeightsError::Architecture { path: encoder.path.clone(), tensor })?;
     config.check().map_err(|reason| WeightsError::Config { path: encoder.path.clone(), reason })?;
-    let mut notes = vec![latent_space(&mut config, &encoder.path, (None, None), scaling_factor)?];
-    notes.push(format!("encoder from {}, decoder from {}", encoder.path.display(), decoder.path.display()));
+    let scaling = latent_space(&mut config, &encoder.path, (None, None))?;
+    let notes = vec![format!("encoder from {}, decoder from {}", encoder.path.display(), decoder.path.display())];
 
     let mut enc_loader = ParamLoader::new(encoder, &enc.names, device)
         .casting_to(dtype)
@@ -83,10 +83,11 @@ pub(super) fn load_pair(
     enc_loader.finish()?;
     dec_loader.finish()?;
     // Latents record the hash of the half that ran.
-    let info = match parts {
-        Parts::Decoder => WeightsInfo::of(decoder, &dec, Some((encoder, &enc)), notes),
-        _ => WeightsInfo::of(encoder, &enc, Some((decoder, &dec)), notes),
+    let mut info = match parts {
+        Parts::Decoder => WeightsInfo::of(decoder, &dec, Some((encoder, &enc)), scaling),
+        _ => WeightsInfo::of(encoder, &enc, Some((decoder, &dec)), scaling),
     };
+    info.notes = notes;
     Ok((Model::Tiny(model), info))
 }
 
@@ -123,21 +124,20 @@ fn check_halves(path: &Path, config: &AutoencoderTinyConfig, parts: Parts) -> Re
     Ok(())
 }
 
-/// Sets the big VAE's latent scaling in `config` (see the module
-/// documentation), and says where it came from.
+/// Sets the big VAE's latent scaling in `config` as the weights suggest it
+/// (see the module documentation), and says how it was guessed.
 fn latent_space(
     config: &mut AutoencoderTinyConfig,
     path: &Path,
     (vae_scale, vae_shift): (Option<f32>, Option<f32>),
-    scaling_factor: Option<f64>,
-) -> Result<String, WeightsError> {
+) -> Result<WeightsScaling, WeightsError> {
     let channels = config.latent_channels;
     let by_channels = match channels {
         4 => Some(Family::Sd1),
         16 => Some(Family::Flux),
         _ => None,
     };
-    let (mut scaling, shift, from) = if let Some(scale) = vae_scale {
+    let (scaling, shift, from) = if let Some(scale) = vae_scale {
         let (scale, shift) = (f64::from(scale), vae_shift.map_or(0.0, f64::from));
         // f32 scalars: the family's exact values when they are the family's.
         let (scale, shift) = Family::of(channels, scale, shift).map_or((scale, shift), Family::scaling);
@@ -152,12 +152,9 @@ fn latent_space(
     } else {
         (1.0, 0.0, format!("unknown for {channels} latent channels: unscaled (pass --family or --scaling-factor)"))
     };
-    if let Some(factor) = scaling_factor {
-        scaling = factor;
-    }
     (config.vae_scaling_factor, config.vae_shift_factor) = (scaling, shift);
     config.check().map_err(|reason| WeightsError::Config { path: path.to_owned(), reason })?;
-    Ok(format!("latent scaling {scaling}, shift {shift}: {from}"))
+    Ok(WeightsScaling::Guess { scaling, shift, from })
 }
 
 /// madebyollin's two files of one TAESD among `files` (a folder's
@@ -197,15 +194,20 @@ mod tests {
     fn latent_space_sources_in_order() {
         let mut c = AutoencoderTinyConfig::taesd();
         let path = Path::new("w/taesdxl_decoder.safetensors");
+        let from = |guess: WeightsScaling| match guess {
+            WeightsScaling::Guess { scaling, shift, from } => ((scaling, shift), from),
+            other => panic!("a TAESD's scaling is a guess, got {other:?}"),
+        };
         // ComfyUI's f32 scalars, snapped to the family's values.
-        latent_space(&mut c, path, (Some(0.18215), None), None).unwrap();
+        let (scaling, _) = from(latent_space(&mut c, path, (Some(0.18215), None)).unwrap());
+        assert_eq!(scaling, (0.18215, 0.0));
         assert_eq!((c.vae_scaling_factor, c.vae_shift_factor), (0.18215, 0.0));
-        let note = latent_space(&mut c, path, (None, None), None).unwrap();
-        assert_eq!((c.vae_scaling_factor, c.vae_shift_factor), (0.13025, 0.0));
+        let (scaling, note) = from(latent_space(&mut c, path, (None, None)).unwrap());
+        assert_eq!(scaling, (0.13025, 0.0));
         assert!(note.contains("sdxl by its name"), "{note}");
-        let note = latent_space(&mut c, Path::new("w/vae.safetensors"), (None, None), Some(0.2)).unwrap();
-        assert_eq!((c.vae_scaling_factor, c.vae_shift_factor), (0.2, 0.0));
+        let (scaling, note) = from(latent_space(&mut c, Path::new("w/vae.safetensors"), (None, None)).unwrap());
+        assert_eq!(scaling, (0.18215, 0.0));
         assert!(note.contains("assumed"), "{note}");
-        assert!(latent_space(&mut c, path, (None, None), Some(0.0)).is_err());
+        assert!(latent_space(&mut c, path, (Some(0.0), None)).is_err());
     }
 }
