@@ -2,18 +2,111 @@
 
 use std::path::Path;
 
+use std::fmt::{self, Write as _};
+
 use anyhow::{Context, Result};
 use burn::tensor::{Device, FloatDType};
-use serde_json::{Value, json};
+use serde::Serialize;
 
 use crate::latent::{Latent, LatentFormat};
 use crate::latent_space::{LatentSpace, LatentSpaceRequest};
 use crate::model::{Family, Model};
 use crate::weights::{self, Parts, WeightsSource};
 
-/// A report on `path` as JSON: weights (a folder, or a safetensors file with
-/// VAE tensors) or a latent (anything else that reads as one).
-pub fn inspect(path: &Path) -> Result<Value> {
+/// What `vae inspect` says about one file. Serialised, it is the JSON line
+/// of `--json` (`kind` first: `weights` or `latent`); [`render`] gives the
+/// `key: value` lines.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Report {
+    Weights(WeightsReport),
+    Latent(LatentReport),
+}
+
+/// A weights file or folder, checked without running the model.
+#[derive(Debug, Clone, Serialize)]
+pub struct WeightsReport {
+    /// The diffusers class: `AutoencoderKL` or `AutoencoderTiny`.
+    pub model: String,
+    pub file: String,
+    pub layout: String,
+    /// The key prefix of a full checkpoint (`first_stage_model.`).
+    pub prefix: Option<String>,
+    pub dtype: String,
+    pub parameters: u64,
+    /// Tensors of the file that are not the VAE's.
+    pub other_tensors: usize,
+    /// The family its latents fit, in words (for TAESD, the big VAE's).
+    pub family: String,
+    pub scaling_factor: f64,
+    pub shift_factor: f64,
+    pub latent_channels: usize,
+    #[serde(flatten)]
+    pub architecture: Architecture,
+    pub sha256: String,
+    /// What was checked.
+    pub check: String,
+}
+
+/// The configuration of the network, by model class.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Architecture {
+    Kl(KlArchitecture),
+    Tiny(TinyArchitecture),
+}
+
+/// An `AutoencoderKL`'s configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct KlArchitecture {
+    pub block_out_channels: Vec<usize>,
+    pub layers_per_block: usize,
+    pub norm_num_groups: usize,
+    pub quant_convs: bool,
+    pub mid_block_attention: bool,
+}
+
+/// An `AutoencoderTiny`'s (TAESD's) configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct TinyArchitecture {
+    /// `encoder and decoder`, `encoder only` or `decoder only`.
+    pub halves: String,
+    pub encoder_block_out_channels: Vec<usize>,
+    pub num_encoder_blocks: Vec<usize>,
+    pub decoder_block_out_channels: Vec<usize>,
+    pub num_decoder_blocks: Vec<usize>,
+    pub tiling: String,
+}
+
+/// A latent file: its shape, metadata and per-channel statistics.
+#[derive(Debug, Clone, Serialize)]
+pub struct LatentReport {
+    pub file: String,
+    /// The file format, in words.
+    pub format: String,
+    /// `[1, channels, height, width]`.
+    pub shape: [usize; 4],
+    pub decodes_to: String,
+    pub family: Option<String>,
+    pub scaling_factor: Option<f64>,
+    pub shift_factor: Option<f64>,
+    pub weights: Option<String>,
+    pub weights_sha256: Option<String>,
+    pub channels: Vec<ChannelStats>,
+}
+
+/// One latent channel's values, summed up (in f64, the f32 extremes too).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ChannelStats {
+    pub mean: f64,
+    pub std: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+/// A report on `path`: weights (a folder, or a safetensors file with VAE
+/// tensors) or a latent (anything else that reads as one).
+pub fn inspect(path: &Path) -> Result<Report> {
     if !path.is_dir() {
         crate::output::check_input(path).with_context(|| format!("{}: cannot read", path.display()))?;
     }
@@ -32,7 +125,7 @@ fn looks_like_latent(path: &Path) -> Result<bool> {
     Ok(meta.tensors().len() <= 2)
 }
 
-fn inspect_weights(path: &Path) -> Result<Value> {
+fn inspect_weights(path: &Path) -> Result<Report> {
     let source = WeightsSource::from_path(path)?;
     // Every tensor is checked by name, shape and dtype; none is read.
     let (model, info) = weights::load(&source, &Device::flex(), FloatDType::F32, Parts::Neither)?;
@@ -44,31 +137,18 @@ fn inspect_weights(path: &Path) -> Result<Value> {
         Some(f) => f.name(),
         None => "unknown (scaling and channels fit no preset)",
     };
-    let (scaling, shift) = (resolved.space.scaling_factor, resolved.space.shift_factor);
-    let mut report = json!({
-        "kind": "weights",
-        "model": model.class_name(),
-        "file": info.path.display().to_string(),
-        "layout": info.layout.to_string(),
-        "prefix": info.prefix,
-        "dtype": info.dtype,
-        "parameters": info.parameters,
-        "other_tensors": info.ignored,
-        "family": family,
-        "scaling_factor": scaling,
-        "shift_factor": shift,
-        "latent_channels": model.latent_channels(),
-    });
-    let architecture = match &model {
+    let (scaling_factor, shift_factor) = (resolved.space.scaling_factor, resolved.space.shift_factor);
+    let (family, architecture) = match &model {
         Model::Kl(m) => {
             let c = &m.config;
-            json!({
-                "block_out_channels": c.block_out_channels,
-                "layers_per_block": c.layers_per_block,
-                "norm_num_groups": c.norm_num_groups,
-                "quant_convs": c.use_quant_conv,
-                "mid_block_attention": c.mid_block_add_attention,
-            })
+            let architecture = KlArchitecture {
+                block_out_channels: c.block_out_channels.clone(),
+                layers_per_block: c.layers_per_block,
+                norm_num_groups: c.norm_num_groups,
+                quant_convs: c.use_quant_conv,
+                mid_block_attention: c.mid_block_add_attention,
+            };
+            (family.to_owned(), Architecture::Kl(architecture))
         }
         Model::Tiny(m) => {
             let c = &m.config;
@@ -77,88 +157,160 @@ fn inspect_weights(path: &Path) -> Result<Value> {
                 (true, false) => "encoder only",
                 _ => "decoder only",
             };
-            json!({
-                // TAESD's family is that of the big VAE it was distilled from.
-                "family": format!(
-                    "{} ({})",
-                    resolved.space.family.map_or("unknown", Family::name),
-                    resolved.notes.iter().chain(&info.notes).cloned().collect::<Vec<_>>().join("; ")
-                ),
-                "halves": halves,
-                "encoder_block_out_channels": c.encoder_block_out_channels,
-                "num_encoder_blocks": c.num_encoder_blocks,
-                "decoder_block_out_channels": c.decoder_block_out_channels,
-                "num_decoder_blocks": c.num_decoder_blocks,
-                "tiling": "always untiled (--tile applies to AutoencoderKL)",
-            })
+            // TAESD's family is that of the big VAE it was distilled from.
+            let notes: Vec<&str> = resolved.notes.iter().chain(&info.notes).map(String::as_str).collect();
+            let family = format!("{} ({})", resolved.space.family.map_or("unknown", Family::name), notes.join("; "));
+            let architecture = TinyArchitecture {
+                halves: halves.to_owned(),
+                encoder_block_out_channels: c.encoder_block_out_channels.clone(),
+                num_encoder_blocks: c.num_encoder_blocks.clone(),
+                decoder_block_out_channels: c.decoder_block_out_channels.clone(),
+                num_decoder_blocks: c.num_decoder_blocks.clone(),
+                tiling: "always untiled (--tile applies to AutoencoderKL)".to_owned(),
+            };
+            (family, Architecture::Tiny(architecture))
         }
     };
-    if let (Value::Object(report), Value::Object(more)) = (&mut report, architecture) {
-        report.extend(more);
-        report.insert("sha256".to_owned(), json!(info.sha256));
-        report.insert("check".to_owned(), json!("every VAE tensor present, with the expected shape and a float dtype"));
-    }
-    Ok(report)
+    Ok(Report::Weights(WeightsReport {
+        model: model.class_name().to_owned(),
+        file: info.path.display().to_string(),
+        layout: info.layout.to_string(),
+        prefix: info.prefix.map(str::to_owned),
+        dtype: info.dtype,
+        parameters: info.parameters,
+        other_tensors: info.ignored,
+        family,
+        scaling_factor,
+        shift_factor,
+        latent_channels: model.latent_channels(),
+        architecture,
+        sha256: info.sha256,
+        check: "every VAE tensor present, with the expected shape and a float dtype".to_owned(),
+    }))
 }
 
-fn inspect_latent(path: &Path) -> Result<Value> {
+fn inspect_latent(path: &Path) -> Result<Report> {
     let latent = Latent::read(path)?;
     let plane = latent.height * latent.width;
-    let channels: Vec<Value> = latent
+    let channels = latent
         .data
-        .chunks(plane)
+        .chunks(plane.max(1))
         .map(|values| {
             let n = values.len() as f64;
             let mean = values.iter().map(|&v| v as f64).sum::<f64>() / n;
             let var = values.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
             let (min, max) = values.iter().fold((f32::MAX, f32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-            json!({ "mean": mean, "std": var.sqrt(), "min": min, "max": max })
+            ChannelStats { mean, std: var.sqrt(), min: f64::from(min), max: f64::from(max) }
         })
         .collect();
-    let m = &latent.meta;
+    let m = latent.meta;
     let format = match LatentFormat::of(path) {
         LatentFormat::Safetensors => "safetensors",
         LatentFormat::Comfy => "ComfyUI .latent",
         LatentFormat::Npy => "NumPy .npy",
     };
-    Ok(json!({
-        "kind": "latent",
-        "file": path.display().to_string(),
-        "format": format,
-        "shape": [1, latent.channels, latent.height, latent.width],
-        "decodes_to": format!("{}x{} (at 8x)", m.width.unwrap_or(8 * latent.width), m.height.unwrap_or(8 * latent.height)),
-        "family": m.family.map(Family::name),
-        "scaling_factor": m.scaling_factor,
-        "shift_factor": m.shift_factor,
-        "weights": m.weights,
-        "weights_sha256": m.weights_sha256,
-        "channels": channels,
+    let (width, height) = (m.width.unwrap_or(8 * latent.width), m.height.unwrap_or(8 * latent.height));
+    Ok(Report::Latent(LatentReport {
+        file: path.display().to_string(),
+        format: format.to_owned(),
+        shape: [1, latent.channels, latent.height, latent.width],
+        decodes_to: format!("{width}x{height} (at 8x)"),
+        family: m.family.map(|f| f.name().to_owned()),
+        scaling_factor: m.scaling_factor,
+        shift_factor: m.shift_factor,
+        weights: m.weights,
+        weights_sha256: m.weights_sha256,
+        channels,
     }))
 }
 
-/// The report as `key: value` lines, nulls left out.
-pub fn render(report: &Value) -> String {
-    let mut out = String::new();
-    if let Value::Object(map) = report {
-        for (key, value) in map {
-            match value {
-                Value::Null => {}
-                Value::String(s) => out.push_str(&format!("{key}: {s}\n")),
-                Value::Array(items) if key == "channels" => {
-                    for (i, ch) in items.iter().enumerate() {
-                        let f = |k: &str| ch[k].as_f64().unwrap_or(f64::NAN);
-                        out.push_str(&format!(
-                            "channel {i}: mean {:.4}, std {:.4}, min {:.4}, max {:.4}\n",
-                            f("mean"),
-                            f("std"),
-                            f("min"),
-                            f("max")
-                        ));
+/// The report as `key: value` lines, in the order of its JSON, with what is
+/// unknown left out.
+pub fn render(report: &Report) -> String {
+    report.to_string()
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut out = Lines(String::new());
+        match self {
+            Report::Weights(w) => {
+                out.text("kind", Some("weights"));
+                out.text("model", Some(&w.model));
+                out.text("file", Some(&w.file));
+                out.text("layout", Some(&w.layout));
+                out.text("prefix", w.prefix.as_deref());
+                out.text("dtype", Some(&w.dtype));
+                out.text("parameters", Some(&w.parameters.to_string()));
+                out.text("other_tensors", Some(&w.other_tensors.to_string()));
+                out.text("family", Some(&w.family));
+                out.number("scaling_factor", Some(w.scaling_factor));
+                out.number("shift_factor", Some(w.shift_factor));
+                out.text("latent_channels", Some(&w.latent_channels.to_string()));
+                match &w.architecture {
+                    Architecture::Kl(a) => {
+                        out.list("block_out_channels", &a.block_out_channels);
+                        out.text("layers_per_block", Some(&a.layers_per_block.to_string()));
+                        out.text("norm_num_groups", Some(&a.norm_num_groups.to_string()));
+                        out.text("quant_convs", Some(&a.quant_convs.to_string()));
+                        out.text("mid_block_attention", Some(&a.mid_block_attention.to_string()));
+                    }
+                    Architecture::Tiny(a) => {
+                        out.text("halves", Some(&a.halves));
+                        out.list("encoder_block_out_channels", &a.encoder_block_out_channels);
+                        out.list("num_encoder_blocks", &a.num_encoder_blocks);
+                        out.list("decoder_block_out_channels", &a.decoder_block_out_channels);
+                        out.list("num_decoder_blocks", &a.num_decoder_blocks);
+                        out.text("tiling", Some(&a.tiling));
                     }
                 }
-                other => out.push_str(&format!("{key}: {other}\n")),
+                out.text("sha256", Some(&w.sha256));
+                out.text("check", Some(&w.check));
+            }
+            Report::Latent(l) => {
+                out.text("kind", Some("latent"));
+                out.text("file", Some(&l.file));
+                out.text("format", Some(&l.format));
+                out.list("shape", &l.shape);
+                out.text("decodes_to", Some(&l.decodes_to));
+                out.text("family", l.family.as_deref());
+                out.number("scaling_factor", l.scaling_factor);
+                out.number("shift_factor", l.shift_factor);
+                out.text("weights", l.weights.as_deref());
+                out.text("weights_sha256", l.weights_sha256.as_deref());
+                for (i, c) in l.channels.iter().enumerate() {
+                    let line = format!(
+                        "channel {i}: mean {:.4}, std {:.4}, min {:.4}, max {:.4}",
+                        c.mean, c.std, c.min, c.max
+                    );
+                    out.0.push_str(&line);
+                    out.0.push('\n');
+                }
             }
         }
+        f.write_str(&out.0)
     }
-    out
+}
+
+/// `key: value` lines; a value that is unknown (or not a number) is left out.
+struct Lines(String);
+
+impl Lines {
+    fn text(&mut self, key: &str, value: Option<&str>) {
+        if let Some(value) = value {
+            let _ = writeln!(self.0, "{key}: {value}");
+        }
+    }
+
+    /// A number as JSON writes it (`1.0`, `0.18215`).
+    fn number(&mut self, key: &str, value: Option<f64>) {
+        let shown = value.filter(|v| v.is_finite()).and_then(|v| serde_json::to_string(&v).ok());
+        self.text(key, shown.as_deref());
+    }
+
+    /// A list as JSON writes it: `[128,256]`.
+    fn list(&mut self, key: &str, values: &[usize]) {
+        let items: Vec<String> = values.iter().map(usize::to_string).collect();
+        self.text(key, Some(&format!("[{}]", items.join(","))));
+    }
 }

@@ -834,3 +834,83 @@ impl WithUmask for Command {
         self.output().unwrap()
     }
 }
+
+// Typed manifests (issue 19): a format and version of their own, checked
+// on read; the shard expansion follows no link to a folder.
+
+#[test]
+fn manifests_carry_their_format_version_and_a_newer_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    small_shards(dir.path());
+    let out = dataset_encode(dir.path(), &["in", "-o", "out", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let path = dir.path().join("out/00001.json");
+    let mut m = manifest(&path);
+    assert_eq!(
+        (&m["format"], &m["format_version"]),
+        (&serde_json::json!("vae-dataset-manifest"), &serde_json::json!(1))
+    );
+    // The --json line of a shard is its manifest.
+    let first: serde_json::Value = serde_json::from_str(stdout(&out).lines().next().unwrap()).unwrap();
+    assert_eq!(first["format_version"], 1, "{first}");
+
+    // A manifest written before the field existed still reads (as version 1).
+    let fields = m.as_object_mut().unwrap();
+    fields.remove("format");
+    fields.remove("format_version");
+    std::fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
+    let report = vae(dir.path(), &["dataset", "report", "out", "--json"]);
+    assert!(report.status.success(), "{}", stderr(&report));
+    let last: serde_json::Value = serde_json::from_str(stdout(&report).lines().last().unwrap()).unwrap();
+    assert_eq!((last["total"]["shards"].as_u64(), last["total"]["encoded"].as_u64()), (Some(2), Some(4)));
+
+    // A newer one is refused, naming it, whatever else it holds.
+    std::fs::write(&path, r#"{"format": "vae-dataset-manifest", "format_version": 2, "shards": {"new": "layout"}}"#)
+        .unwrap();
+    let report = vae(dir.path(), &["dataset", "report", "out"]);
+    common::assert_fails(&report, "00001.json", "format version 2, newer than this vae reads");
+    assert!(stdout(&report).is_empty(), "{}", stdout(&report));
+    // And one of our format that is not a manifest's shape is damaged.
+    std::fs::write(&path, r#"{"format": "vae-dataset-manifest", "format_version": 1, "shard": 3}"#).unwrap();
+    let report = vae(dir.path(), &["dataset", "report", "out"]);
+    common::assert_fails(&report, "00001.json", "a damaged shard manifest");
+
+    // --format is a choice of the latent members' formats.
+    let bad = vae(dir.path(), &["dataset", "encode", "in", "-o", "o2", "--format", "latent"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+    assert!(stderr(&bad).contains("[possible values: safetensors, npy]"), "{}", stderr(&bad));
+}
+
+#[test]
+fn shard_expansion_follows_no_link_to_a_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    small_shards(dir.path());
+    let input = dir.path().join("in");
+    std::fs::create_dir_all(input.join("sub")).unwrap();
+    std::fs::copy(input.join("00000.tar"), input.join("sub/00002.tar")).unwrap();
+    // Loops (to the folder itself and from below to its parent) and an alias.
+    std::os::unix::fs::symlink(".", input.join("loop")).unwrap();
+    std::os::unix::fs::symlink("..", input.join("sub/up")).unwrap();
+    std::os::unix::fs::symlink("sub", input.join("alias")).unwrap();
+    // A folder of sample folders, with a loop and an alias too.
+    let files = dir.path().join("files");
+    std::fs::create_dir_all(files.join("00042")).unwrap();
+    std::fs::write(files.join("00042/a.png"), image_bytes(1, 32, 32, false)).unwrap();
+    std::os::unix::fs::symlink(".", files.join("loop")).unwrap();
+    std::os::unix::fs::symlink("00042", files.join("alias")).unwrap();
+
+    let out = dataset_encode(dir.path(), &["in/**/*.tar", "files", "-o", "out"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let tars: Vec<String> =
+        common::listing(&dir.path().join("out")).into_iter().filter(|n| n.ends_with(".tar")).collect();
+    assert_eq!(tars, ["00000.tar", "00001.tar", "00002.tar", "00042.tar"]);
+    assert!(stderr(&out).contains("4 of 4 shards"), "{}", stderr(&out));
+
+    // `*` matches no link to a folder either; a link to a tar is a tar.
+    std::os::unix::fs::symlink("sub/00002.tar", input.join("00003.tar")).unwrap();
+    let out = dataset_encode(dir.path(), &["in/*", "-o", "out2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let tars: Vec<String> =
+        common::listing(&dir.path().join("out2")).into_iter().filter(|n| n.ends_with(".tar")).collect();
+    assert_eq!(tars, ["00000.tar", "00001.tar", "00002.tar", "00003.tar"]);
+}

@@ -116,6 +116,24 @@ enum DatasetCommand {
     },
 }
 
+/// `dataset encode --format`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum MemberFormat {
+    /// KEY.latent.safetensors, with our metadata.
+    Safetensors,
+    /// KEY.latent.npy.
+    Npy,
+}
+
+impl From<MemberFormat> for dataset::LatentMember {
+    fn from(format: MemberFormat) -> Self {
+        match format {
+            MemberFormat::Safetensors => dataset::LatentMember::Safetensors,
+            MemberFormat::Npy => dataset::LatentMember::Npy,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 struct DatasetEncodeArgs {
     /// Input shards: .tar files, folders of them, folders of samples (or of
@@ -137,9 +155,9 @@ struct DatasetEncodeArgs {
     /// $SLURM_ARRAY_TASK_ID (less _MIN, over _STEP), else 0.
     #[arg(long, value_name = "I", env = "VAE_WORKER_INDEX")]
     worker_index: Option<usize>,
-    /// The latent members' format: safetensors (with our metadata) or npy.
-    #[arg(long, value_name = "FORMAT", default_value = "safetensors", value_parser = ["safetensors", "npy"])]
-    format: String,
+    /// The latent members' format.
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = MemberFormat::Safetensors)]
+    format: MemberFormat,
     /// Local folder for shards on their way from or to a store. Default: the system's.
     #[arg(long, value_name = "DIR")]
     tmp_dir: Option<PathBuf>,
@@ -406,7 +424,9 @@ fn inspect(ctx: &Session, files: &[PathBuf], json: bool) -> Result<ExitCode> {
     let mut failed = 0;
     for file in &files {
         match crate::inspect::inspect(file) {
-            Ok(report) if json => print(&format!("{report}\n")).context("writing to stdout")?,
+            Ok(report) if json => {
+                print(&format!("{}\n", serde_json::to_string(&report)?)).context("writing to stdout")?
+            }
             Ok(report) => {
                 let gap = if files.len() > 1 { "\n" } else { "" };
                 print(&format!("{gap}{}", crate::inspect::render(&report))).context("writing to stdout")?;
@@ -714,13 +734,13 @@ fn dataset_encode(ctx: &mut Session, args: DatasetEncodeArgs) -> Result<ExitCode
     let (workers, from) = Workers::resolve(args.worker_index, args.num_workers, |name| std::env::var(name).ok())?;
     let output = dataset::output_location(&args.output)?;
     let shards = dataset::expand(&args.inputs)?;
-    if from != "default" && from != "--worker-index" {
-        ctx.info(format_args!("worker index {} of {} from ${from}", workers.index, workers.count));
+    if let Some(variable) = from.job_variable() {
+        ctx.info(format_args!("worker index {} of {} from ${variable}", workers.index, workers.count));
     }
     let options = dataset::Options {
         output,
         workers,
-        format: if args.format == "npy" { LatentFormat::Npy } else { LatentFormat::Safetensors },
+        format: args.format.into(),
         posterior: posterior(&args.input),
         max_pixels: args.input.max_pixels,
         tmp_dir: args.tmp_dir.clone().unwrap_or_else(std::env::temp_dir),
@@ -733,7 +753,7 @@ fn dataset_encode(ctx: &mut Session, args: DatasetEncodeArgs) -> Result<ExitCode
         check_posterior(&vae, &args.input)?;
         Ok(vae)
     })?;
-    let total = report.to_json(workers);
+    let total = report.totals(workers);
     ctx.info(format_args!(
         "worker {} of {}: {} shards encoded, {} done before, {} failed; {} latents, {} samples skipped, {:.1} s ({:.2} images/s)",
         workers.index,
@@ -741,13 +761,13 @@ fn dataset_encode(ctx: &mut Session, args: DatasetEncodeArgs) -> Result<ExitCode
         report.summaries.len(),
         report.done_before,
         report.failed,
-        total["encoded"],
-        total["skipped"],
+        total.encoded,
+        total.skipped,
         report.seconds,
-        total["images_per_second"].as_f64().unwrap_or(0.0)
+        total.images_per_second
     ));
     if args.json {
-        json_line(&serde_json::json!({ "report": total }))?;
+        json_line(&serde_json::to_value(dataset::RunLine { report: total })?)?;
     }
     Ok(if report.failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
@@ -758,7 +778,7 @@ fn dataset_report(ctx: &Session, output: &str, json: bool) -> Result<ExitCode> {
         for summary in &summaries {
             json_line(&serde_json::to_value(summary)?)?;
         }
-        json_line(&serde_json::json!({ "total": total }))?;
+        json_line(&serde_json::to_value(dataset::TotalLine { total })?)?;
     } else {
         let mut out = String::new();
         for s in &summaries {
@@ -775,18 +795,16 @@ fn dataset_report(ctx: &Session, output: &str, json: bool) -> Result<ExitCode> {
                 s.workers
             )?;
         }
-        let by_reason = total["skipped_by_reason"]
-            .as_object()
-            .map(|reasons| reasons.iter().map(|(kind, n)| format!("{kind}: {n}")).collect::<Vec<_>>().join(", "));
+        let by_reason: Vec<String> = total.skipped_by_reason.iter().map(|(kind, n)| format!("{kind}: {n}")).collect();
         writeln!(
             out,
             "total: {} shards, {} samples, {} latents, {} skipped{}; {:.2} images/s per worker",
-            total["shards"],
-            total["samples"],
-            total["encoded"],
-            total["skipped"],
-            by_reason.filter(|r| !r.is_empty()).map(|r| format!(" ({r})")).unwrap_or_default(),
-            total["images_per_second_per_worker"].as_f64().unwrap_or(0.0)
+            total.shards,
+            total.samples,
+            total.encoded,
+            total.skipped,
+            if by_reason.is_empty() { String::new() } else { format!(" ({})", by_reason.join(", ")) },
+            total.images_per_second_per_worker
         )?;
         print(&out).context("writing to stdout")?;
     }

@@ -26,6 +26,7 @@
 //! a killed worker is taken over by the next one.
 
 mod location;
+mod manifest;
 mod shards;
 mod webdataset;
 
@@ -39,11 +40,14 @@ use std::sync::mpsc::sync_channel;
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
-use serde_json::json;
 use sha2::{Digest, Sha256};
 
 pub use location::Location;
-pub use shards::{Shard, Source, Workers, braces, expand};
+pub use manifest::{
+    DatasetTotals, MANIFEST_FORMAT, MANIFEST_VERSION, ManifestError, RunLine, ShardSummary, SkipKind, Skipped,
+    TotalLine, WorkerTotals,
+};
+pub use shards::{IndexSource, Shard, Source, Workers, braces, expand};
 
 use crate::Vae;
 use crate::imageio::{self, InputImage};
@@ -55,8 +59,8 @@ pub struct Options {
     /// The output folder or prefix.
     pub output: Location,
     pub workers: Workers,
-    /// How latents are stored in the output tars: safetensors or npy.
-    pub format: LatentFormat,
+    /// How latents are stored in the output tars.
+    pub format: LatentMember,
     pub posterior: Posterior,
     pub max_pixels: u64,
     /// Local room for downloaded input shards and output shards on their way
@@ -69,60 +73,40 @@ pub struct Options {
     pub json: bool,
 }
 
-impl Options {
-    /// The extension of latent members: `latent.safetensors` or `latent.npy`.
-    fn latent_extension(&self) -> &'static str {
-        match self.format {
-            LatentFormat::Npy => "latent.npy",
-            _ => "latent.safetensors",
+/// How latents are stored in the output tars: a choice of the latent file
+/// formats, those a sample's member can be (ComfyUI's `.latent` is not one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LatentMember {
+    /// `KEY.latent.safetensors`, with our metadata.
+    #[default]
+    Safetensors,
+    /// `KEY.latent.npy`.
+    Npy,
+}
+
+impl LatentMember {
+    /// The member's extension after its key: `latent.safetensors` or `latent.npy`.
+    pub fn extension(self) -> &'static str {
+        match self {
+            LatentMember::Safetensors => "latent.safetensors",
+            LatentMember::Npy => "latent.npy",
         }
     }
 }
 
-/// What became of one shard: its manifest, `NAME.json`.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct ShardSummary {
-    pub shard: String,
-    pub input: String,
-    pub output: String,
-    /// Samples in the input (keys seen).
-    pub samples: usize,
-    /// Samples written with their latent.
-    pub encoded: usize,
-    pub skipped: Vec<Skipped>,
-    /// Members of the input not copied to the output although their sample
-    /// was (links, devices, FIFOs), or that made no sample of their own.
-    #[serde(default)]
-    pub files_left_out: Vec<Skipped>,
-    pub seconds: f64,
-    pub images_per_second: f64,
-    pub latent_member: String,
-    pub weights: String,
-    pub weights_sha256: String,
-    pub model: String,
-    pub posterior: String,
-    pub worker: usize,
-    pub workers: usize,
-    pub vae_version: String,
+impl From<LatentMember> for LatentFormat {
+    fn from(member: LatentMember) -> Self {
+        match member {
+            LatentMember::Safetensors => LatentFormat::Safetensors,
+            LatentMember::Npy => LatentFormat::Npy,
+        }
+    }
 }
 
-/// A sample left out of the output, and why.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct Skipped {
-    pub key: String,
-    /// What kind of problem, to count alike ones: `no image`, `unreadable
-    /// image`, `image too large`, `empty image`, `file too large`, `sample
-    /// too large`, `bad header`, `bad key`, `repeated key`, `repeated file`,
-    /// `has a latent`, `unreadable file`; for [`ShardSummary::files_left_out`],
-    /// `not a regular file`.
-    pub kind: String,
-    /// The problem in full, naming the file.
-    pub reason: String,
-}
-
-impl Skipped {
-    fn new(key: &str, kind: &str, reason: impl Into<String>) -> Self {
-        Self { key: key.to_owned(), kind: kind.to_owned(), reason: reason.into() }
+impl Options {
+    /// The extension of latent members: `latent.safetensors` or `latent.npy`.
+    fn latent_extension(&self) -> &'static str {
+        self.format.extension()
     }
 }
 
@@ -137,22 +121,23 @@ pub struct Report {
 }
 
 impl Report {
-    pub fn to_json(&self, workers: Workers) -> serde_json::Value {
+    /// The run summed, for worker `workers`.
+    pub fn totals(&self, workers: Workers) -> WorkerTotals {
         let samples: usize = self.summaries.iter().map(|s| s.samples).sum();
         let encoded: usize = self.summaries.iter().map(|s| s.encoded).sum();
-        json!({
-            "worker": workers.index,
-            "workers": workers.count,
-            "shards_assigned": self.assigned,
-            "shards_encoded": self.summaries.len(),
-            "shards_done_before": self.done_before,
-            "shards_failed": self.failed,
-            "samples": samples,
-            "encoded": encoded,
-            "skipped": samples.saturating_sub(encoded),
-            "seconds": self.seconds,
-            "images_per_second": rate(encoded, self.seconds),
-        })
+        WorkerTotals {
+            worker: workers.index,
+            workers: workers.count,
+            shards_assigned: self.assigned,
+            shards_encoded: self.summaries.len(),
+            shards_done_before: self.done_before,
+            shards_failed: self.failed,
+            samples,
+            encoded,
+            skipped: samples.saturating_sub(encoded),
+            seconds: self.seconds,
+            images_per_second: rate(encoded, self.seconds),
+        }
     }
 }
 
@@ -249,19 +234,19 @@ fn prepare(sample: webdataset::Sample, max_pixels: u64, latent_ext: &str) -> Pre
     let image = if let Some((kind, problem)) = problems.into_iter().next() {
         Err(Skipped::new(&key, kind, problem))
     } else if let Err(e) = webdataset::check_key(&key) {
-        Err(Skipped::new(&key, "bad key", e.to_string()))
+        Err(Skipped::new(&key, SkipKind::BadKey, e.to_string()))
     } else if let Some((_, (ext, _))) = repeated {
-        Err(Skipped::new(&key, "repeated file", format!("{key}.{ext} comes twice in the sample")))
+        Err(Skipped::new(&key, SkipKind::RepeatedFile, format!("{key}.{ext} comes twice in the sample")))
     } else if files.iter().any(|(ext, _)| ext == latent_ext) {
-        Err(Skipped::new(&key, "has a latent", format!("{key}.{latent_ext} is in the input already")))
+        Err(Skipped::new(&key, SkipKind::HasLatent, format!("{key}.{latent_ext} is in the input already")))
     } else if let Some(i) = files.iter().position(|(ext, _)| webdataset::is_image_extension(ext)) {
         let (ext, bytes) = files.remove(i);
         let name = PathBuf::from(format!("{key}.{ext}"));
         imageio::load_bytes(&bytes, &name, max_pixels).map_err(|e| {
             let kind = match e {
-                imageio::ImageError::TooLarge { .. } => "image too large",
-                imageio::ImageError::Empty { .. } => "empty image",
-                _ => "unreadable image",
+                imageio::ImageError::TooLarge { .. } => SkipKind::ImageTooLarge,
+                imageio::ImageError::Empty { .. } => SkipKind::EmptyImage,
+                _ => SkipKind::UnreadableImage,
             };
             Skipped::new(&key, kind, e.to_string())
         })
@@ -269,7 +254,7 @@ fn prepare(sample: webdataset::Sample, max_pixels: u64, latent_ext: &str) -> Pre
         let mut has: Vec<String> = files.iter().map(|(e, _)| e.clone()).collect();
         has.extend(left_out.iter().map(|l| l.reason.clone()));
         let has = if has.is_empty() { "nothing".into() } else { has.join(", ") };
-        Err(Skipped::new(&key, "no image", format!("no image file (has {has})")))
+        Err(Skipped::new(&key, SkipKind::NoImage, format!("no image file (has {has})")))
     };
     Prepared { key, image, others: files, left_out, mtime }
 }
@@ -465,7 +450,11 @@ fn encode_shard(vae: &mut Vae, shard: &Shard, options: &Options) -> Result<Optio
             samples += 1;
             files_left_out.extend(left_out);
             if !seen.insert(key.clone()) {
-                skipped.push(Skipped::new(&key, "repeated key", "the key comes again, apart from its other files"));
+                skipped.push(Skipped::new(
+                    &key,
+                    SkipKind::RepeatedKey,
+                    "the key comes again, apart from its other files",
+                ));
                 continue;
             }
             let image = match image {
@@ -496,6 +485,8 @@ fn encode_shard(vae: &mut Vae, shard: &Shard, options: &Options) -> Result<Optio
     writer.finish()?;
     let seconds = start.elapsed().as_secs_f64();
     let summary = ShardSummary {
+        format: MANIFEST_FORMAT.to_owned(),
+        format_version: MANIFEST_VERSION,
         shard: shard.name.clone(),
         input: shard.source.describe(),
         output: output.to_string(),
@@ -574,7 +565,8 @@ fn encode_window(
     let (latent_ext, written) = (options.latent_extension(), window.len());
     for (Ready { key, others, mtime, .. }, latent) in window.into_iter().zip(latents) {
         let latent = latent.ok_or_else(|| anyhow!("{key}: internal error: not encoded"))?;
-        let bytes = latent.to_bytes(options.format).map_err(|e| anyhow!("{key}: cannot serialise its latent: {e}"))?;
+        let bytes =
+            latent.to_bytes(options.format.into()).map_err(|e| anyhow!("{key}: cannot serialise its latent: {e}"))?;
         writer.append(&format!("{key}.{latent_ext}"), &bytes, mtime)?;
         for (ext, data) in &others {
             writer.append(&format!("{key}.{ext}"), data, mtime)?;
@@ -596,9 +588,10 @@ fn progress_bar(options: &Options, name: &str) -> Option<indicatif::ProgressBar>
 
 /// Sums the manifests in `output`: `vae dataset report`. Only manifests
 /// are read: a `NAME.json` beside a committed `NAME.tar`, with a manifest's
-/// fields; any other JSON file is passed over. A manifest whose counts do
-/// not add up is refused, naming it.
-pub fn report(output: &Location) -> Result<(Vec<ShardSummary>, serde_json::Value)> {
+/// format (or, written before it had one, a manifest's fields); any other
+/// JSON file is passed over. A manifest of a newer format version, or whose
+/// counts do not add up, is refused, naming it.
+pub fn report(output: &Location) -> Result<(Vec<ShardSummary>, DatasetTotals)> {
     let mut summaries = Vec::new();
     for manifest in output.list(".json")? {
         let file = manifest.file_name();
@@ -607,43 +600,47 @@ pub fn report(output: &Location) -> Result<(Vec<ShardSummary>, serde_json::Value
         if !output.join(&format!("{stem}.tar")).exists()? {
             continue;
         }
-        let Ok(value) = serde_json::from_slice::<serde_json::Value>(&manifest.read()?) else { continue };
-        let ours = ["shard", "samples", "encoded", "skipped", "vae_version"];
-        if !value.as_object().is_some_and(|fields| ours.iter().all(|f| fields.contains_key(*f))) {
+        let bytes = manifest.read()?;
+        let path = manifest.to_string();
+        let Some(version) = serde_json::from_slice::<manifest::Probe>(&bytes).ok().and_then(|p| p.version()) else {
             continue;
+        };
+        if version > u64::from(MANIFEST_VERSION) {
+            return Err(ManifestError::Newer { path, version }.into());
         }
-        let summary: ShardSummary =
-            serde_json::from_value(value).with_context(|| format!("{manifest}: a damaged shard manifest"))?;
+        let summary: ShardSummary = serde_json::from_slice(&bytes)
+            .map_err(|e| ManifestError::Damaged { path: path.clone(), reason: e.to_string() })?;
         if summary.encoded.checked_add(summary.skipped.len()) != Some(summary.samples) {
-            bail!(
-                "{manifest}: a damaged shard manifest: {} latents and {} skipped do not make its {} samples",
+            let reason = format!(
+                "{} latents and {} skipped do not make its {} samples",
                 summary.encoded,
                 summary.skipped.len(),
                 summary.samples
             );
+            return Err(ManifestError::Damaged { path, reason }.into());
         }
-        summaries.push((manifest, summary));
+        summaries.push((path, summary));
     }
     let (mut samples, mut encoded, mut seconds) = (0usize, 0usize, 0.0);
-    for (manifest, summary) in &summaries {
+    for (path, summary) in &summaries {
         let sum = samples.checked_add(summary.samples).zip(encoded.checked_add(summary.encoded));
-        (samples, encoded) = sum.with_context(|| format!("{manifest}: its counts overflow the totals"))?;
+        (samples, encoded) = sum.ok_or_else(|| ManifestError::Overflow { path: path.clone() })?;
         seconds += summary.seconds;
     }
     let summaries: Vec<ShardSummary> = summaries.into_iter().map(|(_, s)| s).collect();
-    let mut reasons: std::collections::BTreeMap<&str, usize> = Default::default();
+    let mut skipped_by_reason = std::collections::BTreeMap::new();
     for skipped in summaries.iter().flat_map(|s| &s.skipped) {
-        *reasons.entry(&skipped.kind).or_default() += 1;
+        *skipped_by_reason.entry(skipped.kind).or_default() += 1;
     }
-    let total = json!({
-        "shards": summaries.len(),
-        "samples": samples,
-        "encoded": encoded,
-        "skipped": samples - encoded,
-        "skipped_by_reason": reasons,
-        "shard_seconds": seconds,
-        "images_per_second_per_worker": rate(encoded, seconds),
-    });
+    let total = DatasetTotals {
+        shards: summaries.len(),
+        samples,
+        encoded,
+        skipped: samples - encoded,
+        skipped_by_reason,
+        shard_seconds: seconds,
+        images_per_second_per_worker: rate(encoded, seconds),
+    };
     Ok((summaries, total))
 }
 

@@ -4,6 +4,8 @@
 //! name, so shard `i` (in that order) belongs to worker `i % count` without
 //! any coordination between workers.
 
+use std::collections::HashSet;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -75,9 +77,7 @@ fn expand_one(text: &str, shards: &mut Vec<Shard>) -> Result<()> {
     }
     let path = Path::new(text);
     if !path.exists() && text.contains(['*', '?', '[']) {
-        let options = glob::MatchOptions { require_literal_leading_dot: true, ..Default::default() };
-        let matches = glob::glob_with(text, options).with_context(|| format!("{text}: not a valid pattern"))?;
-        let matches = matches.collect::<Result<Vec<_>, _>>().with_context(|| format!("{text}: cannot list"))?;
+        let matches = pattern_matches(text.strip_suffix('/').unwrap_or(text))?;
         if matches.is_empty() {
             bail!("{text}: no file matches this pattern");
         }
@@ -87,6 +87,82 @@ fn expand_one(text: &str, shards: &mut Vec<Shard>) -> Result<()> {
         return Ok(());
     }
     local(path, shards)
+}
+
+/// The paths matching the pattern `text` (`*`, `?`, `[...]` within a name,
+/// `**` across folders; hidden names only when the pattern spells their
+/// dot), sorted. The walk follows no symbolic link to a folder (a link is
+/// neither entered nor matched) and enters no folder twice (by device and
+/// inode), so a link `loop -> .` or a bind-mount loop neither multiplies
+/// the shards nor runs forever; a link to a file matches as the file.
+fn pattern_matches(text: &str) -> Result<Vec<PathBuf>> {
+    let pattern = glob::Pattern::new(text).with_context(|| format!("{text}: not a valid pattern"))?;
+    let options =
+        glob::MatchOptions { require_literal_separator: true, require_literal_leading_dot: true, ..Default::default() };
+    // The walk starts at the pattern's folder without wildcards, and goes
+    // as deep as the pattern's names (any depth with `**`).
+    let components: Vec<&str> = text.split('/').collect();
+    let literal = components.iter().take_while(|c| !c.contains(['*', '?', '['])).count();
+    let base = components[..literal].join("/");
+    let rest = &components[literal..];
+    let depth = if rest.contains(&"**") { usize::MAX } else { rest.len() };
+    let hidden = rest.iter().any(|c| c.starts_with('.'));
+    let root = match base.as_str() {
+        "" if text.starts_with('/') => PathBuf::from("/"),
+        "" => PathBuf::new(),
+        _ => PathBuf::from(&base),
+    };
+    let mut found = Vec::new();
+    let mut visited = HashSet::new();
+    let walk = Walk { pattern: &pattern, options, depth, hidden, text };
+    walk.dir(&root, 1, &mut visited, &mut found)?;
+    found.sort();
+    Ok(found)
+}
+
+/// A pattern's walk: see [`pattern_matches`].
+struct Walk<'a> {
+    pattern: &'a glob::Pattern,
+    options: glob::MatchOptions,
+    /// How many names deep the pattern reaches below its folder.
+    depth: usize,
+    /// Whether hidden folders may hold matches.
+    hidden: bool,
+    text: &'a str,
+}
+
+impl Walk<'_> {
+    fn dir(&self, dir: &Path, level: usize, visited: &mut HashSet<(u64, u64)>, found: &mut Vec<PathBuf>) -> Result<()> {
+        let shown = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+        let cannot = || format!("{}: cannot list (for {})", shown.display(), self.text);
+        let meta = match std::fs::metadata(shown) {
+            Ok(meta) if meta.is_dir() => meta,
+            // The folder the pattern starts from is not there: no match.
+            _ if level == 1 => return Ok(()),
+            Ok(_) => return Ok(()),
+            Err(e) => return Err(e).with_context(cannot),
+        };
+        if !visited.insert((meta.dev(), meta.ino())) {
+            return Ok(());
+        }
+        let mut entries: Vec<std::fs::DirEntry> =
+            std::fs::read_dir(shown).with_context(cannot)?.collect::<std::io::Result<_>>().with_context(cannot)?;
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let path = if dir.as_os_str().is_empty() { PathBuf::from(entry.file_name()) } else { entry.path() };
+            // The entry itself: a link is not followed here.
+            let kind = entry.file_type().with_context(cannot)?;
+            let is_link_to_dir = kind.is_symlink() && path.is_dir();
+            if !is_link_to_dir && self.pattern.matches_path_with(&path, self.options) {
+                found.push(path.clone());
+            }
+            let name_hidden = entry.file_name().as_encoded_bytes().first() == Some(&b'.');
+            if kind.is_dir() && level < self.depth && (self.hidden || !name_hidden) {
+                self.dir(&path, level + 1, visited, found)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 fn local(path: &Path, shards: &mut Vec<Shard>) -> Result<()> {
@@ -109,10 +185,14 @@ fn local(path: &Path, shards: &mut Vec<Shard>) -> Result<()> {
         shards.push(Shard { name: dir_name(path), source: Source::Folder(path.to_owned()) });
         return Ok(());
     }
+    // Its folders of samples; a link to a folder is not followed (`loop ->
+    // .` would be this folder again, `alias -> 00000` a shard twice).
     let mut subdirs = Vec::new();
     for entry in std::fs::read_dir(path).with_context(|| format!("{}: cannot list", path.display()))? {
-        let sub = entry.with_context(|| format!("{}: cannot list", path.display()))?.path();
-        if sub.is_dir() && holds_images(&sub)? {
+        let entry = entry.with_context(|| format!("{}: cannot list", path.display()))?;
+        let is_dir = entry.file_type().with_context(|| format!("{}: cannot list", path.display()))?.is_dir();
+        let sub = entry.path();
+        if is_dir && holds_images(&sub)? {
             subdirs.push(Shard { name: dir_name(&sub), source: Source::Folder(sub) });
         }
     }
@@ -199,6 +279,41 @@ fn expand_braces(text: &str) -> Result<Vec<String>> {
     Ok(expanded)
 }
 
+/// Where a worker's index came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexSource {
+    /// `--worker-index` (or `$VAE_WORKER_INDEX`).
+    Flag,
+    /// A Kubernetes Indexed Job's `$JOB_COMPLETION_INDEX`.
+    Kubernetes,
+    /// A Slurm job array's `$SLURM_ARRAY_TASK_ID`.
+    Slurm,
+    /// None given: the only worker.
+    Default,
+}
+
+impl IndexSource {
+    /// The environment variable of a job engine the index was read from.
+    pub fn job_variable(self) -> Option<&'static str> {
+        match self {
+            IndexSource::Kubernetes => Some("JOB_COMPLETION_INDEX"),
+            IndexSource::Slurm => Some("SLURM_ARRAY_TASK_ID"),
+            IndexSource::Flag | IndexSource::Default => None,
+        }
+    }
+}
+
+impl std::fmt::Display for IndexSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IndexSource::Flag => "--worker-index",
+            IndexSource::Kubernetes => "JOB_COMPLETION_INDEX",
+            IndexSource::Slurm => "SLURM_ARRAY_TASK_ID",
+            IndexSource::Default => "default",
+        })
+    }
+}
+
 /// This worker's place among the workers of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Workers {
@@ -217,36 +332,36 @@ impl Workers {
         index: Option<usize>,
         count: Option<usize>,
         env: impl Fn(&str) -> Option<String>,
-    ) -> Result<(Self, &'static str)> {
+    ) -> Result<(Self, IndexSource)> {
         let number = |name: &str| -> Result<Option<usize>> {
             env(name)
                 .map(|v| v.trim().parse::<usize>().with_context(|| format!("${name} = {v:?} is not a number")))
                 .transpose()
         };
         let (index, source) = if let Some(i) = index {
-            (i, "--worker-index")
+            (i, IndexSource::Flag)
         } else if let Some(i) = number("JOB_COMPLETION_INDEX")? {
             if count.is_none() {
                 bail!(
                     "JOB_COMPLETION_INDEX is set but not the number of workers: pass --num-workers (the Job's completions) or set VAE_NUM_WORKERS"
                 );
             }
-            (i, "JOB_COMPLETION_INDEX")
+            (i, IndexSource::Kubernetes)
         } else if let Some(id) = number("SLURM_ARRAY_TASK_ID")? {
             let min = number("SLURM_ARRAY_TASK_MIN")?.unwrap_or(0);
             let step = number("SLURM_ARRAY_TASK_STEP")?.unwrap_or(1).max(1);
             if id < min {
                 bail!("SLURM_ARRAY_TASK_ID {id} is below SLURM_ARRAY_TASK_MIN {min}");
             }
-            ((id - min) / step, "SLURM_ARRAY_TASK_ID")
+            ((id - min) / step, IndexSource::Slurm)
         } else {
-            (0, "default")
+            (0, IndexSource::Default)
         };
         let count = match count {
             Some(n) => n,
-            None if source == "SLURM_ARRAY_TASK_ID" => number("SLURM_ARRAY_TASK_COUNT")?
+            None if source == IndexSource::Slurm => number("SLURM_ARRAY_TASK_COUNT")?
                 .context("SLURM_ARRAY_TASK_ID is set but not SLURM_ARRAY_TASK_COUNT: pass --num-workers")?,
-            None if source == "--worker-index" => bail!("--worker-index needs --num-workers"),
+            None if source == IndexSource::Flag => bail!("--worker-index needs --num-workers"),
             None => 1,
         };
         if count == 0 {

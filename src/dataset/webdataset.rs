@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use super::Skipped;
+use super::{SkipKind, Skipped};
 
 /// Files bigger than this are not read into memory: their sample is skipped.
 pub const MAX_FILE: u64 = 512 << 20;
@@ -39,7 +39,7 @@ pub struct Sample {
     pub files: Vec<(String, Vec<u8>)>,
     /// Why the sample cannot be taken, as (kind, reason) (kinds as in
     /// [`Skipped`]); once there is one, its files are let go.
-    pub problems: Vec<(&'static str, String)>,
+    pub problems: Vec<(SkipKind, String)>,
     /// Its members that are not copied (links, devices, FIFOs): the sample
     /// is taken without them.
     pub left_out: Vec<Skipped>,
@@ -55,7 +55,7 @@ impl Sample {
     }
 
     /// Notes why the sample cannot be taken, and lets its files go.
-    fn problem(&mut self, kind: &'static str, reason: String) {
+    fn problem(&mut self, kind: SkipKind, reason: String) {
         self.problems.push((kind, reason));
         self.files = Vec::new();
     }
@@ -68,13 +68,16 @@ impl Sample {
             return false;
         }
         if size > MAX_FILE {
-            self.problem("file too large", format!("{name} is {size} bytes, over the {MAX_FILE}-byte limit of a file"));
+            self.problem(
+                SkipKind::FileTooLarge,
+                format!("{name} is {size} bytes, over the {MAX_FILE}-byte limit of a file"),
+            );
             return false;
         }
         let held = self.held.saturating_add(size).saturating_add(PER_FILE);
         if held > MAX_SAMPLE {
             self.problem(
-                "sample too large",
+                SkipKind::SampleTooLarge,
                 format!("with {name} ({size} bytes) the sample's files pass the {MAX_SAMPLE}-byte limit of a sample"),
             );
             return false;
@@ -85,7 +88,7 @@ impl Sample {
 
     /// Notes a member that is not copied.
     fn leave_out(&mut self, name: &str, why: &str) {
-        self.left_out.push(Skipped::new(&self.key, "not a regular file", format!("{name}: {why}, not copied")));
+        self.left_out.push(Skipped::new(&self.key, SkipKind::NotRegularFile, format!("{name}: {why}, not copied")));
     }
 }
 
@@ -140,13 +143,13 @@ impl<F: FnMut(Sample) -> Result<()>> Grouper<F> {
             let (text_key, utf8) = text(key);
             let mut sample = Sample::new(text_key, mtime);
             if !utf8 {
-                sample.problem("bad key", format!("the key {} is not UTF-8", sample.key));
+                sample.problem(SkipKind::BadKey, format!("the key {} is not UTF-8", sample.key));
             }
             (key.to_owned(), sample)
         });
         let (ext, utf8) = text(ext);
         if !utf8 {
-            sample.problem("bad key", format!("the member name {} is not UTF-8", text(path).0));
+            sample.problem(SkipKind::BadKey, format!("the member name {} is not UTF-8", text(path).0));
         }
         Ok(Some((sample, ext)))
     }
@@ -338,7 +341,7 @@ pub fn read_tar(mut reader: impl Read + Seek, each: impl FnMut(Sample) -> Result
             // sample of its own, under the name its plain header gives.
             samples.flush()?;
             let mut sample = Sample::new(text(&name).0, mtime);
-            sample.problem("bad header", format!("member {}: {oversized}; the member is skipped", sample.key));
+            sample.problem(SkipKind::BadHeader, format!("member {}: {oversized}; the member is skipped", sample.key));
             (samples.each)(sample)?;
             blocks.skip_data(size).with_context(damaged)?;
             continue;
@@ -395,7 +398,7 @@ pub fn read_folder(dir: &Path, each: impl FnMut(Sample) -> Result<()>) -> Result
             let Some((sample, ext)) = samples.sample(&relative, 0)? else { continue };
             if i == 0 && total > MAX_SAMPLE && !too_large {
                 let limit = format!("over the {MAX_SAMPLE}-byte limit of a sample");
-                sample.problem("sample too large", format!("its files come to {total} bytes, {limit}"));
+                sample.problem(SkipKind::SampleTooLarge, format!("its files come to {total} bytes, {limit}"));
             }
             take(sample, ext, &path, found);
         }
@@ -418,7 +421,7 @@ fn take(sample: &mut Sample, ext: String, path: &Path, found: Result<u64, &'stat
             sample.mtime = sample.mtime.max(mtime);
             sample.files.push((ext, bytes));
         }
-        Err(e) => sample.problem("unreadable file", format!("{shown}: {e}")),
+        Err(e) => sample.problem(SkipKind::UnreadableFile, format!("{shown}: {e}")),
     }
 }
 
