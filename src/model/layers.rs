@@ -142,7 +142,7 @@ impl Conv2d {
 /// The VAE uses epsilon 1e-6 everywhere (burn's `GroupNormConfig` defaults to
 /// 1e-5, which would be a silent accuracy bug), so the epsilon is explicit here.
 /// Statistics are computed in f32: mean first, then the mean of centred squares,
-/// as PyTorch does, rather than the cancellation-prone E[x^2] - E[x]^2.
+/// as PyTorch does, rather than the cancellation-prone `E[x^2] - E[x]^2`.
 #[derive(Debug, Clone)]
 pub struct GroupNorm {
     pub weight: Tensor<1>,
