@@ -25,7 +25,7 @@ use crate::imageio::{DEFAULT_MAX_PIXELS, InputImage, OutputImage};
 use crate::latent::{Latent, LatentMeta, Posterior};
 use crate::latent_space::{LatentSpace, LatentSpaceError, LatentSpaceRequest};
 use crate::model::{AutoencoderTiny, DiagonalGaussian, Family, Model};
-use crate::tiling::{self, Plan, Program, Tile, TileOptions, default_max_memory};
+use crate::tiling::{self, Plan, Tile, TileOptions, default_max_memory};
 use crate::weights::{self, Parts, WeightsError, WeightsInfo, WeightsSource};
 
 /// Characters of the weights' SHA-256 recorded in latent metadata.
@@ -397,7 +397,7 @@ impl Vae {
         }
         let (height, width) = (image.height.div_ceil(f) * f, image.width.div_ceil(f) * f);
         match &self.model {
-            Model::Kl(model) => self.tiling.plan(&Program::encoder(model), (3, height, width), height, self.resident),
+            Model::Kl(model) => self.tiling.plan(&model.encoder_graph(), (3, height, width), height, self.resident),
             Model::Tiny(model) => self.untiled(model, height, width),
         }
     }
@@ -411,7 +411,7 @@ impl Vae {
         match &self.model {
             Model::Kl(model) => {
                 let shape = (latent.channels, latent.height, latent.width);
-                self.tiling.plan(&Program::decoder(model), shape, f * latent.height, self.resident)
+                self.tiling.plan(&model.decoder_graph(), shape, f * latent.height, self.resident)
             }
             Model::Tiny(model) => self.untiled(model, f * latent.height, f * latent.width),
         }
@@ -486,7 +486,7 @@ impl Vae {
         let (scaling, shift) = (self.latent_space.scaling_factor, self.latent_space.shift_factor);
         let (scaled, posteriors) = match &self.model {
             Model::Kl(model) => {
-                let moments = tiling::run(&Program::encoder(model), x, plan, |x| model.moments(x));
+                let moments = tiling::run(&model.encoder_graph(), x, plan);
                 let dist = DiagonalGaussian::from_moments(moments.cast(FloatDType::F32));
                 let z = if posteriors.iter().all(|p| *p == Posterior::Mean) {
                     dist.mean
@@ -557,7 +557,7 @@ impl Vae {
                     z / scaling + shift
                 });
                 let z = Tensor::cat(z.collect(), 0).cast(self.dtype);
-                tiling::run(&Program::decoder(model), z, plan, |z| model.decode(z))
+                tiling::run(&model.decoder_graph(), z, plan)
             }
             Model::Tiny(model) => {
                 let p = latents.iter().map(|latent| {

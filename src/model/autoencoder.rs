@@ -5,6 +5,7 @@ use burn::tensor::Tensor;
 use super::config::AutoencoderKlConfig;
 use super::decoder::Decoder;
 use super::encoder::Encoder;
+use super::graph::{Builder, ConvOp, Graph};
 use super::layers::Conv2d;
 use crate::weights::ParamLoader;
 
@@ -38,20 +39,34 @@ impl AutoencoderKl {
 
     /// `[B, 3, H, W] -> [B, 2C, H/8, W/8]`: the posterior's mean and log-variance, stacked.
     pub fn moments(&self, x: Tensor<4>) -> Tensor<4> {
-        let h = self.encoder.forward(x);
-        match &self.quant_conv {
-            Some(conv) => conv.forward(h),
-            None => h,
-        }
+        self.encoder_graph().forward(x)
     }
 
     /// Unscaled latent `[B, C, h, w]` to image `[B, 3, 8h, 8w]`, about [-1, 1].
     pub fn decode(&self, z: Tensor<4>) -> Tensor<4> {
+        self.decoder_graph().forward(z)
+    }
+
+    /// The steps of [`AutoencoderKl::moments`]: encoder, then `quant_conv`.
+    pub fn encoder_graph(&self) -> Graph<'_> {
+        let (mut b, x) = Builder::new();
+        let h = self.encoder.describe(&mut b, x);
+        let moments = match &self.quant_conv {
+            Some(conv) => b.conv(h, ConvOp::new(conv)),
+            None => h,
+        };
+        b.finish(moments)
+    }
+
+    /// The steps of [`AutoencoderKl::decode`]: `post_quant_conv`, then decoder.
+    pub fn decoder_graph(&self) -> Graph<'_> {
+        let (mut b, z) = Builder::new();
         let z = match &self.post_quant_conv {
-            Some(conv) => conv.forward(z),
+            Some(conv) => b.conv(z, ConvOp::new(conv)),
             None => z,
         };
-        self.decoder.forward(z)
+        let image = self.decoder.describe(&mut b, z);
+        b.finish(image)
     }
 }
 

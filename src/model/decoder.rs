@@ -1,9 +1,8 @@
 //! diffusers `Decoder`: latent `[B, C, h, w]` to image `[B, 3, 8h, 8w]`.
 
-use burn::tensor::Tensor;
-
 use super::config::AutoencoderKlConfig;
 use super::encoder::UNetMidBlock2d;
+use super::graph::{Buffer, Builder, ConvOp};
 use super::layers::{Conv2d, GroupNorm};
 use super::resnet::{self, ResnetBlock2d};
 use super::sampling::Upsample2d;
@@ -47,13 +46,11 @@ impl Decoder {
     }
 
     /// `[B, C, h, w] -> [B, 3, 8h, 8w]`
-    pub fn forward(&self, z: Tensor<4>) -> Tensor<4> {
-        let h = self.conv_in.forward(z);
-        let mut h = self.mid_block.forward(h);
-        for block in &self.up_blocks {
-            h = block.forward(h);
-        }
-        self.conv_out.forward(self.conv_norm_out.forward_silu(h))
+    pub fn describe<'m>(&'m self, b: &mut Builder<'m>, z: Buffer) -> Buffer {
+        let h = b.conv(z, ConvOp::new(&self.conv_in));
+        let h = self.mid_block.describe(b, h);
+        let h = self.up_blocks.iter().fold(h, |h, block| block.describe(b, h));
+        b.conv(h, ConvOp::new(&self.conv_out).normed(&self.conv_norm_out))
     }
 }
 
@@ -80,11 +77,11 @@ impl UpDecoderBlock2d {
     }
 
     /// `[B, C_in, H, W] -> [B, C_out, 2H, 2W]` (no upsample at the last level).
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let x = resnet::forward_stack(&self.resnets, x);
+    pub fn describe<'m>(&'m self, b: &mut Builder<'m>, x: Buffer) -> Buffer {
+        let h = resnet::describe_stack(&self.resnets, b, x);
         match &self.upsamplers {
-            Some(up) => up.forward(x),
-            None => x,
+            Some(up) => up.describe(b, h),
+            None => h,
         }
     }
 }

@@ -1,9 +1,8 @@
 //! diffusers `Encoder`: image `[B, 3, H, W]` to posterior moments `[B, 2C, H/8, W/8]`.
 
-use burn::tensor::Tensor;
-
 use super::attention::Attention;
 use super::config::AutoencoderKlConfig;
+use super::graph::{Buffer, Builder, ConvOp};
 use super::layers::{Conv2d, GroupNorm};
 use super::resnet::{self, ResnetBlock2d};
 use super::sampling::Downsample2d;
@@ -47,13 +46,11 @@ impl Encoder {
     }
 
     /// `[B, 3, H, W] -> [B, 2C, H/8, W/8]`
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let mut h = self.conv_in.forward(x);
-        for block in &self.down_blocks {
-            h = block.forward(h);
-        }
-        let h = self.mid_block.forward(h);
-        self.conv_out.forward(self.conv_norm_out.forward_silu(h))
+    pub fn describe<'m>(&'m self, b: &mut Builder<'m>, x: Buffer) -> Buffer {
+        let h = b.conv(x, ConvOp::new(&self.conv_in));
+        let h = self.down_blocks.iter().fold(h, |h, block| block.describe(b, h));
+        let h = self.mid_block.describe(b, h);
+        b.conv(h, ConvOp::new(&self.conv_out).normed(&self.conv_norm_out))
     }
 }
 
@@ -80,11 +77,11 @@ impl DownEncoderBlock2d {
     }
 
     /// `[B, C_in, H, W] -> [B, C_out, H/2, W/2]` (no downsample at the last level).
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let x = resnet::forward_stack(&self.resnets, x);
+    pub fn describe<'m>(&'m self, b: &mut Builder<'m>, x: Buffer) -> Buffer {
+        let h = resnet::describe_stack(&self.resnets, b, x);
         match &self.downsamplers {
-            Some(down) => down.forward(x),
-            None => x,
+            Some(down) => down.describe(b, h),
+            None => h,
         }
     }
 }
@@ -108,11 +105,11 @@ impl UNetMidBlock2d {
     }
 
     /// `[B, C, H, W] -> [B, C, H, W]`
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let mut h = self.resnets[0].forward(x);
+    pub fn describe<'m>(&'m self, b: &mut Builder<'m>, x: Buffer) -> Buffer {
+        let mut h = self.resnets[0].describe(b, x);
         if let Some(attention) = &self.attentions {
-            h = attention.forward(h);
+            h = b.attention(h, attention);
         }
-        self.resnets[1].forward(h)
+        self.resnets[1].describe(b, h)
     }
 }

@@ -68,7 +68,8 @@ impl Conv2d {
         Self::from_tensors(weight, bias, c_in, c_out, kernel, stride, padding)
     }
 
-    fn from_tensors(
+    /// From its tensors (`weight` `[c_out, c_in, kernel, kernel]`, `bias` `[c_out]`).
+    pub(super) fn from_tensors(
         weight: Tensor<4>,
         bias: Tensor<1>,
         c_in: usize,
@@ -141,7 +142,7 @@ impl Conv2d {
 /// The VAE uses epsilon 1e-6 everywhere (burn's `GroupNormConfig` defaults to
 /// 1e-5, which would be a silent accuracy bug), so the epsilon is explicit here.
 /// Statistics are computed in f32: mean first, then the mean of centred squares,
-/// as PyTorch does, rather than the cancellation-prone E[x^2] - E[x]^2.
+/// as PyTorch does, rather than the cancellation-prone `E[x^2] - E[x]^2`.
 #[derive(Debug, Clone)]
 pub struct GroupNorm {
     pub weight: Tensor<1>,
@@ -161,6 +162,12 @@ impl GroupNorm {
             groups,
             eps: VAE_NORM_EPS,
         }
+    }
+
+    /// From its affine parameters, for tests that build a network by hand.
+    #[cfg(test)]
+    pub(super) fn new(weight: Tensor<1>, bias: Tensor<1>, groups: usize, eps: f64) -> Self {
+        Self { weight, bias, groups, eps }
     }
 
     /// `[B, C, H, W] -> [B, C, H, W]`

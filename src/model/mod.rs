@@ -1,12 +1,18 @@
 //! The Stable Diffusion VAE, laid out as diffusers lays it out so that a
 //! reader who knows `diffusers.AutoencoderKL` knows this code; and TAESD,
 //! diffusers' `AutoencoderTiny`, which shares its latent space.
+//!
+//! Each block of `AutoencoderKL` states its topology once, as steps of a
+//! [`Graph`] (see [`graph`]); the plain forward pass and the banded one of
+//! [`crate::tiling`] both run that description. TAESD always runs whole and
+//! keeps plain `forward` methods.
 
 mod attention;
 mod autoencoder;
 mod config;
 mod decoder;
 mod encoder;
+pub mod graph;
 mod layers;
 mod resnet;
 mod sampling;
@@ -16,6 +22,7 @@ pub use attention::Attention;
 pub use autoencoder::{AutoencoderKl, DiagonalGaussian};
 pub use config::{AutoencoderKlConfig, Family, SD15_SCALING_FACTOR};
 pub use encoder::UNetMidBlock2d;
+pub use graph::{Buffer, Builder, ConvOp, Graph, Op, Resample, Residual, Step};
 pub use layers::{Conv2d, GroupNorm, VAE_NORM_EPS};
 pub use resnet::ResnetBlock2d;
 pub use tiny::{AutoencoderTiny, AutoencoderTinyBlock, AutoencoderTinyConfig, DecoderTiny, EncoderTiny, TinyLayer};

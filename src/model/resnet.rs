@@ -1,7 +1,6 @@
 //! `ResnetBlock2D` of diffusers, as used by the VAE (no time embedding).
 
-use burn::tensor::Tensor;
-
+use super::graph::{Buffer, Builder, ConvOp};
 use super::layers::{Conv2d, GroupNorm};
 use crate::weights::ParamLoader;
 
@@ -26,17 +25,12 @@ impl ResnetBlock2d {
         }
     }
 
-    /// `[B, C_in, H, W] -> [B, C_out, H, W]`
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let h = self.conv1.forward(self.norm1.forward_silu(x.clone()));
-        // Dropout is the identity at inference.
-        let h = self.conv2.forward(self.norm2.forward_silu(h));
-        let shortcut = match &self.conv_shortcut {
-            Some(conv) => conv.forward(x),
-            None => x,
-        };
-        // output_scale_factor is 1.0 in every VAE block.
-        shortcut + h
+    /// `[B, C_in, H, W] -> [B, C_out, H, W]`: two steps, the second adding
+    /// the input (projected when the width changes). Dropout is the identity
+    /// at inference.
+    pub fn describe<'m>(&'m self, b: &mut Builder<'m>, x: Buffer) -> Buffer {
+        let h = b.conv(x, ConvOp::new(&self.conv1).normed(&self.norm1));
+        b.conv(h, ConvOp::new(&self.conv2).normed(&self.norm2).plus(x, self.conv_shortcut.as_ref()))
     }
 }
 
@@ -58,7 +52,7 @@ pub fn load_stack(
         .collect()
 }
 
-/// Runs a stack of ResNets in order.
-pub fn forward_stack(resnets: &[ResnetBlock2d], x: Tensor<4>) -> Tensor<4> {
-    resnets.iter().fold(x, |h, resnet| resnet.forward(h))
+/// A stack of ResNets, in order.
+pub fn describe_stack<'m>(resnets: &'m [ResnetBlock2d], b: &mut Builder<'m>, x: Buffer) -> Buffer {
+    resnets.iter().fold(x, |h, resnet| resnet.describe(b, h))
 }

@@ -1,7 +1,6 @@
 //! Resolution changes: the encoder's `Downsample2D` and the decoder's `Upsample2D`.
 
-use burn::tensor::Tensor;
-
+use super::graph::{Buffer, Builder, ConvOp, Resample};
 use super::layers::Conv2d;
 use crate::weights::ParamLoader;
 
@@ -20,8 +19,8 @@ impl Downsample2d {
     }
 
     /// `[B, C, H, W] -> [B, C, H/2, W/2]`
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.conv.forward(x)
+    pub fn describe<'m>(&'m self, b: &mut Builder<'m>, x: Buffer) -> Buffer {
+        b.conv(x, ConvOp::new(&self.conv).resampled(Resample::Down2))
     }
 }
 
@@ -37,7 +36,7 @@ impl Upsample2d {
     }
 
     /// `[B, C, H, W] -> [B, C, 2H, 2W]`
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.conv.forward_upsampled(x, 2)
+    pub fn describe<'m>(&'m self, b: &mut Builder<'m>, x: Buffer) -> Buffer {
+        b.conv(x, ConvOp::new(&self.conv).resampled(Resample::Up2))
     }
 }

@@ -25,7 +25,8 @@ use std::str::FromStr;
 use burn::tensor::{Device, Tensor};
 
 use crate::kernels;
-pub use program::{Peak, Program};
+use crate::model::Graph;
+pub use program::Peak;
 pub use store::{Activation, Storage};
 
 /// `--tile`: when to run in bands.
@@ -184,20 +185,21 @@ const MIN_BAND_BYTES: u64 = 32 * MIB;
 const MAX_BAND_BYTES: u64 = 256 * MIB;
 
 impl TileOptions {
-    /// Chooses how to run `program` on an input of `shape` (`[C, H, W]`) whose
-    /// image has `image_height` rows, given `resident` bytes already in use
-    /// (weights and the process itself).
-    pub fn plan(&self, program: &Program, shape: (usize, usize, usize), image_height: usize, resident: u64) -> Plan {
+    /// Chooses how to run `graph` (a model's encoder or decoder) on an input
+    /// of `shape` (`[C, H, W]`) whose image has `image_height` rows, given
+    /// `resident` bytes already in use (weights and the process itself).
+    pub fn plan(&self, graph: &Graph, shape: (usize, usize, usize), image_height: usize, resident: u64) -> Plan {
+        let peak = |storage, rows| program::peak(graph, shape, storage, rows);
         // Untiled, everything lives on the heap, which reuses freed blocks.
-        let whole = resident + program.peak(shape, Storage::F32, Rows::Budget(u64::MAX)).together;
+        let whole = resident + peak(Storage::F32, Rows::Budget(u64::MAX)).together;
         let banded = |storage: Storage, rows: Rows| Plan::Banded {
             storage,
             rows,
-            estimate: resident + program.peak(shape, storage, rows).banded(),
+            estimate: resident + peak(storage, rows).banded(),
         };
         let budget = self.max_memory;
         let fits = |storage| {
-            let stored = resident + program.peak(shape, storage, Rows::Budget(0)).stored;
+            let stored = resident + peak(storage, Rows::Budget(0)).stored;
             (stored + MIN_BAND_BYTES <= budget)
                 .then(|| Rows::Budget((budget - stored).clamp(MIN_BAND_BYTES, MAX_BAND_BYTES)))
         };
@@ -218,14 +220,14 @@ impl TileOptions {
     }
 }
 
-/// Runs `program` on `x` (`[1, C, H, W]`) as `plan` says; `whole` is the
-/// plain forward pass.
-pub fn run(program: &Program, x: Tensor<4>, plan: Plan, whole: impl FnOnce(Tensor<4>) -> Tensor<4>) -> Tensor<4> {
+/// Runs `graph` on `x` (`[B, C, H, W]`) as `plan` says: the plain forward
+/// pass ([`Graph::forward`]) or, for one input (`B = 1`), in bands.
+pub fn run(graph: &Graph, x: Tensor<4>, plan: Plan) -> Tensor<4> {
     match plan {
-        Plan::Whole { .. } => whole(x),
+        Plan::Whole { .. } => graph.forward(x),
         Plan::Banded { storage, rows, .. } => {
             let device: Device = x.device();
-            let out = program.run(program::activation(x), storage, rows, &device);
+            let out = program::run(graph, program::activation(x), storage, rows, &device);
             let shape = [1, out.channels, out.height, out.width];
             kernels::tensor(out.into_values(), shape, &device)
         }
