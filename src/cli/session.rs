@@ -10,7 +10,6 @@ use super::pipeline::timed;
 use super::{DeviceArg, ModelArgs};
 use crate::Vae;
 use crate::device::{self, Precision};
-use crate::hub::Hub;
 use crate::model::{Family, Model};
 use crate::tiling::{Plan, Tile, TileOptions, default_max_memory, gib};
 use crate::vae::Retried;
@@ -96,7 +95,7 @@ impl Session {
         if let (Tile::Rows(rows), false) = (args.tile, precision == Precision::F32) {
             bail!("--tile {rows}: bands run in f32 only; drop --tile or use --precision f32");
         }
-        let hub = Hub::from_env().verbose(!self.quiet);
+        let hub = super::progress::hub(self.quiet);
         let source = crate::weights::resolve(args.weights.as_deref(), args.revision.as_deref(), &hub)?;
         let dtype = precision.dtype();
         let mut vae =
