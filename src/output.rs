@@ -152,7 +152,7 @@ pub fn stdout_closed() -> bool {
     STDOUT_CLOSED.load(Ordering::Relaxed)
 }
 
-/// One JSON object on its own line on stdout (see [`print`]).
+/// One JSON object on its own line on stdout (see [`print()`]).
 pub fn json_line(value: &serde_json::Value) -> Result<(), OutputError> {
     print(&format!("{value}\n")).map_err(|cause| OutputError::Stdout { cause })
 }

@@ -1,8 +1,8 @@
 //! The command line. clap's derive structs are the help text; each command
 //! turns them into calls on the library, and errors are returned to `main`,
 //! which prints them on one line and exits non-zero. What the commands share
-//! lives beside them: [`session`] (verbosity, timings, loading the model),
-//! [`files`] (which inputs, which outputs) and [`pipeline`] (many inputs
+//! lives beside them: `session` (verbosity, timings, loading the model),
+//! `files` (which inputs, which outputs) and `pipeline` (many inputs
 //! through one model, I/O overlapped with compute).
 
 use std::fmt::Write as _;
