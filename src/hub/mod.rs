@@ -343,6 +343,13 @@ mod tests {
     }
 
     #[test]
+    fn debug_output_keeps_the_token_secret() {
+        let hub = Hub { token: Some("hf_secret_token".to_owned()), ..Hub::from_env() };
+        let text = format!("{hub:?}");
+        assert!(!text.contains("hf_secret_token") && text.contains("token: Some(\"(set)\")"), "{text}");
+    }
+
+    #[test]
     fn revisions_stay_in_the_cache() {
         assert!(parse_revision("main").is_ok());
         assert!(parse_revision("refs/pr/3").is_ok());
