@@ -3,6 +3,8 @@
 //! (and burn-flex's conv2d with `--flex`), same process, same inputs.
 //!
 //!     cargo run --release --example ops [-- --flex] [-- --size 1024]
+#![allow(clippy::print_stdout, reason = "the table on stdout is the program's output")]
+
 use std::time::Instant;
 
 use burn::tensor::module::conv2d;

@@ -19,6 +19,8 @@ pub enum OutputError {
     // make `{:#}` print it twice.
     #[error("{}: cannot write: {cause}", path.display())]
     Io { path: PathBuf, cause: io::Error },
+    #[error("writing to stdout: {cause}")]
+    Stdout { cause: io::Error },
 }
 
 /// Whether an existing file at the output path may be replaced.
@@ -150,10 +152,9 @@ pub fn stdout_closed() -> bool {
     STDOUT_CLOSED.load(Ordering::Relaxed)
 }
 
-/// One JSON object on its own line on stdout (see [`print`]).
-pub fn json_line(value: &serde_json::Value) -> anyhow::Result<()> {
-    use anyhow::Context as _;
-    print(&format!("{value}\n")).context("writing to stdout")
+/// One JSON object on its own line on stdout (see [`print()`]).
+pub fn json_line(value: &serde_json::Value) -> Result<(), OutputError> {
+    print(&format!("{value}\n")).map_err(|cause| OutputError::Stdout { cause })
 }
 
 /// True when `a` and `b` name the same existing file (or the same path).

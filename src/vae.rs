@@ -627,6 +627,6 @@ fn resolve_weights(options: &VaeOptions) -> Result<WeightsSource, WeightsError> 
     let (explicit, revision) = (options.weights.as_deref(), options.revision.as_deref());
     match &options.hub {
         Some(hub) => weights::resolve(explicit, revision, hub),
-        None => weights::resolve(explicit, revision, &Hub::from_env().verbose(false)),
+        None => weights::resolve(explicit, revision, &Hub::from_env()),
     }
 }

@@ -301,6 +301,7 @@ fn worker(dir: &Path, input: &str, output: &str, index: usize, count: usize, env
 }
 
 fn signal(child: &Child, signal: i32) {
+    // SAFETY: kill has no memory preconditions; the pid is our own child's.
     assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
 }
 
@@ -537,6 +538,7 @@ fn a_second_writer_of_a_shard_leaves_it_to_the_first() {
     std::fs::write(&partial, b"the first worker's samples").unwrap();
     let held = std::fs::OpenOptions::new().write(true).open(&partial).unwrap();
     use std::os::fd::AsRawFd;
+    // SAFETY: flock on a file descriptor `held` owns for the whole test.
     assert_eq!(unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }, 0);
 
     let second = dataset_encode(dir.path(), &["in", "-o", "out"]);

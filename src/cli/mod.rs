@@ -1,8 +1,8 @@
 //! The command line. clap's derive structs are the help text; each command
 //! turns them into calls on the library, and errors are returned to `main`,
 //! which prints them on one line and exits non-zero. What the commands share
-//! lives beside them: [`session`] (verbosity, timings, loading the model),
-//! [`files`] (which inputs, which outputs) and [`pipeline`] (many inputs
+//! lives beside them: `session` (verbosity, timings, loading the model),
+//! `files` (which inputs, which outputs) and `pipeline` (many inputs
 //! through one model, I/O overlapped with compute).
 
 use std::fmt::Write as _;
@@ -17,7 +17,7 @@ use crate::Vae;
 use crate::batch::BatchSize;
 use crate::dataset::{self, Workers};
 use crate::device::{self, DeviceRequest, Precision};
-use crate::hub::{Hub, HubRepo};
+use crate::hub::HubRepo;
 use crate::imageio::{self, DEFAULT_MAX_PIXELS};
 use crate::latent::{Latent, LatentFormat, Posterior};
 use crate::metrics;
@@ -28,6 +28,7 @@ use crate::weights::Parts;
 
 mod files;
 mod pipeline;
+mod progress;
 mod session;
 
 use files::{check_distinct, expand_globs, expand_inputs, plan_outputs, skip_existing};
@@ -451,7 +452,7 @@ fn fetch(ctx: &mut Session, spec: &str, revision: Option<&str>) -> Result<ExitCo
     let Some(repo) = HubRepo::parse(spec, revision) else {
         bail!("{spec}: not a Hugging Face Hub repo id (org/name, or org/name/subfolder)");
     };
-    let hub = Hub::from_env().verbose(!ctx.quiet);
+    let hub = progress::hub(ctx.quiet);
     let folder = ctx.stage("fetch", || hub.fetch(&repo))?;
     print(&format!("{}\n", folder.display())).context("writing to stdout")?;
     Ok(ExitCode::SUCCESS)

@@ -9,7 +9,6 @@ use burn::tensor::FloatDType;
 
 use super::pipeline::timed;
 use super::{DeviceArg, ModelArgs};
-use crate::hub::Hub;
 use crate::latent_space::LatentSpaceRequest;
 use crate::model::Model;
 use crate::tiling::{Plan, Tile, gib};
@@ -98,7 +97,7 @@ impl Session {
             batch: args.batch_size,
             parts,
             max_pixels,
-            hub: Some(Hub::from_env().verbose(!self.quiet)),
+            hub: Some(super::progress::hub(self.quiet)),
         };
         let vae = self.stage("load", || Vae::open(&options))?;
         let chosen = vae.device();

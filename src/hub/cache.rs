@@ -6,13 +6,18 @@
 //!   (`ETAG.incomplete` while it downloads, resumed from there by either tool);
 //! - `models--ORG--NAME/snapshots/COMMIT/PATH`: a relative link to its blob;
 //! - `.locks/models--ORG--NAME/ETAG.lock`: held while a blob downloads.
+//!
+//! Without the `hub` feature only the reading half is built: a repo resolves
+//! to what the cache holds, and nothing writes there.
 
 use std::fs;
+#[cfg(feature = "hub")]
 use std::io;
 use std::path::{Path, PathBuf};
 
 pub struct RepoCache {
     dir: PathBuf,
+    #[cfg(feature = "hub")]
     locks: PathBuf,
 }
 
@@ -20,9 +25,14 @@ impl RepoCache {
     /// The folder of model repo `id` (`org/name`) in `cache`.
     pub fn new(cache: &Path, id: &str) -> Self {
         let name = folder_name(id);
-        Self { dir: cache.join(&name), locks: cache.join(".locks").join(name) }
+        Self {
+            #[cfg(feature = "hub")]
+            locks: cache.join(".locks").join(&name),
+            dir: cache.join(name),
+        }
     }
 
+    #[cfg(feature = "hub")]
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -31,15 +41,18 @@ impl RepoCache {
         self.dir.join("snapshots").join(commit)
     }
 
+    #[cfg(feature = "hub")]
     pub fn blob(&self, etag: &str) -> PathBuf {
         self.dir.join("blobs").join(etag)
     }
 
+    #[cfg(feature = "hub")]
     /// Where a blob downloads to before it is complete and checked.
     pub fn incomplete(&self, etag: &str) -> PathBuf {
         self.dir.join("blobs").join(format!("{etag}.incomplete"))
     }
 
+    #[cfg(feature = "hub")]
     pub fn lock(&self, etag: &str) -> PathBuf {
         self.locks.join(format!("{etag}.lock"))
     }
@@ -49,6 +62,7 @@ impl RepoCache {
         fs::read_to_string(self.dir.join("refs").join(revision)).ok().map(|c| c.trim().to_owned())
     }
 
+    #[cfg(feature = "hub")]
     /// Records that `revision` points at `commit`.
     pub fn write_ref(&self, revision: &str, commit: &str) -> io::Result<()> {
         let path = self.dir.join("refs").join(revision);
@@ -58,6 +72,7 @@ impl RepoCache {
         fs::write(path, commit)
     }
 
+    #[cfg(feature = "hub")]
     /// Links `snapshots/COMMIT/FILE` to `blobs/ETAG` (relative, as
     /// huggingface_hub does; a copy where links cannot be made), replacing
     /// whatever was there.
@@ -89,7 +104,8 @@ pub fn folder_name(id: &str) -> String {
     format!("models--{}", id.replace('/', "--"))
 }
 
-#[cfg(test)]
+// The writing half is the download client's (the `hub` feature).
+#[cfg(all(test, feature = "hub"))]
 mod tests {
     use super::*;
 

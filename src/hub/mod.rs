@@ -8,36 +8,34 @@
 //! resolves to its folder `snapshots/COMMIT[/SUBFOLDER]`, which the weights
 //! module then reads as any local diffusers folder.
 //!
-//! The client is our own, on ureq (`http.rs`): timeouts on every request, the
-//! token only to the endpoint, downloads bounded by the size the Hub announces.
-//! Every file is then checked here (size, SHA-256 for LFS files, safetensors header).
+//! The client is our own, on ureq (`http.rs`, the `hub` feature): timeouts on
+//! every request, the token only to the endpoint, downloads bounded by the size
+//! the Hub announces. Every file is then checked (`online.rs`: size, SHA-256
+//! for LFS files, safetensors header). Without the feature a repo resolves to
+//! what the cache already holds, and nothing is downloaded.
+//!
+//! The library prints nothing: a caller that wants to show downloads gives
+//! the [`Hub`] a [`Progress`] (the CLI draws a bar with it).
 
+#[cfg(feature = "hub")]
 mod answer;
 mod cache;
+#[cfg(feature = "hub")]
 mod http;
+#[cfg(feature = "hub")]
+mod online;
 
-use std::fs::{self, File};
-use std::io::IsTerminal;
+use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
-use url::Url;
-
-use self::http::{Client, HttpError, Metadata, Timeout};
+#[cfg(feature = "hub")]
 pub use answer::{AnswerError, RepoInfo, parse_repo_info};
 use cache::RepoCache;
 
-use crate::weights::{DIFFUSERS_FILES, TensorFile};
+use crate::weights::DIFFUSERS_FILES;
 
 const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
-const CONFIG_FILE: &str = "config.json";
-/// huggingface_hub's variables for its timeouts, in seconds, and their default.
-const ETAG_TIMEOUT: &str = "HF_HUB_ETAG_TIMEOUT";
-const DOWNLOAD_TIMEOUT: &str = "HF_HUB_DOWNLOAD_TIMEOUT";
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long to wait for another process downloading the same file.
-const LOCK_WAIT: Duration = Duration::from_secs(10);
 
 /// What went wrong with a Hub repo; `repo` is its display form (`org/name[/subfolder]`,
 /// and the revision unless `main`).
@@ -77,8 +75,26 @@ pub enum HubError {
     Busy { repo: String, file: String, lock: PathBuf },
     #[error("{repo}: {file} as downloaded: {reason}; removed it from the cache, run again to download it anew")]
     Corrupt { repo: String, file: String, reason: String },
+    #[error(
+        "{repo}: {file} is not in the Hugging Face cache ({}), and this build of vae has no Hub client \
+         (the `hub` feature); download it into the cache with `{command}` or huggingface_hub",
+        cache.display()
+    )]
+    NoClient { repo: String, file: String, cache: PathBuf, command: String },
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
+}
+
+/// What a [`Hub`] reports while it downloads, for a caller to show: the
+/// library itself prints nothing. One download at a time: `start`, any number
+/// of `advance`, then `finish`, whether the download succeeded or not.
+pub trait Progress: Send + Sync {
+    /// `file` of `repo`, `size` bytes, begins to download.
+    fn start(&self, repo: &HubRepo, file: &str, size: u64);
+    /// `bytes` more arrived.
+    fn advance(&self, bytes: u64);
+    /// The download ended.
+    fn finish(&self);
 }
 
 /// A model repo on the Hub, a folder in it, and a revision.
@@ -164,7 +180,7 @@ pub fn parse_revision(s: &str) -> Result<String, String> {
 
 /// How to reach the Hub and its cache, from the environment as huggingface_hub
 /// reads it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Hub {
     /// `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`
     /// (`$XDG_CACHE_HOME/huggingface/hub` when that is set); `None` without a home.
@@ -178,9 +194,23 @@ pub struct Hub {
     /// `$HF_HUB_ETAG_TIMEOUT` (descriptions and metadata) and
     /// `$HF_HUB_DOWNLOAD_TIMEOUT` (downloads): the longest wait to connect and
     /// for each read, 10 s each by default; or the variable that is not a time.
-    timeouts: Result<(Timeout, Timeout), (&'static str, String)>,
-    /// Say on stderr what is downloaded, with a progress bar on a terminal.
-    verbose: bool,
+    #[cfg(feature = "hub")]
+    timeouts: online::Timeouts,
+    /// Told of each download; none by default.
+    progress: Option<Arc<dyn Progress>>,
+}
+
+/// Everything but the token, which is a secret.
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("cache", &self.cache)
+            .field("endpoint", &self.endpoint)
+            .field("offline", &self.offline)
+            .field("token", &self.token.as_ref().map(|_| "(set)"))
+            .field("progress", &self.progress.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Hub {
@@ -199,15 +229,21 @@ impl Hub {
         let endpoint = endpoint.as_deref().unwrap_or(DEFAULT_ENDPOINT).trim_end_matches('/').to_owned();
         let offline = std::env::var("HF_HUB_OFFLINE")
             .is_ok_and(|v| ["1", "ON", "YES", "TRUE"].contains(&v.trim().to_ascii_uppercase().as_str()));
-        let timeouts = timeout_from_env(ETAG_TIMEOUT).and_then(|e| Ok((e, timeout_from_env(DOWNLOAD_TIMEOUT)?)));
         let cache = cache.map(|c| std::path::absolute(&c).unwrap_or(c));
-        Self { cache, endpoint, offline, token, timeouts, verbose: true }
+        Self {
+            cache,
+            endpoint,
+            offline,
+            token,
+            #[cfg(feature = "hub")]
+            timeouts: online::timeouts_from_env(),
+            progress: None,
+        }
     }
 
-    /// Whether to say on stderr what is downloaded, with a progress bar on a
-    /// terminal (the default), or to stay silent.
-    pub fn verbose(self, verbose: bool) -> Self {
-        Self { verbose, ..self }
+    /// Tells `progress` of each download (the default is to tell no one).
+    pub fn progress(self, progress: Arc<dyn Progress>) -> Self {
+        Self { progress: Some(progress), ..self }
     }
 
     /// The local folder of `repo`: its cached snapshot, else (online) a fresh
@@ -221,120 +257,23 @@ impl Hub {
 
     /// Asks the Hub for `repo`'s latest commit at its revision, downloads its
     /// `config.json` and weights into the cache unless they are there, checks
-    /// them all, and returns the folder. Offline: the cached folder, or an error.
+    /// them all, and returns the folder. Offline, or built without the `hub`
+    /// feature: the cached folder, or an error that says how to fill the cache.
     pub fn fetch(&self, repo: &HubRepo) -> Result<PathBuf, HubError> {
-        if self.offline {
-            return self.cached(repo)?.ok_or_else(|| HubError::NotCached {
-                repo: repo.to_string(),
-                file: repo.path_in_repo(DIFFUSERS_FILES[0]),
-                cache: self.cache.clone().unwrap_or_default(),
-                command: fetch_command(repo),
-            });
+        #[cfg(feature = "hub")]
+        if !self.offline {
+            return self.download_snapshot(repo);
         }
-        let cache = RepoCache::new(self.cache()?, &repo.id);
-        let (etag_timeout, download_timeout) =
-            self.timeouts.clone().map_err(|(var, value)| HubError::Setting { var, value })?;
-        let endpoint = Url::parse(&self.endpoint)
-            .ok()
-            .filter(|u| ["http", "https"].contains(&u.scheme()) && u.has_host())
-            .ok_or_else(|| HubError::Endpoint(self.endpoint.clone()))?;
-        let client = Client::new(&endpoint, self.token.clone(), etag_timeout, download_timeout);
-        let url = |path: String| {
-            Url::parse(&format!("{}/{path}", self.endpoint)).map_err(|_| HubError::Endpoint(self.endpoint.clone()))
-        };
-        let revision = repo.revision.replace('/', "%2F");
-        let request = |e| self.request_error(repo, e);
-
-        let info = client.repo_info(url(format!("api/models/{}/revision/{revision}", repo.id))?).map_err(request)?;
-        let files = choose_files(repo, &info.files)?;
-        let mut commit: Option<String> = None;
-        for file in &files {
-            let meta = client.metadata(url(format!("{}/resolve/{revision}/{file}", repo.id))?).map_err(request)?;
-            // Both name paths in the cache (snapshots/COMMIT, blobs/ETAG): hex only.
-            for (what, value) in [("commit", &meta.commit), ("etag", &meta.etag)] {
-                if value.is_empty() || value.len() > 128 || !value.chars().all(|c| c.is_ascii_alphanumeric()) {
-                    let (repo, endpoint, value) = (repo.to_string(), self.endpoint.clone(), value.clone());
-                    return Err(HubError::BadAnswer { repo, endpoint, what, value });
-                }
-            }
-            match &commit {
-                Some(c) if *c != meta.commit => {
-                    return Err(HubError::Moved { repo: repo.to_string(), commits: (c.clone(), meta.commit.clone()) });
-                }
-                _ => commit = Some(meta.commit.clone()),
-            }
-            let local = cache.snapshot(&meta.commit).join(file);
-            if !local.is_file() {
-                if !cache.blob(&meta.etag).is_file() {
-                    self.download(&client, &cache, repo, file, &meta)?;
-                }
-                let io = |source| HubError::Io { path: local.clone(), source };
-                cache.link(&meta.commit, file, &meta.etag).map_err(io)?;
-            }
-            if let Err(reason) = check(&local, &meta) {
-                // Nothing that failed its check stays usable: the link and its blob go.
-                let _ = fs::remove_file(&local);
-                let _ = fs::remove_file(cache.blob(&meta.etag));
-                return Err(HubError::Corrupt { repo: repo.to_string(), file: file.clone(), reason });
-            }
+        if let Some(folder) = self.cached(repo)? {
+            return Ok(folder);
         }
-        let commit = commit.unwrap_or_default();
-        if commit != repo.revision {
-            let io = |source| HubError::Io { path: cache.dir().join("refs").join(&repo.revision), source };
-            cache.write_ref(&repo.revision, &commit).map_err(io)?;
-        }
-        Ok(in_subfolder(cache.snapshot(&commit), &repo.subfolder))
-    }
-
-    /// Downloads `file` into its blob, holding the blob's lock: into
-    /// `blobs/ETAG.incomplete`, bounded by the announced size, then renamed.
-    fn download(
-        &self,
-        client: &Client,
-        cache: &RepoCache,
-        repo: &HubRepo,
-        file: &str,
-        meta: &Metadata,
-    ) -> Result<(), HubError> {
-        let lock_path = cache.lock(&meta.etag);
-        let io = |path: &Path| {
-            let path = path.to_owned();
-            move |source| HubError::Io { path, source }
-        };
-        let lock = http::lock(&lock_path).map_err(io(&lock_path))?;
-        let waiting = Instant::now();
-        loop {
-            match lock.try_lock() {
-                Ok(()) => break,
-                Err(fs::TryLockError::WouldBlock) if waiting.elapsed() < LOCK_WAIT => {
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-                Err(fs::TryLockError::WouldBlock) => {
-                    return Err(HubError::Busy { repo: repo.to_string(), file: file.to_owned(), lock: lock_path });
-                }
-                Err(fs::TryLockError::Error(e)) => return Err(io(&lock_path)(e)),
-            }
-        }
-        let blob = cache.blob(&meta.etag);
-        if blob.is_file() {
-            // Another process downloaded it while this one waited.
-            return Ok(());
-        }
-        if let Some(blobs) = blob.parent() {
-            fs::create_dir_all(blobs).map_err(io(blobs))?;
-        }
-        if self.verbose {
-            eprintln!("downloading {}/{file} ({})", repo.id, indicatif::HumanBytes(meta.size));
-        }
-        let part = cache.incomplete(&meta.etag);
-        let bar = Bar::new(self.verbose, meta.size, file);
-        let result = client.download(&meta.download, &part, meta.size, &mut |n| bar.inc(n));
-        bar.finish();
-        result.map_err(|e| match e {
-            HttpError::Io { path, source } => HubError::Io { path, source },
-            other => HubError::Download { repo: repo.to_string(), file: file.to_owned(), reason: other.to_string() },
-        })?;
-        fs::rename(&part, &blob).map_err(io(&blob))
+        let (repo, file, command) = (repo.to_string(), repo.path_in_repo(DIFFUSERS_FILES[0]), fetch_command(repo));
+        let cache = self.cache.clone().unwrap_or_default();
+        Err(if self.offline {
+            HubError::NotCached { repo, file, cache, command }
+        } else {
+            HubError::NoClient { repo, file, cache, command }
+        })
     }
 
     /// The snapshot folder of `repo` when the cache holds its weights; no network.
@@ -358,29 +297,6 @@ impl Hub {
     fn cache(&self) -> Result<&Path, HubError> {
         self.cache.as_deref().ok_or(HubError::NoCache)
     }
-
-    fn request_error(&self, repo: &HubRepo, error: HttpError) -> HubError {
-        let (repo, endpoint) = (repo.to_string(), self.endpoint.clone());
-        match error {
-            // The Hub answers 401 for a repo that does not exist, as for a private one.
-            HttpError::Status { status: 401 | 404, from_endpoint: true, .. } => HubError::NotFound { repo, endpoint },
-            HttpError::Status { status: 403, from_endpoint: true, .. } => HubError::Denied { repo, endpoint },
-            HttpError::Io { path, source } => HubError::Io { path, source },
-            other => HubError::Request { repo, endpoint, reason: other.to_string() },
-        }
-    }
-}
-
-/// A timeout from huggingface_hub's variable `var` (seconds), 10 s when unset.
-fn timeout_from_env(var: &'static str) -> Result<Timeout, (&'static str, String)> {
-    let Some(value) = std::env::var_os(var).filter(|v| !v.is_empty()) else {
-        return Ok(Timeout { limit: DEFAULT_TIMEOUT, var });
-    };
-    let text = value.to_string_lossy().into_owned();
-    match text.trim().parse::<f64>().ok().filter(|s| *s > 0.0).and_then(|s| Duration::try_from_secs_f64(s).ok()) {
-        Some(limit) => Ok(Timeout { limit, var }),
-        None => Err((var, text)),
-    }
 }
 
 fn in_subfolder(dir: PathBuf, subfolder: &str) -> PathBuf {
@@ -390,87 +306,6 @@ fn in_subfolder(dir: PathBuf, subfolder: &str) -> PathBuf {
 fn fetch_command(repo: &HubRepo) -> String {
     let revision = if repo.revision == "main" { String::new() } else { format!(" --revision {}", repo.revision) };
     format!("vae fetch {}{revision}", repo.spec())
-}
-
-/// What to download from a repo listing: `config.json` when there is one and
-/// the weights, fp32 preferred to fp16. Never a pickle.
-fn choose_files(repo: &HubRepo, listing: &[String]) -> Result<Vec<String>, HubError> {
-    let has = |path: &str| listing.iter().any(|f| f == path);
-    let Some(weights) = DIFFUSERS_FILES.iter().map(|f| repo.path_in_repo(f)).find(|p| has(p)) else {
-        let prefix = if repo.subfolder.is_empty() { String::new() } else { format!("{}/", repo.subfolder) };
-        let here: Vec<&str> = listing
-            .iter()
-            .filter_map(|f| f.strip_prefix(prefix.as_str()))
-            .filter(|f| {
-                !f.contains('/') && [".safetensors", ".bin", ".ckpt", ".pt", ".pth"].iter().any(|e| f.ends_with(e))
-            })
-            .collect();
-        let found = if here.is_empty() {
-            String::new()
-        } else {
-            format!(
-                "; weights files there: {} (pickles such as .bin are refused; a single .safetensors file \
-                 can be downloaded and passed as --weights FILE)",
-                here.join(", ")
-            )
-        };
-        let folder =
-            if repo.subfolder.is_empty() { "the repo's root".to_owned() } else { format!("{}/", repo.subfolder) };
-        return Err(HubError::NoWeights { repo: repo.to_string(), folder, found });
-    };
-    let config = repo.path_in_repo(CONFIG_FILE);
-    Ok(if has(&config) { vec![config, weights] } else { vec![weights] })
-}
-
-/// Checks a downloaded file against the Hub's metadata: its size; for LFS files
-/// (whose etag is their SHA-256), its SHA-256; for safetensors, its header.
-fn check(path: &Path, meta: &Metadata) -> Result<(), String> {
-    let size = fs::metadata(path).map_err(|e| e.to_string())?.len();
-    if size != meta.size {
-        return Err(format!("{size} bytes, where the Hub has {}", meta.size));
-    }
-    let etag = meta.etag.as_str();
-    if etag.len() == 64 && etag.chars().all(|c| c.is_ascii_hexdigit()) {
-        let mut hasher = Sha256::new();
-        let mut file = File::open(path).map_err(|e| e.to_string())?;
-        std::io::copy(&mut file, &mut hasher).map_err(|e| e.to_string())?;
-        let sha256: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
-        if !sha256.eq_ignore_ascii_case(etag) {
-            return Err(format!("SHA-256 {sha256} does not match the Hub's {etag}"));
-        }
-    }
-    if path.extension().is_some_and(|e| e == "safetensors") {
-        TensorFile::open(path).map_err(|e| format!("not loadable ({e})"))?;
-    }
-    Ok(())
-}
-
-/// A download's progress as an indicatif bar on stderr, drawn only on a terminal.
-struct Bar(Option<indicatif::ProgressBar>);
-
-impl Bar {
-    fn new(verbose: bool, size: u64, file: &str) -> Self {
-        let draw = verbose && std::io::stderr().is_terminal();
-        Self(draw.then(|| {
-            let style = indicatif::ProgressStyle::with_template(
-                "{msg} {bar:30} {bytes}/{total_bytes}, {bytes_per_sec} (eta {eta})",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-            indicatif::ProgressBar::new(size).with_style(style).with_message(file.to_owned())
-        }))
-    }
-
-    fn inc(&self, bytes: u64) {
-        if let Some(bar) = &self.0 {
-            bar.inc(bytes);
-        }
-    }
-
-    fn finish(&self) {
-        if let Some(bar) = &self.0 {
-            bar.finish_and_clear();
-        }
-    }
 }
 
 #[cfg(test)]
@@ -508,6 +343,13 @@ mod tests {
     }
 
     #[test]
+    fn debug_output_keeps_the_token_secret() {
+        let hub = Hub { token: Some("hf_secret_token".to_owned()), ..Hub::from_env() };
+        let text = format!("{hub:?}");
+        assert!(!text.contains("hf_secret_token") && text.contains("token: Some(\"(set)\")"), "{text}");
+    }
+
+    #[test]
     fn revisions_stay_in_the_cache() {
         assert!(parse_revision("main").is_ok());
         assert!(parse_revision("refs/pr/3").is_ok());
@@ -515,28 +357,5 @@ mod tests {
         for bad in ["", "../x", "a/../../b", "/abs", "a b", "x/"] {
             assert!(parse_revision(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn fp32_weights_preferred_and_pickles_never_taken() {
-        let repo = HubRepo::parse("org/name/vae", None).unwrap();
-        let listing: Vec<String> = [
-            "vae/config.json",
-            "vae/diffusion_pytorch_model.bin",
-            "vae/diffusion_pytorch_model.fp16.safetensors",
-            "vae/diffusion_pytorch_model.safetensors",
-        ]
-        .map(String::from)
-        .into();
-        assert_eq!(
-            choose_files(&repo, &listing).unwrap(),
-            ["vae/config.json", "vae/diffusion_pytorch_model.safetensors"]
-        );
-        assert_eq!(
-            choose_files(&repo, &listing[..3]).unwrap(),
-            ["vae/config.json", "vae/diffusion_pytorch_model.fp16.safetensors"]
-        );
-        let err = choose_files(&repo, &listing[..2]).unwrap_err().to_string();
-        assert!(err.contains("in vae/; weights files there: diffusion_pytorch_model.bin (pickles"), "{err}");
     }
 }
