@@ -147,7 +147,9 @@ impl LatentSpace {
 
     /// Refuses a scale or shift that f32 latents cannot hold.
     pub fn check(&self) -> Result<(), LatentSpaceError> {
-        check_scaling(self.scaling_factor).and_then(|()| check_shift(self.shift_factor)).map_err(LatentSpaceError::Value)
+        check_scaling(self.scaling_factor)
+            .and_then(|()| check_shift(self.shift_factor))
+            .map_err(LatentSpaceError::Value)
     }
 }
 

@@ -195,8 +195,8 @@ impl Vae {
         let source = resolve_weights(options)?;
         let dtype = options.precision.dtype();
         let (model, info) = weights::load(&source, &chosen.device, dtype, options.parts)?;
-        let resolved = LatentSpace::resolve(&info.scaling, options.latent_space, model.latent_channels())
-            .map_err(|cause| {
+        let resolved =
+            LatentSpace::resolve(&info.scaling, options.latent_space, model.latent_channels()).map_err(|cause| {
                 let path = source.config_json.clone().unwrap_or_else(|| source.file.clone());
                 OpenError::LatentSpace { path, cause }
             })?;
@@ -348,7 +348,8 @@ impl Vae {
         for latent in latents {
             self.check_latent(latent)?;
         }
-        let planar = self.with_f32_retry(|vae| vae.run_decoder(latents), |planar| planar.iter().all(|p| all_finite(p)))?;
+        let planar =
+            self.with_f32_retry(|vae| vae.run_decoder(latents), |planar| planar.iter().all(|p| all_finite(p)))?;
         for (latent, planar) in latents.iter().zip(&planar) {
             if let Some(err) = NotFinite::of("the decoded image", planar, self.file_scaling(latent)) {
                 return Err(VaeError::NotFinite(err));
@@ -432,7 +433,7 @@ impl Vae {
         )
     }
 
-    /// `latents` grouped into passes of [`Vae::decode_planar_batch`], as
+    /// `latents` grouped into passes of [`Vae::decode_batch`], as
     /// [`Vae::encode_passes`] groups images.
     pub fn decode_passes(&self, latents: &[&Latent]) -> Vec<Vec<usize>> {
         let f = self.model.upscale();

@@ -9,13 +9,15 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::{Tensor, TensorData};
 use vae::device::DeviceRequest;
-use vae::{Vae, VaeOptions};
 use vae::imageio::{self, DEFAULT_MAX_PIXELS};
 use vae::latent::{Latent, Posterior};
 use vae::model::{AutoencoderTinyConfig, Family};
 use vae::weights::{Layout, Parts};
+use vae::{Vae, VaeOptions};
 
-use common::parity::{TINY_IMAGES, TINY_TOLERANCE, assert_png_close, check_tiny, device, full_fixtures, load, load_with, tiny};
+use common::parity::{
+    TINY_IMAGES, TINY_TOLERANCE, assert_png_close, check_tiny, device, full_fixtures, load, load_with, tiny,
+};
 use common::{assert_fails, fixtures, max_abs_diff, read_tensors, stderr, stdout, vae};
 
 fn weights(name: &str) -> String {
@@ -161,10 +163,7 @@ fn cli_encode_decode_and_roundtrip() {
     let latent = Latent::read(&p.join("z.safetensors")).unwrap();
     assert_eq!((latent.channels, latent.height, latent.width), (4, 16, 20));
     let meta = &latent.meta;
-    assert_eq!(
-        (meta.scaling_factor, meta.shift_factor, meta.family),
-        (Some(0.18215), Some(0.0), Some(Family::Sd1))
-    );
+    assert_eq!((meta.scaling_factor, meta.shift_factor, meta.family), (Some(0.18215), Some(0.0), Some(Family::Sd1)));
 
     // TAESD and the big VAE decode it; TAESD's PNG is diffusers' within a level.
     let sd = weights("tiny_sd");

@@ -227,7 +227,7 @@ fn holds_images(dir: &Path) -> Result<bool> {
 
 /// WebDataset's brace notation, expanded: `{000..011}` is a zero-padded
 /// range, `{a,b}` a list; several braces give every combination, at most
-/// [`MAX_BRACE_NAMES`] of them (counted before any is made).
+/// `MAX_BRACE_NAMES` of them (counted before any is made).
 pub fn braces(text: &str) -> Result<Vec<String>> {
     let mut count = 1usize;
     let mut rest = text;

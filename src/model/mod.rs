@@ -65,30 +65,4 @@ impl Model {
             Model::Tiny(m) => m.config.upscale(),
         }
     }
-
-    /// How latent files of this model are scaled, `(scaling_factor,
-    /// shift_factor)`: a file holds `(z - shift) * scaling` for the big VAE's
-    /// latent `z` (for TAESD, the big VAE it stands in for).
-    pub fn latent_scaling(&self) -> (f64, f64) {
-        match self {
-            Model::Kl(m) => (m.config.scaling_factor, m.config.shift_factor),
-            Model::Tiny(m) => (m.config.vae_scaling_factor, m.config.vae_shift_factor),
-        }
-    }
-
-    /// Sets what [`Model::latent_scaling`] returns.
-    pub fn set_latent_scaling(&mut self, scaling: f64, shift: f64) {
-        match self {
-            Model::Kl(m) => (m.config.scaling_factor, m.config.shift_factor) = (scaling, shift),
-            Model::Tiny(m) => (m.config.vae_scaling_factor, m.config.vae_shift_factor) = (scaling, shift),
-        }
-    }
-
-    /// The family whose latent space this is, for reports and metadata.
-    pub fn family(&self) -> Option<Family> {
-        match self {
-            Model::Kl(m) => m.config.family(),
-            Model::Tiny(m) => m.config.family(),
-        }
-    }
 }

@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor, TensorData};
 use vae::device::DeviceRequest;
-use vae::{Vae, VaeOptions};
 use vae::imageio::{self, DEFAULT_MAX_PIXELS};
 use vae::latent::{Latent, LatentMeta};
 use vae::model::{AutoencoderKl, AutoencoderTiny, Model};
+use vae::{Vae, VaeOptions};
 
 use super::{fixtures, max_abs_diff, read_tensors};
 
@@ -35,7 +35,8 @@ pub fn load_on(weights: &str, device: DeviceRequest) -> Vae {
 /// [`load`] of the fixture `weights` (or of a path, when `weights` is one),
 /// on the CPU unless `options` says otherwise, with `options` changed by `f`.
 pub fn load_with(weights: &str, f: impl FnOnce(&mut VaeOptions)) -> Vae {
-    let mut options = VaeOptions { device: DeviceRequest::Cpu, ..VaeOptions::new(fixtures().join("weights").join(weights)) };
+    let mut options =
+        VaeOptions { device: DeviceRequest::Cpu, ..VaeOptions::new(fixtures().join("weights").join(weights)) };
     f(&mut options);
     Vae::open(&options).unwrap_or_else(|e| panic!("loading {weights}: {e}"))
 }
