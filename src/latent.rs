@@ -366,11 +366,6 @@ fn sorted_metadata(file: Vec<u8>) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// `v` as people write it: `1e39`, not forty digits.
-pub(crate) fn short(v: f64) -> String {
-    if v != 0.0 && v.is_finite() && !(1e-4..1e6).contains(&v.abs()) { format!("{v:e}") } else { format!("{v}") }
-}
-
 pub use crate::latent_space::{check_scaling, check_shift};
 
 impl LatentMeta {

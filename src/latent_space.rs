@@ -10,7 +10,6 @@
 
 use std::fmt;
 
-use crate::latent::short;
 use crate::model::Family;
 
 /// How latents of one model are scaled.
@@ -185,6 +184,11 @@ impl fmt::Display for LatentSpace {
             None => Ok(()),
         }
     }
+}
+
+/// `v` as people write it: `1e39`, not forty digits.
+pub(crate) fn short(v: f64) -> String {
+    if v != 0.0 && v.is_finite() && !(1e-4..1e6).contains(&v.abs()) { format!("{v:e}") } else { format!("{v}") }
 }
 
 #[cfg(test)]

@@ -160,7 +160,7 @@ impl std::fmt::Display for NotFinite {
             (n, 0) => format!("{n} NaN values"),
             (n, m) => format!("{n} NaN and {m} infinite values"),
         };
-        let number = crate::latent::short;
+        let number = crate::latent_space::short;
         let shift = if self.shift == 0.0 { String::new() } else { format!(" and shift {}", number(self.shift)) };
         let scaling = number(self.scaling);
         match self.what {

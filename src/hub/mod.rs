@@ -33,7 +33,10 @@ use std::sync::Arc;
 pub use answer::{AnswerError, RepoInfo, parse_repo_info};
 use cache::RepoCache;
 
-use crate::weights::DIFFUSERS_FILES;
+/// The weights file of a diffusers model folder, fp32 preferred: what a
+/// repo's folder is searched for, here and by [`crate::weights`].
+pub const DIFFUSERS_FILES: [&str; 2] =
+    ["diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors"];
 
 const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 

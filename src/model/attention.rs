@@ -3,9 +3,9 @@
 
 use burn::tensor::{FloatDType, Tensor};
 
+use super::Params;
 use super::layers::{GroupNorm, Linear};
 use crate::kernels;
-use crate::weights::ParamLoader;
 
 /// Upper bound on the elements of one block of attention scores. Queries are
 /// processed in row chunks so that a 1024x1024 image (16384 tokens) needs a
@@ -23,8 +23,8 @@ pub struct Attention {
 }
 
 impl Attention {
-    pub fn load(p: &mut ParamLoader, name: &str, channels: usize, groups: usize) -> Self {
-        let linear = |p: &mut ParamLoader, part: &str| Linear::load(p, &format!("{name}.{part}"), channels, channels);
+    pub fn load<P: Params>(p: &mut P, name: &str, channels: usize, groups: usize) -> Self {
+        let linear = |p: &mut P, part: &str| Linear::load(p, &format!("{name}.{part}"), channels, channels);
         Self {
             group_norm: GroupNorm::load(p, &format!("{name}.group_norm"), channels, groups),
             to_q: linear(p, "to_q"),

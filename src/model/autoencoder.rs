@@ -2,12 +2,12 @@
 
 use burn::tensor::Tensor;
 
+use super::Params;
 use super::config::AutoencoderKlConfig;
 use super::decoder::Decoder;
 use super::encoder::Encoder;
 use super::graph::{Builder, ConvOp, Graph};
 use super::layers::Conv2d;
-use crate::weights::ParamLoader;
 
 #[derive(Debug, Clone)]
 pub struct AutoencoderKl {
@@ -20,7 +20,7 @@ pub struct AutoencoderKl {
 
 impl AutoencoderKl {
     /// Builds the model, pulling every parameter from `p` by its diffusers name.
-    pub fn load(p: &mut ParamLoader, config: &AutoencoderKlConfig) -> Self {
+    pub fn load(p: &mut impl Params, config: &AutoencoderKlConfig) -> Self {
         let moments = 2 * config.latent_channels;
         let latent = config.latent_channels;
         Self {

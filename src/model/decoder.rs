@@ -1,12 +1,12 @@
 //! diffusers `Decoder`: latent `[B, C, h, w]` to image `[B, 3, 8h, 8w]`.
 
+use super::Params;
 use super::config::AutoencoderKlConfig;
 use super::encoder::UNetMidBlock2d;
 use super::graph::{Buffer, Builder, ConvOp};
 use super::layers::{Conv2d, GroupNorm};
 use super::resnet::{self, ResnetBlock2d};
 use super::sampling::Upsample2d;
-use crate::weights::ParamLoader;
 
 #[derive(Debug, Clone)]
 pub struct Decoder {
@@ -19,7 +19,7 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    pub fn load(p: &mut ParamLoader, name: &str, cfg: &AutoencoderKlConfig) -> Self {
+    pub fn load(p: &mut impl Params, name: &str, cfg: &AutoencoderKlConfig) -> Self {
         let reversed: Vec<usize> = cfg.block_out_channels.iter().rev().copied().collect();
         let groups = cfg.norm_num_groups;
         let last = reversed.len() - 1;
@@ -63,7 +63,7 @@ pub struct UpDecoderBlock2d {
 
 impl UpDecoderBlock2d {
     fn load(
-        p: &mut ParamLoader,
+        p: &mut impl Params,
         name: &str,
         c_in: usize,
         c_out: usize,

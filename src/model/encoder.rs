@@ -1,12 +1,12 @@
 //! diffusers `Encoder`: image `[B, 3, H, W]` to posterior moments `[B, 2C, H/8, W/8]`.
 
+use super::Params;
 use super::attention::Attention;
 use super::config::AutoencoderKlConfig;
 use super::graph::{Buffer, Builder, ConvOp};
 use super::layers::{Conv2d, GroupNorm};
 use super::resnet::{self, ResnetBlock2d};
 use super::sampling::Downsample2d;
-use crate::weights::ParamLoader;
 
 #[derive(Debug, Clone)]
 pub struct Encoder {
@@ -18,7 +18,7 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    pub fn load(p: &mut ParamLoader, name: &str, cfg: &AutoencoderKlConfig) -> Self {
+    pub fn load(p: &mut impl Params, name: &str, cfg: &AutoencoderKlConfig) -> Self {
         let ch = &cfg.block_out_channels;
         let groups = cfg.norm_num_groups;
         let last = ch.len() - 1;
@@ -63,7 +63,7 @@ pub struct DownEncoderBlock2d {
 
 impl DownEncoderBlock2d {
     fn load(
-        p: &mut ParamLoader,
+        p: &mut impl Params,
         name: &str,
         c_in: usize,
         c_out: usize,
@@ -94,10 +94,9 @@ pub struct UNetMidBlock2d {
 }
 
 impl UNetMidBlock2d {
-    pub fn load(p: &mut ParamLoader, name: &str, channels: usize, groups: usize, attention: bool) -> Self {
-        let resnet = |p: &mut ParamLoader, j: usize| {
-            ResnetBlock2d::load(p, &format!("{name}.resnets.{j}"), channels, channels, groups)
-        };
+    pub fn load<P: Params>(p: &mut P, name: &str, channels: usize, groups: usize, attention: bool) -> Self {
+        let resnet =
+            |p: &mut P, j: usize| ResnetBlock2d::load(p, &format!("{name}.resnets.{j}"), channels, channels, groups);
         let first = resnet(p, 0);
         let attentions = attention.then(|| Attention::load(p, &format!("{name}.attentions.0"), channels, groups));
         let second = resnet(p, 1);

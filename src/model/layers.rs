@@ -9,7 +9,7 @@ use crate::kernels::{self, conv::ConvWeights, conv::Geometry, norm::GroupNormPar
 use burn::tensor::module::{conv2d, interpolate};
 use burn::tensor::ops::{ConvOptions, InterpolateMode, InterpolateOptions};
 
-use crate::weights::ParamLoader;
+use super::Params;
 
 /// `torch.nn.Conv2d` with square kernels, stride and per-side padding.
 #[derive(Debug, Clone)]
@@ -28,14 +28,14 @@ enum ConvParams {
 
 impl Conv2d {
     /// A `kernel`x`kernel` convolution with stride 1 and "same" padding.
-    pub fn load(p: &mut ParamLoader, name: &str, c_in: usize, c_out: usize, kernel: usize) -> Self {
+    pub fn load(p: &mut impl Params, name: &str, c_in: usize, c_out: usize, kernel: usize) -> Self {
         let pad = kernel / 2;
         Self::load_with(p, name, c_in, c_out, kernel, 1, [(pad, pad), (pad, pad)])
     }
 
     /// Any stride, with `(begin, end)` padding per spatial dimension.
     pub fn load_with(
-        p: &mut ParamLoader,
+        p: &mut impl Params,
         name: &str,
         c_in: usize,
         c_out: usize,
@@ -52,7 +52,7 @@ impl Conv2d {
     /// stride-2 and upsampling convolutions): the file holds no `bias`, and
     /// the layer adds zeros.
     pub fn load_without_bias(
-        p: &mut ParamLoader,
+        p: &mut impl Params,
         name: &str,
         c_in: usize,
         c_out: usize,
@@ -155,7 +155,7 @@ pub struct GroupNorm {
 pub const VAE_NORM_EPS: f64 = 1e-6;
 
 impl GroupNorm {
-    pub fn load(p: &mut ParamLoader, name: &str, channels: usize, groups: usize) -> Self {
+    pub fn load(p: &mut impl Params, name: &str, channels: usize, groups: usize) -> Self {
         Self {
             weight: p.tensor(&format!("{name}.weight"), [channels]),
             bias: p.tensor(&format!("{name}.bias"), [channels]),
@@ -268,7 +268,7 @@ pub struct Linear {
 }
 
 impl Linear {
-    pub fn load(p: &mut ParamLoader, name: &str, d_in: usize, d_out: usize) -> Self {
+    pub fn load(p: &mut impl Params, name: &str, d_in: usize, d_out: usize) -> Self {
         Self {
             weight: p.tensor(&format!("{name}.weight"), [d_out, d_in]),
             bias: p.tensor(&format!("{name}.bias"), [d_out]),

@@ -27,6 +27,14 @@ pub use layers::{Conv2d, GroupNorm, VAE_NORM_EPS};
 pub use resnet::ResnetBlock2d;
 pub use tiny::{AutoencoderTiny, AutoencoderTinyBlock, AutoencoderTinyConfig, DecoderTiny, EncoderTiny, TinyLayer};
 
+/// Where a model's parameters come from: the tensor of a diffusers name and
+/// an expected shape, in the dtype and on the device the model runs on. The
+/// weights loader implements it (checking every name, shape and dtype, and
+/// that no tensor is left over); a test can give made-up tensors.
+pub trait Params {
+    fn tensor<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> burn::tensor::Tensor<D>;
+}
+
 /// The network a weights file holds: the VAE, or its tiny stand-in.
 #[derive(Debug, Clone)]
 pub enum Model {

@@ -1,8 +1,8 @@
 //! `ResnetBlock2D` of diffusers, as used by the VAE (no time embedding).
 
+use super::Params;
 use super::graph::{Buffer, Builder, ConvOp};
 use super::layers::{Conv2d, GroupNorm};
-use crate::weights::ParamLoader;
 
 #[derive(Debug, Clone)]
 pub struct ResnetBlock2d {
@@ -15,7 +15,7 @@ pub struct ResnetBlock2d {
 }
 
 impl ResnetBlock2d {
-    pub fn load(p: &mut ParamLoader, name: &str, c_in: usize, c_out: usize, groups: usize) -> Self {
+    pub fn load(p: &mut impl Params, name: &str, c_in: usize, c_out: usize, groups: usize) -> Self {
         Self {
             norm1: GroupNorm::load(p, &format!("{name}.norm1"), c_in, groups),
             conv1: Conv2d::load(p, &format!("{name}.conv1"), c_in, c_out, 3),
@@ -37,7 +37,7 @@ impl ResnetBlock2d {
 /// The `layers` ResNets of one encoder or decoder level: the first changes the
 /// width from `c_in` to `c_out`, the rest keep it.
 pub fn load_stack(
-    p: &mut ParamLoader,
+    p: &mut impl Params,
     name: &str,
     c_in: usize,
     c_out: usize,

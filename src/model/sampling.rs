@@ -1,8 +1,8 @@
 //! Resolution changes: the encoder's `Downsample2D` and the decoder's `Upsample2D`.
 
+use super::Params;
 use super::graph::{Buffer, Builder, ConvOp, Resample};
 use super::layers::Conv2d;
-use crate::weights::ParamLoader;
 
 /// Stride-2 3x3 convolution. diffusers pads only right and bottom by one
 /// pixel (`F.pad(x, (0, 1, 0, 1))`) and then convolves with no padding; the
@@ -13,7 +13,7 @@ pub struct Downsample2d {
 }
 
 impl Downsample2d {
-    pub fn load(p: &mut ParamLoader, name: &str, channels: usize) -> Self {
+    pub fn load(p: &mut impl Params, name: &str, channels: usize) -> Self {
         let conv = Conv2d::load_with(p, &format!("{name}.conv"), channels, channels, 3, 2, [(0, 1), (0, 1)]);
         Self { conv }
     }
@@ -31,7 +31,7 @@ pub struct Upsample2d {
 }
 
 impl Upsample2d {
-    pub fn load(p: &mut ParamLoader, name: &str, channels: usize) -> Self {
+    pub fn load(p: &mut impl Params, name: &str, channels: usize) -> Self {
         Self { conv: Conv2d::load(p, &format!("{name}.conv"), channels, channels, 3) }
     }
 

@@ -21,7 +21,7 @@ pub use infer::{DiffusersConfig, infer_config};
 pub use layout::{Layout, VaeKeys, detect};
 pub use params::{Mismatch, ParamLoader};
 
-use crate::hub::{Hub, HubError, HubRepo};
+use crate::hub::{DIFFUSERS_FILES, Hub, HubError, HubRepo};
 use crate::latent_space::WeightsScaling;
 use crate::model::{AutoencoderKl, AutoencoderKlConfig, AutoencoderTinyConfig, Model, SD15_SCALING_FACTOR};
 
@@ -29,9 +29,6 @@ use crate::model::{AutoencoderKl, AutoencoderKlConfig, AutoencoderTinyConfig, Mo
 pub const WEIGHTS_ENV: &str = "VAE_WEIGHTS";
 /// Folder searched last, relative to the working directory.
 pub const WEIGHTS_DIR: &str = "weights";
-/// The weights file of a diffusers model folder, fp32 preferred.
-pub(crate) const DIFFUSERS_FILES: [&str; 2] =
-    ["diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {

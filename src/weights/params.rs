@@ -150,3 +150,9 @@ impl<'a> ParamLoader<'a> {
         }
     }
 }
+
+impl crate::model::Params for ParamLoader<'_> {
+    fn tensor<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Tensor<D> {
+        ParamLoader::tensor(self, name, shape)
+    }
+}

@@ -16,7 +16,7 @@ use burn::tensor::activation::relu;
 pub use config::AutoencoderTinyConfig;
 
 use super::layers::Conv2d;
-use crate::weights::ParamLoader;
+use crate::model::Params;
 
 /// Padding of TAESD's 3x3 convolutions, the stride-2 ones included (which,
 /// unlike `Downsample2D`, pad all four sides).
@@ -34,7 +34,7 @@ pub struct AutoencoderTiny {
 impl AutoencoderTiny {
     /// Builds the halves the config has, pulling every parameter from `p`
     /// by its diffusers name.
-    pub fn load(p: &mut ParamLoader, config: &AutoencoderTinyConfig) -> Self {
+    pub fn load(p: &mut impl Params, config: &AutoencoderTinyConfig) -> Self {
         Self {
             encoder: config.has_encoder().then(|| EncoderTiny::load(p, "encoder", config)),
             decoder: config.has_decoder().then(|| DecoderTiny::load(p, "decoder", config)),
@@ -63,7 +63,7 @@ pub struct EncoderTiny {
 }
 
 impl EncoderTiny {
-    pub fn load(p: &mut ParamLoader, name: &str, cfg: &AutoencoderTinyConfig) -> Self {
+    pub fn load(p: &mut impl Params, name: &str, cfg: &AutoencoderTinyConfig) -> Self {
         let mut layers = Sequential::new(name);
         let mut width = cfg.in_channels;
         for (stage, (&c, &blocks)) in cfg.encoder_block_out_channels.iter().zip(&cfg.num_encoder_blocks).enumerate() {
@@ -98,7 +98,7 @@ pub struct DecoderTiny {
 }
 
 impl DecoderTiny {
-    pub fn load(p: &mut ParamLoader, name: &str, cfg: &AutoencoderTinyConfig) -> Self {
+    pub fn load(p: &mut impl Params, name: &str, cfg: &AutoencoderTinyConfig) -> Self {
         let widths = &cfg.decoder_block_out_channels;
         let mut layers = Sequential::new(name);
         let conv_in = Conv2d::load(p, &layers.next_name(), cfg.latent_channels, widths[0], 3);
@@ -171,7 +171,7 @@ pub struct AutoencoderTinyBlock {
 }
 
 impl AutoencoderTinyBlock {
-    pub fn load(p: &mut ParamLoader, name: &str, c_in: usize, c_out: usize) -> Self {
+    pub fn load(p: &mut impl Params, name: &str, c_in: usize, c_out: usize) -> Self {
         let conv = [
             Conv2d::load(p, &format!("{name}.conv.0"), c_in, c_out, 3),
             Conv2d::load(p, &format!("{name}.conv.2"), c_out, c_out, 3),
