@@ -473,6 +473,20 @@ impl LatentMeta {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_newer_format_version_is_refused_and_an_unknown_family_reads_as_none() {
+        let mut map = sample().meta.to_map();
+        assert!(LatentMeta::from_map(Some(&map), Path::new("z")).is_ok());
+        map.insert("format_version".into(), "2".into());
+        let err = LatentMeta::from_map(Some(&map), Path::new("z")).unwrap_err();
+        assert!(err.to_string().contains("newer vae (latent format version 2"), "{err}");
+        map.insert("format_version".into(), "x".into());
+        assert!(matches!(LatentMeta::from_map(Some(&map), Path::new("z")), Err(LatentError::Metadata { .. })));
+        map.insert("format_version".into(), "1".into());
+        map.insert("family".into(), "flux2".into());
+        assert_eq!(LatentMeta::from_map(Some(&map), Path::new("z")).unwrap().family, None);
+    }
+
     fn sample() -> Latent {
         Latent {
             channels: 4,
