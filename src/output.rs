@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
-    #[error("{}: already exists (pass --force to replace it)", path.display())]
+    #[error("{}: already exists (pass --force to replace it, or --skip-existing to leave it)", path.display())]
     Exists { path: PathBuf },
     #[error("{}: is {what}, not a regular file; refusing to replace it", path.display())]
     NotRegular { path: PathBuf, what: &'static str },

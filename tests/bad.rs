@@ -89,6 +89,7 @@ cases! { bad_image:
 }
 
 cases! { bad_weights:
+    image_as_weights => "../../pngsuite/basn2c08.png", "this is a PNG image, not weights";
     truncated_weights => "truncated.safetensors", "file is truncated or padded";
     absurd_header_length => "absurd_header.safetensors", "header claims 1152921504606846976 bytes";
     header_not_json => "header_not_json.safetensors", "header is not JSON text";

@@ -120,6 +120,27 @@ fn roundtrip_reports_quality_as_json() {
     assert!(dir.path().join("err.png").exists());
 }
 
+/// What a new user met: `roundtrip -o DIR` with several images creates the
+/// folder as encode and decode do; an existing output names --skip-existing;
+/// decoding a latent that this model just encoded warns of nothing.
+#[test]
+fn new_user_paper_cuts() {
+    let dir = tempfile::tempdir().unwrap();
+    photo(dir.path(), "a.png", 32, 32);
+    photo(dir.path(), "b.png", 32, 40);
+    let out = vae(dir.path(), &["roundtrip", "a.png", "b.png", "-o", "recon", "--weights", &tiny_sd()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(listing(&dir.path().join("recon")), ["a.recon.png", "b.recon.png"]);
+
+    let out = vae(dir.path(), &["encode", "a.png", "-o", "z.safetensors", "--weights", &tiny_sd()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = vae(dir.path(), &["encode", "a.png", "-o", "z.safetensors", "--weights", &tiny_sd()]);
+    assert_fails(&out, "z.safetensors", "--skip-existing");
+    let out = vae(dir.path(), &["decode", "z.safetensors", "-o", "z.png", "--weights", &tiny_sd()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
+}
+
 #[test]
 fn roundtrip_refuses_to_write_over_an_input() {
     let dir = tempfile::tempdir().unwrap();

@@ -65,6 +65,8 @@ enum Command {
     /// Describe weights or latent files: layout, family, dtype, parameters and
     /// checks for weights; shape, metadata and per-channel statistics for latents.
     Inspect {
+        /// Weights (a .safetensors file or diffusers folder) or latents
+        /// (.safetensors, .latent, .npy); patterns are expanded.
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
         /// One JSON object per file on stdout.
@@ -551,8 +553,13 @@ fn decode(ctx: &mut Session, args: DecodeArgs) -> Result<ExitCode> {
                 refused.push((i, err));
                 continue;
             }
+            // A latent scaled as this model scales (one it encoded, say) is
+            // what it is: only one scaled for another family is worth a look.
+            let own = vae.latent_space();
+            let same = latent.meta.scaling_factor == Some(own.scaling_factor)
+                && latent.meta.shift_factor.unwrap_or(0.0) == own.shift_factor;
             let std = vae.rescaled_std(latent);
-            if !(0.2..=5.0).contains(&std) {
+            if !same && !(0.2..=5.0).contains(&std) {
                 ctx.info(format_args!(
                     "{}: warning: its std after scaling is {std:.3}, far from the ~1 of a latent of this family; \
                      was it scaled for another one (see --family, --scaling-factor)?",
@@ -629,7 +636,11 @@ fn roundtrip(ctx: &mut Session, args: RoundtripArgs) -> Result<ExitCode> {
             return Ok(Some(path.clone()));
         }
         if !path.is_dir() {
-            bail!("{}: with several images this must be an existing folder", path.display());
+            if path.exists() {
+                bail!("{}: with several images this must be a folder", path.display());
+            }
+            // As encode, decode and preview do.
+            std::fs::create_dir_all(path).with_context(|| format!("{}: cannot create folder", path.display()))?;
         }
         let stem = image.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         Ok(Some(path.join(format!("{stem}.{suffix}.png"))))

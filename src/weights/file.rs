@@ -77,6 +77,10 @@ pub fn list_tensors(bytes: &[u8], path: &Path) -> Result<BTreeMap<String, RawTen
     if looks_like_pickle(bytes) {
         return Err(WeightsError::Pickle { path: path.to_owned() });
     }
+    if let Some(kind) = image_kind(bytes) {
+        let reason = format!("this is a {kind} image, not weights");
+        return Err(WeightsError::NotSafetensors { path: path.to_owned(), reason });
+    }
     let (header_len, metadata) = SafeTensors::read_metadata(bytes).map_err(|e| WeightsError::NotSafetensors {
         path: path.to_owned(),
         reason: crate::safetensors_io::describe(&e, bytes),
@@ -93,6 +97,25 @@ pub fn list_tensors(bytes: &[u8], path: &Path) -> Result<BTreeMap<String, RawTen
         })
         .collect();
     Ok(tensors)
+}
+
+/// The image format `bytes` start like, if any: an image given as weights
+/// would otherwise read as a header claiming absurd sizes.
+fn image_kind(bytes: &[u8]) -> Option<&'static str> {
+    let riff_webp = bytes.len() >= 12 && bytes.starts_with(b"RIFF") && &bytes[8..12] == b"WEBP";
+    match bytes {
+        [0x89, b'P', b'N', b'G', ..] => Some("PNG"),
+        [0xFF, 0xD8, 0xFF, ..] => Some("JPEG"),
+        [b'G', b'I', b'F', b'8', ..] => Some("GIF"),
+        // A safetensors header length could start "BM" or "II*\0": a BMP has
+        // its file size next, a TIFF its first directory's offset.
+        [b'B', b'M', a, b, c, d, ..] if [*a, *b, *c, *d] != [0; 4] => Some("BMP"),
+        [b'I', b'I', 42, 0, a, b, c, d, ..] | [b'M', b'M', 0, 42, a, b, c, d, ..] if [*a, *b, *c, *d] != [0; 4] => {
+            Some("TIFF")
+        }
+        _ if riff_webp => Some("WebP"),
+        _ => None,
+    }
 }
 
 fn has_pickle_extension(path: &Path) -> bool {
