@@ -316,6 +316,13 @@ fn npy_shape(bytes: &[u8]) -> Result<(Vec<u64>, usize), String> {
     let data_start = len_at + width + header_len;
     let header = bytes.get(len_at + width..data_start).ok_or_else(truncated)?;
     let header = std::str::from_utf8(header).map_err(|_| "the header is not text".to_owned())?;
+    // A latent's header is one flat dict (`{'descr': '<f4', 'fortran_order':
+    // False, 'shape': (1, 4, 64, 64), }`); npyz's parser of Python literals
+    // takes exponential time on nested brackets (found by fuzzing), so
+    // anything else is refused before it sees it.
+    if header.matches('{').count() != 1 || header.matches('}').count() != 1 || header.contains(['[', ']']) {
+        return Err("the header is not one flat dict (a structured or nested dtype?)".to_owned());
+    }
     let keys: Vec<usize> = header.match_indices("shape").map(|(i, _)| i).collect();
     let [at] = keys.as_slice() else {
         return Err("the header does not say its shape once".to_owned());

@@ -123,6 +123,9 @@ cases! { bad_latent:
     npy_shape_overflows => "overflow.npy", "[1, 4, 4611686018427387905, 4], whose number of values overflows 64 bits";
     npy_shape_wraps_to_zero => "wraps_to_zero.npy", "[1, 4, 4611686018427387904, 4], whose number of values overflows";
     npy_short_data => "short_data.npy", "256 bytes of data, but the file holds 16";
+    // Found by fuzzing: nested brackets took npyz's header parser minutes.
+    npy_nested_header => "nested_header.npy", "not one flat dict";
+    npy_nested_list_header => "nested_list_header.npy", "not one flat dict";
     npy_long_data => "long_data.npy", "256 bytes of data, but the file holds 260";
     comfy_shape_overflows => "overflow.latent", "declared size overflows";
     safetensors_shape_overflows => "overflow.safetensors", "declared size overflows";
