@@ -44,6 +44,7 @@ use sha2::{Digest, Sha256};
 
 pub use location::Location;
 pub use shards::{Shard, Source, Workers, braces, expand};
+pub use webdataset::{MAX_FILE, MAX_SAMPLE, Sample, check_key, read_tar};
 
 use crate::Vae;
 use crate::imageio::{self, InputImage};
