@@ -50,7 +50,9 @@ pub struct InputImage {
 
 /// Reads `path`, refusing images above `max_pixels` before decoding them.
 pub fn load(path: &Path, max_pixels: u64) -> Result<InputImage, ImageError> {
-    let reader = ImageReader::open(path).map_err(|cause| ImageError::Io { path: path.to_owned(), cause })?;
+    let io = |cause| ImageError::Io { path: path.to_owned(), cause };
+    crate::output::check_input(path).map_err(io)?;
+    let reader = ImageReader::open(path).map_err(io)?;
     let image = decode(reader, max_pixels).map_err(|e| e.at(path))?;
     Ok(from_dynamic(&image))
 }

@@ -13,6 +13,9 @@ use crate::weights::{self, Parts, WeightsSource};
 /// A report on `path` as JSON: weights (a folder, or a safetensors file with
 /// VAE tensors) or a latent (anything else that reads as one).
 pub fn inspect(path: &Path) -> Result<Value> {
+    if !path.is_dir() {
+        crate::output::check_input(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    }
     let weights_like = path.is_dir()
         || (LatentFormat::of(path) == LatentFormat::Safetensors && !looks_like_latent(path).unwrap_or(false));
     if weights_like { inspect_weights(path) } else { inspect_latent(path) }

@@ -66,7 +66,11 @@ pub enum LatentError {
     #[error("{}: several tensors and none named `latent`: {}", path.display(), names.join(", "))]
     Ambiguous { path: PathBuf, names: Vec<String> },
     #[error("{}: tensor `{name}` has shape {shape:?}; a latent is [C, h, w] or [1, C, h, w] with no empty dimension", path.display())]
-    Shape { path: PathBuf, name: String, shape: Vec<usize> },
+    Shape { path: PathBuf, name: String, shape: Vec<u64> },
+    #[error("{}: tensor `{name}` declares shape {shape:?}, whose number of values overflows 64 bits", path.display())]
+    Overflow { path: PathBuf, name: String, shape: Vec<u64> },
+    #[error("{}: tensor `{name}` declares shape {shape:?}, {expected} bytes of data, but the file holds {found}", path.display())]
+    Size { path: PathBuf, name: String, shape: Vec<u64>, expected: u64, found: usize },
     #[error("{}: tensor `{name}` has dtype {dtype}; a latent is f32, f16, bf16 or f64", path.display())]
     Dtype { path: PathBuf, name: String, dtype: String },
     #[error("{}: tensor `{name}` contains {count} NaN or infinite values", path.display())]
@@ -131,6 +135,7 @@ impl Latent {
     }
 
     fn to_safetensors(&self, name: &str, values: &[f32], meta: &LatentMeta) -> Result<Vec<u8>, String> {
+        check_finite(values)?;
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         let shape = vec![1, self.channels, self.height, self.width];
         let view = safetensors::tensor::TensorView::new(Dtype::F32, shape, &bytes).map_err(|e| e.to_string())?;
@@ -139,7 +144,8 @@ impl Latent {
             let marker = safetensors::tensor::TensorView::new(Dtype::F32, vec![0], &[]).map_err(|e| e.to_string())?;
             tensors.push((COMFY_MARKER, marker));
         }
-        safetensors::serialize(tensors, Some(meta.to_map())).map_err(|e| e.to_string())
+        let file = safetensors::serialize(tensors, Some(meta.to_map())).map_err(|e| e.to_string())?;
+        sorted_metadata(file)
     }
 
     /// ComfyUI stores the unscaled latent, `z / scaling + shift`.
@@ -151,6 +157,7 @@ impl Latent {
     }
 
     fn to_npy(&self) -> Result<Vec<u8>, String> {
+        check_finite(&self.data)?;
         let mut bytes = Vec::new();
         let shape = [1, self.channels as u64, self.height as u64, self.width as u64];
         let mut writer = npyz::WriteOptions::<f32>::new()
@@ -165,7 +172,9 @@ impl Latent {
     }
 
     pub fn read(path: &Path) -> Result<Self, LatentError> {
-        let bytes = std::fs::read(path).map_err(|cause| LatentError::Io { path: path.to_owned(), cause })?;
+        let io = |cause| LatentError::Io { path: path.to_owned(), cause };
+        output::check_input(path).map_err(io)?;
+        let bytes = std::fs::read(path).map_err(io)?;
         Self::from_bytes(&bytes, path)
     }
 
@@ -190,11 +199,8 @@ impl Latent {
             _ => return Err(LatentError::Ambiguous { path: err_path(), names }),
         };
         let view = st.tensor(&name).map_err(|e| LatentError::Format { path: err_path(), reason: format!("{e:?}") })?;
-        let shape = view.shape().to_vec();
-        let [channels, height, width] = match shape.as_slice() {
-            &[c, h, w] | &[1, c, h, w] if c > 0 && h > 0 && w > 0 => [c, h, w],
-            _ => return Err(LatentError::Shape { path: err_path(), name, shape }),
-        };
+        let shape: Vec<u64> = view.shape().iter().map(|&d| d as u64).collect();
+        let [channels, height, width] = latent_dims(&shape, &name, path)?;
         let data = crate::safetensors_io::floats(view.data(), view.dtype()).ok_or_else(|| LatentError::Dtype {
             path: err_path(),
             name: name.clone(),
@@ -212,21 +218,41 @@ impl Latent {
 
     fn from_npy(bytes: &[u8], path: &Path) -> Result<Self, LatentError> {
         let npy_err = |reason: String| LatentError::Npy { path: path.to_owned(), reason };
+        // The shape is checked before npyz sees the header: npyz multiplies
+        // the dimensions unchecked (a panic, or a wrapped count).
+        let (shape, data_start) = npy_shape(bytes).map_err(npy_err)?;
+        let [channels, height, width] = latent_dims(&shape, "the array", path)?;
         let file = npyz::NpyFile::new(bytes).map_err(|e| npy_err(e.to_string()))?;
+        if file.shape() != shape.as_slice() {
+            return Err(npy_err("the header is ambiguous about its shape".to_owned()));
+        }
         if file.order() == npyz::Order::Fortran {
             return Err(npy_err("Fortran-ordered arrays are not supported; save it C-ordered".to_owned()));
         }
-        let shape: Vec<usize> = file.shape().iter().map(|&d| d as usize).collect();
-        let [channels, height, width] = match shape.as_slice() {
-            &[c, h, w] | &[1, c, h, w] if c > 0 && h > 0 && w > 0 => [c, h, w],
-            _ => return Err(LatentError::Shape { path: path.to_owned(), name: "the array".to_owned(), shape }),
-        };
         let dtype = file.dtype().descr();
-        let read = match dtype.trim_matches('\'').get(1..) {
-            Some("f4") => file.into_vec::<f32>(),
-            Some("f8") => file.into_vec::<f64>().map(|v| v.into_iter().map(|x| x as f32).collect()),
-            Some("f2") => file.into_vec::<half::f16>().map(|v| v.into_iter().map(f32::from).collect()),
+        let item_size = match dtype.trim_matches('\'').get(1..) {
+            Some("f4") => 4,
+            Some("f8") => 8,
+            Some("f2") => 2,
             _ => return Err(LatentError::Dtype { path: path.to_owned(), name: "the array".to_owned(), dtype }),
+        };
+        let found = bytes.len() - data_start;
+        let Some(expected) = ((channels * height * width) as u64).checked_mul(item_size) else {
+            return Err(LatentError::Overflow { path: path.to_owned(), name: "the array".to_owned(), shape });
+        };
+        if expected != found as u64 {
+            return Err(LatentError::Size {
+                path: path.to_owned(),
+                name: "the array".to_owned(),
+                shape,
+                expected,
+                found,
+            });
+        }
+        let read = match item_size {
+            4 => file.into_vec::<f32>(),
+            8 => file.into_vec::<f64>().map(|v| v.into_iter().map(|x| x as f32).collect()),
+            _ => file.into_vec::<half::f16>().map(|v| v.into_iter().map(f32::from).collect()),
         };
         let data = read.map_err(|e| npy_err(e.to_string()))?;
         Self::checked(channels, height, width, data, LatentMeta::default(), "the array", path)
@@ -242,11 +268,122 @@ impl Latent {
         name: &str,
         path: &Path,
     ) -> Result<Self, LatentError> {
+        if channels.checked_mul(height).and_then(|n| n.checked_mul(width)) != Some(data.len()) {
+            let shape = vec![channels as u64, height as u64, width as u64];
+            let expected = [channels, height, width].iter().fold(4u64, |n, &d| n.saturating_mul(d as u64));
+            let (path, name, found) = (path.to_owned(), name.to_owned(), 4 * data.len());
+            return Err(LatentError::Size { path, name, shape, expected, found });
+        }
         let count = data.iter().filter(|v| !v.is_finite()).count();
         if count > 0 {
             return Err(LatentError::NotFinite { path: path.to_owned(), name: name.to_owned(), count });
         }
         Ok(Self { channels, height, width, data, meta })
+    }
+}
+
+/// `[C, h, w]` of a latent of `shape` (`[C, h, w]` or `[1, C, h, w]`, no
+/// dimension empty, `C * h * w` within usize).
+fn latent_dims(shape: &[u64], name: &str, path: &Path) -> Result<[usize; 3], LatentError> {
+    let dims = match *shape {
+        [c, h, w] | [1, c, h, w] if c > 0 && h > 0 && w > 0 => [c, h, w],
+        _ => return Err(LatentError::Shape { path: path.to_owned(), name: name.to_owned(), shape: shape.to_vec() }),
+    };
+    let total = dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d)).and_then(|n| usize::try_from(n).ok());
+    match (total, dims.map(usize::try_from)) {
+        (Some(_), [Ok(c), Ok(h), Ok(w)]) => Ok([c, h, w]),
+        _ => Err(LatentError::Overflow { path: path.to_owned(), name: name.to_owned(), shape: shape.to_vec() }),
+    }
+}
+
+/// The shape an `.npy` header declares and where its data starts, read
+/// without trusting it: every dimension a u64, the key found exactly once.
+fn npy_shape(bytes: &[u8]) -> Result<(Vec<u64>, usize), String> {
+    let truncated = || "the header is truncated".to_owned();
+    let (len_at, width) = match bytes.get(NPY_MAGIC.len()) {
+        Some(1) => (8, 2),
+        Some(2 | 3) => (8, 4),
+        Some(v) => return Err(format!("unknown format version {v}")),
+        None => return Err(truncated()),
+    };
+    let len_bytes = bytes.get(len_at..len_at + width).ok_or_else(truncated)?;
+    let header_len = len_bytes.iter().rev().fold(0usize, |n, &b| (n << 8) | usize::from(b));
+    let data_start = len_at + width + header_len;
+    let header = bytes.get(len_at + width..data_start).ok_or_else(truncated)?;
+    let header = std::str::from_utf8(header).map_err(|_| "the header is not text".to_owned())?;
+    let keys: Vec<usize> = header.match_indices("shape").map(|(i, _)| i).collect();
+    let [at] = keys.as_slice() else {
+        return Err("the header does not say its shape once".to_owned());
+    };
+    let rest = &header[at + "shape".len()..];
+    let tuple = rest
+        .trim_start_matches(['\'', '"'])
+        .trim_start()
+        .strip_prefix(':')
+        .map(str::trim_start)
+        .and_then(|r| r.strip_prefix('('))
+        .and_then(|r| r.split_once(')'))
+        .map(|(inside, _)| inside)
+        .ok_or_else(|| "the header's shape is not a tuple".to_owned())?;
+    let shape = tuple
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(|d| d.trim_end_matches('L').parse::<u64>().map_err(|_| format!("shape dimension {d:?} is not a size")))
+        .collect::<Result<Vec<u64>, String>>()?;
+    Ok((shape, data_start))
+}
+
+/// Refuses NaN and infinite values in what is about to be written.
+fn check_finite(values: &[f32]) -> Result<(), String> {
+    match values.iter().filter(|v| !v.is_finite()).count() {
+        0 => Ok(()),
+        n => Err(format!("the latent holds {n} NaN or infinite values")),
+    }
+}
+
+/// A safetensors file's bytes with its `__metadata__` keys in sorted order
+/// (safetensors writes them in hash order), so that one input always gives
+/// the same bytes.
+fn sorted_metadata(file: Vec<u8>) -> Result<Vec<u8>, String> {
+    let (n, _) = SafeTensors::read_metadata(&file).map_err(|e| e.to_string())?;
+    let mut header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&file[8..8 + n]).map_err(|e| e.to_string())?;
+    if let Some(serde_json::Value::Object(meta)) = header.get_mut("__metadata__") {
+        meta.sort_keys();
+    }
+    let mut text = serde_json::to_vec(&header).map_err(|e| e.to_string())?;
+    text.resize(text.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + text.len() + file.len() - 8 - n);
+    out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&file[8 + n..]);
+    Ok(out)
+}
+
+/// `v` as people write it: `1e39`, not forty digits.
+pub(crate) fn short(v: f64) -> String {
+    if v != 0.0 && v.is_finite() && !(1e-4..1e6).contains(&v.abs()) { format!("{v:e}") } else { format!("{v}") }
+}
+
+/// Why `scaling` cannot scale latents: it must be finite, nonzero, and a
+/// normal f32 in size (latents are f32: a smaller or larger factor turns
+/// every value into zero or infinity).
+pub fn check_scaling(scaling: f64) -> Result<(), String> {
+    let size = scaling.abs();
+    if scaling.is_finite() && size >= f64::from(f32::MIN_POSITIVE) && size <= f64::from(f32::MAX) {
+        Ok(())
+    } else {
+        Err(format!("scaling factor {} is not a nonzero, finite number within f32's normal range", short(scaling)))
+    }
+}
+
+/// Why `shift` cannot shift latents: it must be finite as an f32.
+pub fn check_shift(shift: f64) -> Result<(), String> {
+    if shift.is_finite() && shift.abs() <= f64::from(f32::MAX) {
+        Ok(())
+    } else {
+        Err(format!("shift factor {} is not a finite number within f32's range", short(shift)))
     }
 }
 
@@ -304,7 +441,9 @@ impl LatentMeta {
         }
         let finite = |key: &str| -> Result<Option<f64>, LatentError> {
             match parse::<f64>(map, key, path)? {
-                Some(v) if !v.is_finite() || (key == "scaling_factor" && v == 0.0) => {
+                Some(v)
+                    if if key == "scaling_factor" { check_scaling(v).is_err() } else { check_shift(v).is_err() } =>
+                {
                     Err(LatentError::Metadata { path: path.to_owned(), key: key.to_owned(), value: map[key].clone() })
                 }
                 other => Ok(other),

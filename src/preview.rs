@@ -5,6 +5,7 @@
 use crate::imageio::{OutputImage, to_u8};
 use crate::latent::Latent;
 use crate::model::Family;
+use crate::vae::NotFinite;
 
 /// `[channel][rgb]` factors and an RGB bias, applied to latents scaled the
 /// way the family's diffusion model sees them: `(z - shift) * scaling`.
@@ -90,20 +91,29 @@ pub fn family_of(latent: &Latent, family: Option<Family>) -> Option<Family> {
 
 /// An RGB image of `latent`, each latent position drawn as `scale` x `scale`
 /// pixels, cropped to the size recorded in the latent when it has one.
-pub fn preview(latent: &Latent, family: Family, scale: usize) -> OutputImage {
+/// Refuses latents whose values, rescaled, are not finite f32 (they would
+/// draw as black).
+pub fn preview(latent: &Latent, family: Family, scale: usize) -> Result<OutputImage, NotFinite> {
     let (weights, bias) = factors(family);
     let (fam_scaling, fam_shift) = family.scaling();
     let (file_scaling, file_shift) =
         (latent.meta.scaling_factor.unwrap_or(fam_scaling), latent.meta.shift_factor.unwrap_or(fam_shift));
     let (h, w) = (latent.height, latent.width);
     let plane = h * w;
+    let rescaled: Vec<f32> = latent
+        .data
+        .iter()
+        .map(|&z| (((z as f64 / file_scaling + file_shift) - fam_shift) * fam_scaling) as f32)
+        .collect();
+    if let Some(err) = NotFinite::of("the preview", &rescaled, (file_scaling, file_shift)) {
+        return Err(err);
+    }
     // One RGB value per latent position, in the family's scaled space.
     let rgb: Vec<[u8; 3]> = (0..plane)
         .map(|p| {
             let mut out = bias;
             for (c, row) in weights.iter().enumerate() {
-                let z = latent.data[c * plane + p] as f64 / file_scaling + file_shift;
-                let v = ((z - fam_shift) * fam_scaling) as f32;
+                let v = rescaled[c * plane + p];
                 for (o, f) in out.iter_mut().zip(row) {
                     *o += v * f;
                 }
@@ -116,5 +126,5 @@ pub fn preview(latent: &Latent, family: Family, scale: usize) -> OutputImage {
     let height = latent.meta.height.map_or(full_h, |v| (v * scale).div_ceil(8).clamp(1, full_h));
     let rgb8 =
         (0..height).flat_map(|y| (0..width).map(move |x| (y / scale) * w + x / scale)).flat_map(|p| rgb[p]).collect();
-    OutputImage { width, height, rgb8 }
+    Ok(OutputImage { width, height, rgb8 })
 }

@@ -59,8 +59,59 @@ pub enum VaeError {
     Channels { path: std::path::PathBuf, found: usize, expected: usize },
     #[error("{}: latent {height}x{width} would decode to {pixels} pixels, more than --max-pixels {max_pixels}", path.display())]
     TooLarge { path: std::path::PathBuf, height: usize, width: usize, pixels: u64, max_pixels: u64 },
+    // Not `#[from]`, which would make the cause a source as well, printed
+    // twice by `{:#}`.
     #[error("loading the weights again in f32 after a result with NaN or Inf: {0}")]
-    Reload(#[from] WeightsError),
+    Reload(WeightsError),
+    #[error("{0}")]
+    NotFinite(NotFinite),
+}
+
+impl From<WeightsError> for VaeError {
+    fn from(err: WeightsError) -> Self {
+        VaeError::Reload(err)
+    }
+}
+
+/// A result that held NaN or Inf even in f32 (the retry cannot help): the
+/// latent scaling does not fit the values, or the input is extreme.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NotFinite {
+    /// What held them: "the latent" or "the decoded image".
+    pub what: &'static str,
+    pub nan: usize,
+    pub infinite: usize,
+    /// The scaling and shift applied (to the encoder's output, or undone on the decoder's input).
+    pub scaling: f64,
+    pub shift: f64,
+}
+
+impl std::fmt::Display for NotFinite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let counts = match (self.nan, self.infinite) {
+            (0, n) => format!("{n} infinite values"),
+            (n, 0) => format!("{n} NaN values"),
+            (n, m) => format!("{n} NaN and {m} infinite values"),
+        };
+        let number = crate::latent::short;
+        let shift = if self.shift == 0.0 { String::new() } else { format!(" and shift {}", number(self.shift)) };
+        let scaling = number(self.scaling);
+        match self.what {
+            "the latent" => write!(f, "{} has {counts} after scaling by {scaling}{shift}", self.what),
+            _ => write!(f, "{} has {counts} (the latent unscaled by {scaling}{shift})", self.what),
+        }
+    }
+}
+
+impl std::error::Error for NotFinite {}
+
+impl NotFinite {
+    /// `None` when every value is finite.
+    pub(crate) fn of(what: &'static str, values: &[f32], (scaling, shift): (f64, f64)) -> Option<Self> {
+        let nan = values.iter().filter(|v| v.is_nan()).count();
+        let infinite = values.iter().filter(|v| v.is_infinite()).count();
+        (nan + infinite > 0).then_some(Self { what, nan, infinite, scaling, shift })
+    }
 }
 
 impl Vae {
@@ -91,6 +142,13 @@ impl Vae {
         parts: Parts,
     ) -> Result<Self, WeightsError> {
         let (model, info) = weights::load_in(source, device, dtype, scaling_factor, parts)?;
+        // From config.json or `scaling_factor`: latents are f32, and a factor
+        // out of its range makes every value zero or infinite.
+        let (scaling, shift) = model.latent_scaling();
+        if let Err(reason) = crate::latent::check_scaling(scaling).and_then(|()| crate::latent::check_shift(shift)) {
+            let path = source.config_json.clone().unwrap_or_else(|| source.file.clone());
+            return Err(WeightsError::Config { path, reason });
+        }
         // Without a reading from the OS, assume the weights in f32 twice over.
         let resident = tiling::resident_memory().unwrap_or(2 << 30);
         Ok(Self {
@@ -117,26 +175,30 @@ impl Vae {
     /// [`Vae::encode`], checked: when the output holds NaN or Inf in a
     /// reduced precision, the weights are loaded again in f32 and the image
     /// encoded again (the latent scaling set on the model is kept).
-    pub fn encode_checked(
-        &mut self,
-        image: &InputImage,
-        posterior: Posterior,
-    ) -> Result<(Latent, Retried), WeightsError> {
+    pub fn encode_checked(&mut self, image: &InputImage, posterior: Posterior) -> Result<(Latent, Retried), VaeError> {
         let (mut latents, retried) = self.encode_batch_checked(&[image], &[posterior])?;
         Ok((latents.pop().expect("one latent per image"), retried))
     }
 
     /// [`Vae::encode_batch`], checked as [`Vae::encode_checked`] is (the
-    /// whole batch again in f32 when one latent is not finite).
+    /// whole batch again in f32 when one latent is not finite). A latent
+    /// that is still not finite in f32 is an error: nothing can fix it.
     pub fn encode_batch_checked(
         &mut self,
         images: &[&InputImage],
         posteriors: &[Posterior],
-    ) -> Result<(Vec<Latent>, Retried), WeightsError> {
-        self.with_f32_retry(
+    ) -> Result<(Vec<Latent>, Retried), VaeError> {
+        let (latents, retried) = self.with_f32_retry(
             |vae| vae.encode_batch(images, posteriors),
             |latents| latents.iter().all(|l| all_finite(&l.data)),
-        )
+        )?;
+        for latent in &latents {
+            let scaling = (latent.meta.scaling_factor.unwrap_or(1.0), latent.meta.shift_factor.unwrap_or(0.0));
+            if let Some(err) = NotFinite::of("the latent", &latent.data, scaling) {
+                return Err(VaeError::NotFinite(err));
+            }
+        }
+        Ok((latents, retried))
     }
 
     /// [`Vae::decode`], checked as [`Vae::encode_checked`] is.
@@ -155,6 +217,7 @@ impl Vae {
     pub fn decode_batch_checked(&mut self, latents: &[&Latent]) -> Result<(Vec<OutputImage>, Retried), VaeError> {
         let (planar, retried) =
             self.with_f32_retry(|vae| vae.decode_planar_batch(latents), |planar| planar.iter().all(|p| all_finite(p)))?;
+        self.check_finite(latents, &planar)?;
         let images = latents.iter().zip(&planar).map(|(latent, planar)| self.postprocess(latent, planar));
         Ok((images.collect(), retried))
     }
@@ -352,7 +415,18 @@ impl Vae {
     pub fn decode(&self, latent: &Latent, path: &Path, max_pixels: u64) -> Result<OutputImage, VaeError> {
         self.check_latent(latent, path, max_pixels)?;
         let planar = self.decode_planar_batch(&[latent]).pop().expect("one image per latent");
+        self.check_finite(&[latent], std::slice::from_ref(&planar))?;
         Ok(self.postprocess(latent, &planar))
+    }
+
+    /// Refuses decoded images holding NaN or Inf (they would be written black).
+    fn check_finite(&self, latents: &[&Latent], planar: &[Vec<f32>]) -> Result<(), VaeError> {
+        for (latent, planar) in latents.iter().zip(planar) {
+            if let Some(err) = NotFinite::of("the decoded image", planar, self.file_scaling(latent)) {
+                return Err(VaeError::NotFinite(err));
+            }
+        }
+        Ok(())
     }
 
     /// Whether this model decodes `latent` (read from `path`): its channels,

@@ -48,6 +48,14 @@ fn bad_latent(name: &str, problem: &str) {
     check(&bad("latents", name), &["decode", "{}", "-o", "out.png", "--weights", &tiny_sd()], problem);
 }
 
+fn inspected_latent(name: &str, problem: &str) {
+    check(&bad("latents", name), &["inspect", "{}"], problem);
+}
+
+fn previewed_latent(name: &str, problem: &str) {
+    check(&bad("latents", name), &["preview", "{}", "-o", "out.png"], problem);
+}
+
 macro_rules! cases {
     ($check:ident: $($test:ident => $file:literal, $problem:literal;)*) => {
         $(#[test] fn $test() { $check($file, $problem) })*
@@ -111,6 +119,49 @@ cases! { bad_latent:
     latent_zero_scaling => "bad_scaling.safetensors", "metadata `scaling_factor`";
     latent_garbage => "garbage.safetensors", "not a safetensors latent file: header claims";
     latent_empty_file => "empty.safetensors", "file is 0 bytes, too short";
+    npy_shape_overflows => "overflow.npy", "[1, 4, 4611686018427387905, 4], whose number of values overflows 64 bits";
+    npy_shape_wraps_to_zero => "wraps_to_zero.npy", "[1, 4, 4611686018427387904, 4], whose number of values overflows";
+    npy_short_data => "short_data.npy", "256 bytes of data, but the file holds 16";
+    npy_long_data => "long_data.npy", "256 bytes of data, but the file holds 260";
+    comfy_shape_overflows => "overflow.latent", "declared size overflows";
+    safetensors_shape_overflows => "overflow.safetensors", "declared size overflows";
+    latent_huge_scaling => "huge_scaling.safetensors", "metadata `scaling_factor` = \"1e39\"";
+    latent_subnormal_scaling => "tiny_scaling.safetensors", "metadata `scaling_factor` = \"1e-40\"";
+    latent_huge_shift => "huge_shift.safetensors", "metadata `shift_factor` = \"1e300\"";
+    latent_overflows_once_unscaled => "huge_values.safetensors", "the decoded image has";
+    latent_overflows_with_its_scaling => "unscaled_overflow.safetensors", "the decoded image has";
+}
+
+cases! { inspected_latent:
+    inspect_npy_shape_overflows => "overflow.npy", "whose number of values overflows 64 bits";
+    inspect_npy_shape_wraps_to_zero => "wraps_to_zero.npy", "whose number of values overflows 64 bits";
+    inspect_npy_short_data => "short_data.npy", "but the file holds 16";
+    inspect_comfy_shape_overflows => "overflow.latent", "declared size overflows";
+}
+
+cases! { previewed_latent:
+    preview_npy_shape_overflows => "overflow.npy", "whose number of values overflows 64 bits";
+    preview_npy_shape_wraps_to_zero => "wraps_to_zero.npy", "whose number of values overflows 64 bits";
+    preview_npy_long_data => "long_data.npy", "but the file holds 260";
+    preview_comfy_shape_overflows => "overflow.latent", "declared size overflows";
+    preview_overflows_once_unscaled => "unscaled_overflow.safetensors", "the preview has 64 infinite values (the latent unscaled by 1e-30)";
+}
+
+/// A latent whose shape overflows, in the middle of a batch: the files
+/// after it are still decoded.
+#[test]
+fn an_overflowing_latent_in_a_batch_is_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fixtures().join("../pngsuite/basn2c08.png"), dir.path().join("in.png")).unwrap();
+    std::fs::create_dir(dir.path().join("z")).unwrap();
+    let out = vae(dir.path(), &["encode", "in.png", "-o", "z/c.safetensors", "--weights", &tiny_sd()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::fs::copy(dir.path().join("z/c.safetensors"), dir.path().join("z/a.safetensors")).unwrap();
+    std::fs::copy(bad("latents", "overflow.npy"), dir.path().join("z/b.npy")).unwrap();
+    let out = vae(dir.path(), &["decode", "z", "-o", "out", "--weights", &tiny_sd()]);
+    assert_fails(&out, "b.npy", "overflows 64 bits");
+    assert!(stderr(&out).contains("decoded 2 of 3 files; 1 failed"), "{}", stderr(&out));
+    assert_eq!(listing(&dir.path().join("out")), ["a.png", "c.png"]);
 }
 
 #[test]

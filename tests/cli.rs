@@ -251,7 +251,9 @@ fn a_tiny_memory_budget_stores_f16_and_warns() {
 #[test]
 fn bad_tile_and_memory_values_are_usage_errors() {
     let dir = tempfile::tempdir().unwrap();
-    for args in [["--tile", "4"], ["--tile", "big"], ["--max-memory", "lots"], ["--max-memory", "0"]] {
+    for args in
+        [["--tile", "4"], ["--tile", "big"], ["--max-memory", "lots"], ["--max-memory", "0"], ["--max-memory", "0.5"]]
+    {
         let out = vae(dir.path(), &["decode", "z.safetensors", args[0], args[1]]);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
         assert!(stderr(&out).contains(args[1]), "{args:?}: {}", stderr(&out));
@@ -478,4 +480,220 @@ fn quoted_patterns_are_expanded_and_must_match() {
     let out = vae(dir.path(), &["inspect", "z/?.safetensors", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out).lines().count(), 2);
+}
+
+// Hostile input and careless operators (issue #18).
+
+/// `vae` in `dir` with `args`, its stdout a pipe whose reader has already
+/// gone (as `vae ... | head -0` once head has exited): every write meets EPIPE.
+fn with_closed_stdout(dir: &Path, args: &[&str]) -> std::process::Output {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    std::process::Command::new(env!("CARGO_BIN_EXE_vae"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("VAE_WEIGHTS")
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_closed_stdout_ends_the_output_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    photo(dir.path(), "in.png", 16, 16);
+    let w = tiny_sd();
+    // encode --json: the file was written; a report nobody reads is no failure.
+    let out = with_closed_stdout(dir.path(), &["encode", "in.png", "--json", "--weights", &w]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("error"), "{}", stderr(&out));
+    assert!(dir.path().join("in.safetensors").is_file());
+    for args in [
+        &["inspect", "in.safetensors"][..],
+        &["inspect", "in.safetensors", "--json"],
+        &["roundtrip", "in.png", "--weights", &w],
+    ] {
+        let out = with_closed_stdout(dir.path(), args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        assert!(!stderr(&out).contains("panicked") && !stderr(&out).contains("error"), "{args:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn encodes_are_byte_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    photo(dir.path(), "in.png", 16, 16);
+    for ext in ["safetensors", "latent"] {
+        let (a, b) = (format!("a.{ext}"), format!("b.{ext}"));
+        for out in [&a, &b] {
+            let run = vae(dir.path(), &["encode", "in.png", "-o", out, "--weights", &tiny_sd()]);
+            assert!(run.status.success(), "{}", stderr(&run));
+        }
+        let bytes = |name: &str| std::fs::read(dir.path().join(name)).unwrap();
+        assert!(bytes(&a) == bytes(&b), "{ext}: two encodes of one image differ");
+    }
+}
+
+/// Runs `vae` with the umask set to `mask`.
+fn with_umask(dir: &Path, mask: libc::mode_t, args: &[&str]) -> std::process::Output {
+    use std::os::unix::process::CommandExt as _;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_vae"));
+    cmd.args(args).current_dir(dir).env_remove("VAE_WEIGHTS");
+    // SAFETY: umask is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::umask(mask);
+            Ok(())
+        });
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn outputs_get_the_umask_mode_or_keep_the_replaced_one() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    photo(dir.path(), "in.png", 16, 16);
+    let mode = |name: &str| std::fs::metadata(dir.path().join(name)).unwrap().permissions().mode() & 0o777;
+    let out = with_umask(dir.path(), 0o022, &["encode", "in.png", "-o", "z.safetensors", "--weights", &tiny_sd()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(mode("z.safetensors"), 0o644);
+    let out = with_umask(dir.path(), 0o002, &["decode", "z.safetensors", "-o", "z.png", "--weights", &tiny_sd()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(mode("z.png"), 0o664);
+    // --force keeps the mode of the file it replaces.
+    std::fs::set_permissions(dir.path().join("z.png"), std::fs::Permissions::from_mode(0o640)).unwrap();
+    let out =
+        with_umask(dir.path(), 0o022, &["decode", "z.safetensors", "-o", "z.png", "--force", "--weights", &tiny_sd()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(mode("z.png"), 0o640);
+}
+
+fn mkfifo(path: &Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+}
+
+#[test]
+fn force_replaces_only_regular_files() {
+    let dir = tempfile::tempdir().unwrap();
+    photo(dir.path(), "in.png", 16, 16);
+    std::fs::write(dir.path().join("victim.txt"), "keep me").unwrap();
+    std::os::unix::fs::symlink("victim.txt", dir.path().join("link.safetensors")).unwrap();
+    mkfifo(&dir.path().join("fifo.safetensors"));
+    for (name, what) in [("link.safetensors", "is a symbolic link"), ("fifo.safetensors", "is a FIFO")] {
+        let out = vae(dir.path(), &["encode", "in.png", "-o", name, "--force", "--weights", &tiny_sd()]);
+        assert_fails(&out, name, what);
+    }
+    assert!(std::fs::symlink_metadata(dir.path().join("link.safetensors")).unwrap().file_type().is_symlink());
+    assert_eq!(std::fs::read_to_string(dir.path().join("victim.txt")).unwrap(), "keep me");
+    assert_eq!(listing(dir.path()), ["fifo.safetensors", "in.png", "link.safetensors", "victim.txt"]);
+}
+
+#[test]
+fn fifo_inputs_are_refused_without_hanging() {
+    let dir = tempfile::tempdir().unwrap();
+    photo(dir.path(), "in.png", 16, 16);
+    for name in ["pipe.png", "pipe.safetensors", "pipe.npy"] {
+        mkfifo(&dir.path().join(name));
+    }
+    let w = tiny_sd();
+    let cases: [&[&str]; 4] = [
+        &["encode", "pipe.png", "-o", "z.safetensors", "--weights", &w],
+        &["encode", "in.png", "-o", "z.safetensors", "--weights", "pipe.safetensors"],
+        &["decode", "pipe.npy", "-o", "z.png", "--weights", &w],
+        &["inspect", "pipe.safetensors"],
+    ];
+    for args in cases {
+        let out = vae(dir.path(), args);
+        let name = args.iter().find(|a| a.starts_with("pipe")).unwrap();
+        assert_fails(&out, name, "is a FIFO, not a regular file");
+    }
+    assert!(!dir.path().join("z.safetensors").exists() && !dir.path().join("z.png").exists());
+}
+
+#[test]
+fn skip_existing_counts_only_regular_files_as_done() {
+    let dir = tempfile::tempdir().unwrap();
+    photo(dir.path(), "in.png", 16, 16);
+    std::fs::create_dir(dir.path().join("in.safetensors")).unwrap();
+    let out = vae(dir.path(), &["encode", "in.png", "--skip-existing", "--weights", &tiny_sd()]);
+    assert_fails(&out, "in.safetensors", "is a folder, not a regular file");
+}
+
+#[test]
+fn missing_weights_name_their_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    photo(dir.path(), "in.png", 16, 16);
+    let out = vae(dir.path(), &["encode", "in.png", "--weights", "gone.safetensors"]);
+    assert_fails(&out, "gone.safetensors", "no such file or directory");
+    assert_eq!(stderr(&out).matches("no such file or directory").count(), 1, "{}", stderr(&out));
+}
+
+#[test]
+fn double_star_patterns_do_not_follow_folder_links() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("d/sub")).unwrap();
+    photo(&dir.path().join("d/sub"), "a.png", 16, 16);
+    // A loop, and two self-loops (exponential when followed).
+    std::os::unix::fs::symlink(".", dir.path().join("d/loop")).unwrap();
+    std::os::unix::fs::symlink(".", dir.path().join("d/sub/x")).unwrap();
+    std::os::unix::fs::symlink(".", dir.path().join("d/sub/y")).unwrap();
+    std::fs::create_dir(dir.path().join("out")).unwrap();
+    let out = vae(dir.path(), &["encode", "d/**/*.png", "-o", "out", "--json", "--weights", &tiny_sd()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).lines().count(), 1, "{}", stdout(&out));
+    assert_eq!(listing(&dir.path().join("out")), ["a.safetensors"]);
+    // From the current folder too.
+    let out = vae(dir.path(), &["inspect", "**/*.safetensors", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).lines().count(), 1, "{}", stdout(&out));
+}
+
+/// A copy of the tiny_sd folder whose config.json sets `key` to `value`s.
+fn tiny_sd_with(dir: &Path, entries: &[(&str, f64)]) -> String {
+    let src = fixtures().join("weights/tiny_sd");
+    let dst = dir.join("w");
+    std::fs::create_dir(&dst).unwrap();
+    std::fs::copy(src.join("diffusion_pytorch_model.safetensors"), dst.join("diffusion_pytorch_model.safetensors"))
+        .unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    for (key, value) in entries {
+        config[*key] = serde_json::json!(value);
+    }
+    std::fs::write(dst.join("config.json"), config.to_string()).unwrap();
+    dst.display().to_string()
+}
+
+#[test]
+fn scaling_factors_are_checked_where_they_enter() {
+    let dir = tempfile::tempdir().unwrap();
+    photo(dir.path(), "in.png", 16, 16);
+    for value in ["1e39", "1e-40", "0", "inf", "nan"] {
+        let out = vae(dir.path(), &["encode", "in.png", "--scaling-factor", value, "--weights", &tiny_sd()]);
+        assert_eq!(out.status.code(), Some(2), "{value}: {}", stderr(&out));
+        assert!(stderr(&out).contains("--scaling-factor"), "{value}: {}", stderr(&out));
+    }
+    let w = tiny_sd_with(dir.path(), &[("scaling_factor", 1e300)]);
+    let out = vae(dir.path(), &["encode", "in.png", "--weights", &w]);
+    assert_fails(&out, "config.json", "scaling factor 1e300 is not");
+    assert_eq!(listing(dir.path()), ["in.png", "w"]);
+}
+
+#[test]
+fn a_latent_that_overflows_is_not_written() {
+    let dir = tempfile::tempdir().unwrap();
+    photo(dir.path(), "in.png", 16, 16);
+    // Each valid for f32, together they overflow: (z - 1e30) * 3e38.
+    let w = tiny_sd_with(dir.path(), &[("scaling_factor", 3e38), ("shift_factor", 1e30)]);
+    for ext in ["safetensors", "latent", "npy"] {
+        let out = vae(dir.path(), &["encode", "in.png", "-o", &format!("z.{ext}"), "--weights", &w]);
+        assert_fails(&out, "in.png", "the latent has 16 infinite values after scaling by 3e38 and shift 1e30");
+    }
+    let out = vae(dir.path(), &["roundtrip", "in.png", "--weights", &w]);
+    assert_fails(&out, "in.png", "the latent has 16 infinite values");
+    assert_eq!(listing(dir.path()), ["in.png", "w"]);
 }

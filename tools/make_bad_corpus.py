@@ -88,6 +88,13 @@ def weights() -> None:
     (d / "zip_inside.safetensors").write_bytes(b"PK\x03\x04" + b"\x00" * 60)
 
 
+def npy(descr: str, shape: tuple, data: bytes) -> bytes:
+    """A version 1.0 .npy file declaring `shape`, whatever `data` holds."""
+    header = f"{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}"
+    header += " " * (63 - (10 + len(header)) % 64) + "\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode() + data
+
+
 def latents() -> None:
     d = BAD / "latents"
     sixteen = f32([0.5] * 4 * 4 * 4)
@@ -106,6 +113,24 @@ def latents() -> None:
     (d / "int_dtype.safetensors").write_bytes(safetensors({"latent": ("I32", [1, 4, 4, 4], struct.pack("<64i", *range(64)))}))
     (d / "no_tensor.safetensors").write_bytes(safetensors({}, {"format": "vae-latent"}))
     (d / "bad_scaling.safetensors").write_bytes(safetensors({"latent": ("F32", [1, 4, 4, 4], sixteen)}, {"scaling_factor": "0"}))
+    # Declared shapes whose number of values overflows 64 bits (2^62+1 rows; 2^62
+    # rows, whose product wraps to exactly 0), in each latent format, under 200 bytes.
+    (d / "overflow.npy").write_bytes(npy("<f4", (1, 4, 2**62 + 1, 4), f32([0.5] * 16)))
+    (d / "wraps_to_zero.npy").write_bytes(npy("<f4", (1, 4, 2**62, 4), b""))
+    (d / "short_data.npy").write_bytes(npy("<f4", (1, 4, 4, 4), f32([0.5] * 4)))
+    (d / "long_data.npy").write_bytes(npy("<f4", (1, 4, 4, 4), f32([0.5] * 65)))
+    (d / "overflow.latent").write_bytes(safetensors({"latent_tensor": ("F32", [1, 4, 2**62 + 1, 4], f32([0.5] * 16))}))
+    (d / "overflow.safetensors").write_bytes(safetensors({"latent": ("F32", [1, 4, 2**62, 4], b"")}))
+    # Scaling metadata that f32 latents cannot use.
+    for name, key, value in [("huge_scaling", "scaling_factor", "1e39"), ("tiny_scaling", "scaling_factor", "1e-40"),
+                             ("huge_shift", "shift_factor", "1e300")]:
+        (d / f"{name}.safetensors").write_bytes(safetensors({"latent": ("F32", [1, 4, 4, 4], sixteen)}, {key: value}))
+    # Finite values that overflow f32 once unscaled by 0.18215: they decode to NaN.
+    (d / "huge_values.safetensors").write_bytes(safetensors({"latent": ("F32", [1, 4, 4, 4], f32([3e38] * 64))}))
+    # A valid scaling that these values do not fit: 1e10 / 1e-30 overflows f32.
+    (d / "unscaled_overflow.safetensors").write_bytes(
+        safetensors({"latent": ("F32", [1, 4, 4, 4], f32([1e10] * 64))}, {"scaling_factor": "1e-30"})
+    )
     (d / "garbage.safetensors").write_bytes(bytes((i * 7919 + 13) % 251 for i in range(3000)))
     (d / "empty.safetensors").write_bytes(b"")
 

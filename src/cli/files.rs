@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use super::session::Session;
-use crate::output::same_file;
+use crate::output::{is_regular_file, same_file};
 
 /// Refuses an output path that names one of the inputs.
 pub(super) fn check_distinct(output: &Path, inputs: &[&Path]) -> Result<()> {
@@ -58,8 +58,12 @@ pub(super) fn expand_globs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
         }
         // As shells do: `*` does not match a leading dot.
         let options = glob::MatchOptions { require_literal_leading_dot: true, ..Default::default() };
-        let paths = glob::glob_with(&text, options).with_context(|| format!("{text}: not a valid pattern"))?;
-        let mut matches = paths.collect::<Result<Vec<_>, _>>().with_context(|| format!("{text}: cannot list"))?;
+        let mut matches = if text.contains("**") {
+            recursive_glob(&text, options)?
+        } else {
+            let paths = glob::glob_with(&text, options).with_context(|| format!("{text}: not a valid pattern"))?;
+            paths.collect::<Result<Vec<_>, _>>().with_context(|| format!("{text}: cannot list"))?
+        };
         if matches.is_empty() {
             bail!("{text}: no file matches this pattern");
         }
@@ -67,6 +71,44 @@ pub(super) fn expand_globs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
         expanded.append(&mut matches);
     }
     Ok(expanded)
+}
+
+/// A pattern with `**`, matched against a walk of the folder above its first
+/// wildcard that enters no linked folder (the glob crate follows them, so a
+/// link `loop -> .` repeats every file and two such links never end).
+fn recursive_glob(text: &str, options: glob::MatchOptions) -> Result<Vec<PathBuf>> {
+    let pattern = glob::Pattern::new(text).with_context(|| format!("{text}: not a valid pattern"))?;
+    let options = glob::MatchOptions { require_literal_separator: true, ..options };
+    let literal: PathBuf = Path::new(text)
+        .components()
+        .take_while(|c| !c.as_os_str().to_string_lossy().contains(['*', '?', '[']))
+        .collect();
+    let root = if literal.as_os_str().is_empty() { Path::new(".") } else { literal.as_path() };
+    let mut found = Vec::new();
+    if root.is_dir() {
+        walk(root, &mut found).with_context(|| format!("{text}: cannot list"))?;
+    }
+    let relative = literal.as_os_str().is_empty();
+    Ok(found
+        .into_iter()
+        .map(|p| if relative { p.strip_prefix(".").map(Path::to_path_buf).unwrap_or(p) } else { p })
+        .filter(|p| pattern.matches_path_with(p, options))
+        .collect())
+}
+
+/// Every path under `dir`, entering folders but not links to them.
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        // `file_type` does not follow links: a linked folder is listed, not entered.
+        let is_dir = entry.file_type()?.is_dir();
+        out.push(path.clone());
+        if is_dir {
+            walk(&path, out)?;
+        }
+    }
+    Ok(())
 }
 
 /// Pairs each input with its output path (`extension` replaced). With one
@@ -112,13 +154,14 @@ pub(super) fn plan_outputs(
     Ok(plan)
 }
 
-/// With `skip`, drops the inputs whose output exists, saying how many.
+/// With `skip`, drops the inputs whose output exists as a regular file (a
+/// folder or a link to nothing is not a finished output), saying how many.
 pub(super) fn skip_existing(ctx: &Session, plan: Vec<(PathBuf, PathBuf)>, skip: bool) -> Vec<(PathBuf, PathBuf)> {
     if !skip {
         return plan;
     }
     let total = plan.len();
-    let todo: Vec<_> = plan.into_iter().filter(|(_, output)| !output.exists()).collect();
+    let todo: Vec<_> = plan.into_iter().filter(|(_, output)| !is_regular_file(output)).collect();
     if todo.len() < total {
         ctx.info(format_args!("skipping {} of {total} files whose output exists", total - todo.len()));
     }

@@ -5,7 +5,7 @@
 //! [`files`] (which inputs, which outputs) and [`pipeline`] (many inputs
 //! through one model, I/O overlapped with compute).
 
-use std::io::Write as _;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -22,7 +22,7 @@ use crate::imageio::{self, DEFAULT_MAX_PIXELS};
 use crate::latent::{Latent, LatentFormat, Posterior};
 use crate::metrics;
 use crate::model::{Family, Model};
-use crate::output::{Overwrite, check_writable, json_line};
+use crate::output::{Overwrite, check_writable, json_line, print, stdout_closed};
 use crate::tiling::{Tile, parse_size};
 use crate::weights::Parts;
 
@@ -169,7 +169,7 @@ struct ModelArgs {
     revision: Option<String>,
     /// Latent scaling factor. Default: config.json's, else --family's, else
     /// 0.18215 (SD 1.x/2.x). For TAESD, the big VAE's it stands in for.
-    #[arg(long, value_name = "F")]
+    #[arg(long, value_name = "F", value_parser = parse_scaling)]
     scaling_factor: Option<f64>,
     /// Model family, for its latent scaling and shift when the weights come
     /// without a config.json: sd1, sd2, sdxl, sd3 or flux (for TAESD: that of
@@ -389,7 +389,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             // Into memory first: clap_complete panics on a failed write.
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "vae", &mut script);
-            std::io::Write::write_all(&mut std::io::stdout(), &script)
+            print(&String::from_utf8_lossy(&script))
                 .map(|()| ExitCode::SUCCESS)
                 .context("writing the completion script")
         }
@@ -406,12 +406,19 @@ fn inspect(ctx: &Session, files: &[PathBuf], json: bool) -> Result<ExitCode> {
     let mut failed = 0;
     for file in &files {
         match crate::inspect::inspect(file) {
-            Ok(report) if json => println!("{report}"),
-            Ok(report) => print!("{}{}", if files.len() > 1 { "\n" } else { "" }, crate::inspect::render(&report)),
+            Ok(report) if json => print(&format!("{report}\n")).context("writing to stdout")?,
+            Ok(report) => {
+                let gap = if files.len() > 1 { "\n" } else { "" };
+                print(&format!("{gap}{}", crate::inspect::render(&report))).context("writing to stdout")?;
+            }
             Err(e) => {
                 failed += 1;
                 eprintln!("vae: error: {e:#}");
             }
+        }
+        // Its reader has gone (`| head`): the output ends here.
+        if stdout_closed() {
+            break;
         }
     }
     if failed > 0 && files.len() > 1 {
@@ -426,8 +433,15 @@ fn fetch(ctx: &mut Session, spec: &str, revision: Option<&str>) -> Result<ExitCo
     };
     let hub = Hub::from_env().verbose(!ctx.quiet);
     let folder = ctx.stage("fetch", || hub.fetch(&repo))?;
-    writeln!(std::io::stdout(), "{}", folder.display()).context("writing to stdout")?;
+    print(&format!("{}\n", folder.display())).context("writing to stdout")?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--scaling-factor`: finite, nonzero and of a size f32 latents can hold.
+fn parse_scaling(text: &str) -> Result<f64, String> {
+    let value = text.trim().parse::<f64>().map_err(|_| format!("'{text}' is not a number"))?;
+    crate::latent::check_scaling(value)?;
+    Ok(value)
 }
 
 /// `--sample` needs a posterior, which TAESD's deterministic encoder lacks.
@@ -574,7 +588,7 @@ fn preview(ctx: &mut Session, args: PreviewArgs) -> Result<ExitCode> {
         if pixels > args.max_pixels {
             bail!("{}: preview of {pixels} pixels is over --max-pixels {}", input.display(), args.max_pixels);
         }
-        let image = crate::preview::preview(&latent, family, scale);
+        let image = crate::preview::preview(&latent, family, scale).with_context(|| input.display().to_string())?;
         image.save_png(output, overwrite(args.force))?;
         ctx.info(format_args!(
             "wrote {} ({}x{}, {} factors)",
@@ -620,6 +634,10 @@ fn roundtrip(ctx: &mut Session, args: RoundtripArgs) -> Result<ExitCode> {
     let mut vae = ctx.load(&args.model, Parts::Both)?;
     check_posterior(&vae, &args.input)?;
     Ok(for_each(ctx, "round-tripped", &plan, |ctx, (path, recon, error_map)| {
+        // With stdout's reader gone (`| head`), only written files are still wanted.
+        if stdout_closed() && recon.is_none() && error_map.is_none() {
+            return Ok(());
+        }
         for out in recon.iter().chain(error_map) {
             check_writable(out, overwrite(args.force))?;
         }
@@ -638,12 +656,14 @@ fn roundtrip_one(
     let image = ctx.stage("read", || imageio::load(path, args.input.max_pixels))?;
     ctx.plan(path, vae.encode_plan(&image), vae.tiling.max_memory);
     let start = Instant::now();
-    let (latent, retried) = ctx.stage("encode", || vae.encode_checked(&image, posterior(&args.input)))?;
+    let (latent, retried) =
+        ctx.stage("encode", || vae.encode_checked(&image, posterior(&args.input))).map_err(|e| named(path, e))?;
     ctx.retried(&[path], retried);
     let encode_s = start.elapsed().as_secs_f64();
     ctx.plan(path, vae.decode_plan(&latent), vae.tiling.max_memory);
     let start = Instant::now();
-    let (decoded, retried) = ctx.stage("decode", || vae.decode_checked(&latent, path, args.input.max_pixels))?;
+    let (decoded, retried) =
+        ctx.stage("decode", || vae.decode_checked(&latent, path, args.input.max_pixels)).map_err(|e| named(path, e))?;
     ctx.retried(&[path], retried);
     let decode_s = start.elapsed().as_secs_f64();
     let (w, h) = (image.width, image.height);
@@ -672,15 +692,24 @@ fn roundtrip_one(
             "encode_seconds": encode_s,
             "decode_seconds": decode_s,
         });
-        println!("{row}");
+        print(&format!("{row}\n")).context("writing to stdout")?;
     } else {
         let ssim = ssim.map_or("n/a (image under 11 px)".to_owned(), |s| format!("{s:.4}"));
-        println!(
-            "{}\t{w}x{h}\tPSNR {psnr:.2} dB\tSSIM {ssim}\tmax error {max_err}\tencode {encode_s:.2}s\tdecode {decode_s:.2}s",
+        print(&format!(
+            "{}\t{w}x{h}\tPSNR {psnr:.2} dB\tSSIM {ssim}\tmax error {max_err}\tencode {encode_s:.2}s\tdecode {decode_s:.2}s\n",
             path.display()
-        );
+        ))
+        .context("writing to stdout")?;
     }
     Ok(())
+}
+
+/// `err` naming `path` when it does not already (a result that is not finite).
+fn named(path: &Path, err: crate::vae::VaeError) -> anyhow::Error {
+    match err {
+        crate::vae::VaeError::NotFinite(_) => anyhow::anyhow!("{}: {err}", path.display()),
+        other => other.into(),
+    }
 }
 
 fn dataset_encode(ctx: &mut Session, args: DatasetEncodeArgs) -> Result<ExitCode> {
@@ -736,7 +765,7 @@ fn dataset_report(ctx: &Session, output: &str, json: bool) -> Result<ExitCode> {
         }
         json_line(&serde_json::json!({ "total": total }))?;
     } else {
-        let mut out = std::io::stdout().lock();
+        let mut out = String::new();
         for s in &summaries {
             writeln!(
                 out,
@@ -764,6 +793,7 @@ fn dataset_report(ctx: &Session, output: &str, json: bool) -> Result<ExitCode> {
             by_reason.filter(|r| !r.is_empty()).map(|r| format!(" ({r})")).unwrap_or_default(),
             total["images_per_second_per_worker"].as_f64().unwrap_or(0.0)
         )?;
+        print(&out).context("writing to stdout")?;
     }
     if summaries.is_empty() {
         ctx.info(format_args!("{output}: no finished shard"));

@@ -116,8 +116,10 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         'T' => 40,
         _ => return Err(format!("unknown unit in '{s}' (use K, M, G or T)")),
     };
-    match number.trim().parse::<f64>() {
-        Ok(n) if n.is_finite() && n > 0.0 => Ok((n * (1u64 << shift) as f64) as u64),
+    // At least one byte (0.5 would truncate to 0), at most what a u64 holds.
+    match number.trim().parse::<f64>().map(|n| n * (1u64 << shift) as f64) {
+        Ok(bytes) if bytes >= 1.0 && bytes < u64::MAX as f64 => Ok(bytes as u64),
+        Ok(bytes) if (0.0..1.0).contains(&bytes) => Err(format!("'{s}' is less than one byte")),
         _ => Err(format!("expected a size such as 1.5G or 800M, got '{s}'")),
     }
 }
@@ -248,6 +250,10 @@ mod tests {
         assert!(parse_size("-1G").is_err());
         assert!(parse_size("1X").is_err());
         assert!(parse_size("").is_err());
+        // Less than a byte is refused like 0, not truncated to it.
+        assert!(parse_size("0.5").unwrap_err().contains("less than one byte"));
+        assert!(parse_size("0").is_err());
+        assert_eq!(parse_size("0.5K"), Ok(512));
     }
 
     #[test]

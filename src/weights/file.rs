@@ -35,7 +35,8 @@ impl TensorFile {
         if has_pickle_extension(path) {
             return Err(WeightsError::Pickle { path: path.to_owned() });
         }
-        let io = |source| WeightsError::Io { path: path.to_owned(), source };
+        let io = |cause| WeightsError::Io { path: path.to_owned(), cause };
+        crate::output::check_input(path).map_err(io)?;
         let file = File::open(path).map_err(io)?;
         // SAFETY: the map is read-only; a file truncated by another process while
         // we run is the one case mmap cannot protect against, as for every tool

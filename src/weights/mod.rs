@@ -43,8 +43,10 @@ pub enum WeightsError {
     NotFound { searched: String },
     #[error("{}: several weights files, choose one with --weights: {}", dir.display(), candidates.join(", "))]
     Ambiguous { dir: PathBuf, candidates: Vec<String> },
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    // `cause`, not `source`: the message already says it, and a source would
+    // make `{:#}` print it twice.
+    #[error("{}: {cause}", path.display())]
+    Io { path: PathBuf, cause: std::io::Error },
     #[error(
         "{}: refusing a PyTorch pickle file: unpickling can run arbitrary code. Convert it once to safetensors \
          (python -c \"import torch, safetensors.torch as s; sd = torch.load('IN', weights_only=True); \
@@ -105,8 +107,8 @@ impl WeightsSource {
             return Ok(Self::from_file(file));
         }
         if !path.exists() {
-            let source = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory");
-            return Err(WeightsError::Io { path: path.to_owned(), source });
+            let cause = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory");
+            return Err(WeightsError::Io { path: path.to_owned(), cause });
         }
         Ok(Self::from_file(path.to_owned()))
     }
@@ -169,7 +171,7 @@ fn from_spec(spec: &Path, revision: Option<&str>, hub: &Hub) -> Result<WeightsSo
 }
 
 fn read_dir(dir: &Path) -> Result<Vec<PathBuf>, WeightsError> {
-    let io = |source| WeightsError::Io { path: dir.to_owned(), source };
+    let io = |cause| WeightsError::Io { path: dir.to_owned(), cause };
     let mut entries: Vec<PathBuf> = fs::read_dir(dir).map_err(io)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
     entries.sort();
     Ok(entries)
@@ -374,7 +376,9 @@ pub struct ConfigJson {
 impl ConfigJson {
     pub fn read(path: &Path) -> Result<Self, WeightsError> {
         let error = |reason: String| WeightsError::Config { path: path.to_owned(), reason };
-        let text = fs::read_to_string(path).map_err(|source| WeightsError::Io { path: path.to_owned(), source })?;
+        let io = |cause| WeightsError::Io { path: path.to_owned(), cause };
+        crate::output::check_input(path).map_err(io)?;
+        let text = fs::read_to_string(path).map_err(io)?;
         let value: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| error(format!("invalid config.json: {e}")))?;
         let class_name = match value.get("_class_name") {
