@@ -7,6 +7,9 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     if let Ok(info) = vae::hub::parse_repo_info(data) {
         // Every name kept is a relative path in the repo, safe to join to the cache.
-        assert!(info.files.iter().all(|f| !f.starts_with('/') && f.split('/').all(|p| !p.is_empty() && p != "..")));
+        for f in &info.files {
+            assert!(!f.starts_with('/') && !f.contains('\\') && !f.chars().any(char::is_control), "{f:?}");
+            assert!(f.split('/').all(|p| !p.is_empty() && p != "." && p != ".."), "{f:?}");
+        }
     }
 });

@@ -48,6 +48,7 @@ pub use manifest::{
     TotalLine, WorkerTotals,
 };
 pub use shards::{IndexSource, Shard, Source, Workers, braces, expand};
+pub use webdataset::{MAX_FILE, MAX_SAMPLE, Sample, check_key, read_tar};
 
 use crate::Vae;
 use crate::imageio::{self, InputImage};
