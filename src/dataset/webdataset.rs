@@ -274,7 +274,7 @@ fn describe(kind: tar::EntryType) -> &'static str {
 /// of their sample with a note; a key that comes back after another key's
 /// files is a sample of its own (and `each` sees the key twice: the caller
 /// decides). Extension headers (GNU long names, PAX) are read here, each up
-/// to [`MAX_HEADER`]. A damaged or truncated tar is an error after the
+/// to `MAX_HEADER`. A damaged or truncated tar is an error after the
 /// samples before the damage.
 pub fn read_tar(mut reader: impl Read + Seek, each: impl FnMut(Sample) -> Result<()>) -> Result<()> {
     let len = reader.seek(SeekFrom::End(0)).context("not a readable tar")?;
