@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Write the FLUX.2 and Qwen-Image / Wan 2.1 parity fixtures for the Rust `vae` crate.
 
-    python3 tools/make_family_fixtures.py     # rewrites tests/fixtures/families/ (committed)
+    python3 tools/make_family_fixtures.py                  # rewrites tests/fixtures/families/ (committed)
+    python3 tools/make_family_fixtures.py --full-size DIR  # real-size models into DIR (never committed)
 
 The house rules of tools/make_fixtures.py apply (and its helpers are imported from it): seeded,
 CPU, two threads, deterministic algorithms; float32 weights, every parameter redrawn so that each
@@ -21,11 +22,21 @@ base_dim 16 is 14 MB, and both families store their weights twice, in two layout
 - qwen: an `AutoencoderKLQwenImage` with the real block structure (dim_mult 1, 2, 4, 4,
   num_res_blocks 2, temporal downsampling False, True, True, mid-block attention) at base_dim 4.
   `AutoencoderKLWan` (Wan 2.1) loads the same state dict; only its config.json is stored.
+
+`--full-size DIR` writes (for benchmarks, never into tests/) the real-size models with seeded
+random weights, drawn the same way as the small ones, as diffusers folders (`save_pretrained`
+only, no expected outputs): DIR/flux2/ (AutoencoderKLFlux2 defaults: widths 128, 256, 512, 512,
+2 layers per block, 32 latent channels, 32 groups; about 84M parameters) and DIR/qwen/
+(AutoencoderKLQwenImage defaults: base_dim 96, z_dim 16, dim_mult 1, 2, 4, 4, 2 res blocks, the
+default latents_mean / latents_std; about 127M parameters). It prints each model's float32 outputs
+on one small crop, so that one sees the activations stay O(1) and few decoded values clip.
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
+import inspect
 import json
 import shutil
 import sys
@@ -104,6 +115,10 @@ WAN_EXTRA = dict(
     scale_factor_temporal=4,
     scale_factor_spatial=8,
 )
+
+# The real sizes (--full-size): diffusers' defaults for each class, i.e. the FLUX.2 and Qwen-Image VAEs.
+FLUX2_FULL = dict(FLUX2, block_out_channels=[128, 256, 512, 512], layers_per_block=2, norm_num_groups=32)
+QWEN_FULL = dict(QWEN_ARCH, **QWEN_EXTRA, base_dim=96)  # latents_mean / latents_std: the class defaults
 
 # Gain on the Qwen decoder's last conv: keeps the decoded image mostly inside diffusers' [-1, 1]
 # clamp, with a few percent of the values clamped (see the printed summary).
@@ -701,15 +716,66 @@ def write_readme(path: Path, flux2: dict, qwen: dict) -> None:
     path.write_text("\n".join(lines))
 
 
+# --------------------------------------------------------------------------- full size
+
+
+def make_full_size(root: Path) -> None:
+    """Real-size FLUX.2 and Qwen-Image VAEs with seeded random weights, as diffusers folders under
+    root (not committed: about 805 MiB in all). Nothing but the weights and configs is written; a
+    float32 pass on one crop is printed as a sanity check of the weights' scale."""
+    start = time.monotonic()
+    shutil.rmtree(root / "flux2", ignore_errors=True)
+    shutil.rmtree(root / "qwen", ignore_errors=True)
+    root.mkdir(parents=True, exist_ok=True)
+    stem, (kodak, box) = next(iter(IMAGES.items()))
+    image = mf.load_rgb(KODAK / f"{kodak}.png").crop(box)
+    x = mf.preprocess(image)
+
+    flux2 = build_flux2(FLUX2_FULL, SEED_FLUX2)
+    for k, v in FLUX2_FULL.items():
+        assert list(flux2.config[k]) == list(v) if isinstance(v, list) else flux2.config[k] == v, k
+    mf.save_pretrained(flux2, root / "flux2")
+    qwen = build_qwen(QWEN_FULL, SEED_QWEN)
+    signature = inspect.signature(AutoencoderKLQwenImage.__init__).parameters
+    for k in ("latents_mean", "latents_std"):
+        assert list(qwen.config[k]) == list(signature[k].default), k
+    mf.save_pretrained(qwen, root / "qwen")
+
+    for name, model, run in (("flux2", flux2, run_flux2), ("qwen", qwen, run_qwen)):
+        params = sum(p.numel() for p in model.parameters())
+        with torch.no_grad():
+            out = {k: v.float() for k, v in run(model, x).items()}
+        print(f"  {name:5s} {params / 1e6:.1f}M parameters; f32 on {stem}: {describe(out)}")
+    for name, size in sizes(root):
+        if name.split("/")[0] in ("flux2", "qwen"):
+            print(f"  {size / 2**20:9.1f} MiB  {name}")
+    print(f"  {time.monotonic() - start:.0f} s")
+
+
 # --------------------------------------------------------------------------- main
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--full-size",
+        metavar="OUTDIR",
+        help="write the real-size FLUX.2 and Qwen-Image models into OUTDIR/flux2 and OUTDIR/qwen instead",
+    )
+    args = parser.parse_args()
     torch.set_num_threads(2)
     torch.use_deterministic_algorithms(True)
     diffusers.utils.logging.set_verbosity_error()
     start = time.monotonic()
     print(versions())
+    if args.full_size:
+        out = Path(args.full_size).resolve()
+        tests = (REPO / "tests").resolve()
+        if out == tests or tests in out.parents:
+            sys.exit(f"--full-size writes about 805 MiB; not into {tests}")
+        print(f"full-size family models -> {out}")
+        make_full_size(out)
+        return
     print(f"family fixtures -> {OUT}")
     shutil.rmtree(OUT, ignore_errors=True)
     OUT.mkdir(parents=True)
