@@ -40,6 +40,9 @@ pub struct WeightsReport {
     pub family: String,
     pub scaling_factor: f64,
     pub shift_factor: f64,
+    /// How latents are stored by default, in words (raw, scaled, or
+    /// normalised per channel).
+    pub latent_space: String,
     pub latent_channels: usize,
     #[serde(flatten)]
     pub architecture: Architecture,
@@ -54,12 +57,25 @@ pub struct WeightsReport {
 pub enum Architecture {
     Kl(KlArchitecture),
     Tiny(TinyArchitecture),
+    Wan(WanArchitecture),
+}
+
+/// A Wan 2.1 / Qwen-Image VAE's configuration (`AutoencoderKLWan`).
+#[derive(Debug, Clone, Serialize)]
+pub struct WanArchitecture {
+    pub base_dim: usize,
+    pub dim_mult: Vec<usize>,
+    pub num_res_blocks: usize,
+    /// Levels that also downsample in time (unused for images).
+    pub temperal_downsample: Vec<bool>,
 }
 
 /// An `AutoencoderKL`'s configuration.
 #[derive(Debug, Clone, Serialize)]
 pub struct KlArchitecture {
     pub block_out_channels: Vec<usize>,
+    /// The decoder's, where they differ (FLUX.2's small decoder).
+    pub decoder_block_out_channels: Option<Vec<usize>>,
     pub layers_per_block: usize,
     pub norm_num_groups: usize,
     pub quant_convs: bool,
@@ -130,7 +146,7 @@ fn inspect_weights(path: &Path) -> Result<Report> {
     // Every tensor is checked by name, shape and dtype; none is read.
     let (model, info) = weights::load(&source, &Device::flex(), FloatDType::F32, Parts::Neither)?;
     // The latent space the weights give, with no --family or --scaling-factor.
-    let resolved = LatentSpace::resolve(&info.scaling, LatentSpaceRequest::default(), model.latent_channels())
+    let resolved = LatentSpace::resolve(&info.latent, LatentSpaceRequest::default(), model.latent_channels())
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let family = match resolved.space.family {
         Some(Family::Sd1) => "sd1/sd2 (or sdxl: same architecture, its config.json says scaling 0.13025)",
@@ -143,12 +159,23 @@ fn inspect_weights(path: &Path) -> Result<Report> {
             let c = &m.config;
             let architecture = KlArchitecture {
                 block_out_channels: c.block_out_channels.clone(),
+                decoder_block_out_channels: c.decoder_block_out_channels.clone(),
                 layers_per_block: c.layers_per_block,
                 norm_num_groups: c.norm_num_groups,
                 quant_convs: c.use_quant_conv,
                 mid_block_attention: c.mid_block_add_attention,
             };
             (family.to_owned(), Architecture::Kl(architecture))
+        }
+        Model::Wan(m) => {
+            let c = &m.config;
+            let architecture = WanArchitecture {
+                base_dim: c.base_dim,
+                dim_mult: c.dim_mult.clone(),
+                num_res_blocks: c.num_res_blocks,
+                temperal_downsample: c.temperal_downsample.clone(),
+            };
+            (family.to_owned(), Architecture::Wan(architecture))
         }
         Model::Tiny(m) => {
             let c = &m.config;
@@ -182,6 +209,7 @@ fn inspect_weights(path: &Path) -> Result<Report> {
         family,
         scaling_factor,
         shift_factor,
+        latent_space: resolved.space.to_string(),
         latent_channels: model.latent_channels(),
         architecture,
         sha256: info.sha256,
@@ -209,12 +237,14 @@ fn inspect_latent(path: &Path) -> Result<Report> {
         LatentFormat::Comfy => "ComfyUI .latent",
         LatentFormat::Npy => "NumPy .npy",
     };
-    let (width, height) = (m.width.unwrap_or(8 * latent.width), m.height.unwrap_or(8 * latent.height));
+    // Positions per stored one along a side: 8, or 16 for FLUX.2's patched form.
+    let f = 8 * m.channel_stats.as_ref().map_or(1, |s| s.patch);
+    let (width, height) = (m.width.unwrap_or(f * latent.width), m.height.unwrap_or(f * latent.height));
     Ok(Report::Latent(LatentReport {
         file: path.display().to_string(),
         format: format.to_owned(),
         shape: [1, latent.channels, latent.height, latent.width],
-        decodes_to: format!("{width}x{height} (at 8x)"),
+        decodes_to: format!("{width}x{height} (at {f}x)"),
         family: m.family.map(|f| f.name().to_owned()),
         scaling_factor: m.scaling_factor,
         shift_factor: m.shift_factor,
@@ -246,10 +276,14 @@ impl fmt::Display for Report {
                 out.text("family", Some(&w.family));
                 out.number("scaling_factor", Some(w.scaling_factor));
                 out.number("shift_factor", Some(w.shift_factor));
+                out.text("latent_space", Some(&w.latent_space));
                 out.text("latent_channels", Some(&w.latent_channels.to_string()));
                 match &w.architecture {
                     Architecture::Kl(a) => {
                         out.list("block_out_channels", &a.block_out_channels);
+                        if let Some(widths) = &a.decoder_block_out_channels {
+                            out.list("decoder_block_out_channels", widths);
+                        }
                         out.text("layers_per_block", Some(&a.layers_per_block.to_string()));
                         out.text("norm_num_groups", Some(&a.norm_num_groups.to_string()));
                         out.text("quant_convs", Some(&a.quant_convs.to_string()));
@@ -262,6 +296,13 @@ impl fmt::Display for Report {
                         out.list("decoder_block_out_channels", &a.decoder_block_out_channels);
                         out.list("num_decoder_blocks", &a.num_decoder_blocks);
                         out.text("tiling", Some(&a.tiling));
+                    }
+                    Architecture::Wan(a) => {
+                        out.text("base_dim", Some(&a.base_dim.to_string()));
+                        out.list("dim_mult", &a.dim_mult);
+                        out.text("num_res_blocks", Some(&a.num_res_blocks.to_string()));
+                        let temporal: Vec<String> = a.temperal_downsample.iter().map(bool::to_string).collect();
+                        out.text("temperal_downsample", Some(&format!("[{}]", temporal.join(","))));
                     }
                 }
                 out.text("sha256", Some(&w.sha256));

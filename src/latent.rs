@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use npyz::WriterBuilder;
 use safetensors::{Dtype, SafeTensors};
 
+use crate::latent_space::{ChannelStats, LatentSpace};
 use crate::model::Family;
 use crate::output::{self, OutputError, Overwrite};
 
@@ -50,7 +51,10 @@ impl LatentFormat {
 }
 /// Value of the `format` metadata key.
 pub const FORMAT: &str = "vae-latent";
-pub const FORMAT_VERSION: &str = "1";
+/// The newest version of the format: 2 for latents normalised per channel
+/// (`latents_mean`, `latents_std`, `patch_size`), which a version-1 reader
+/// would take for scaled ones; files without them are still written as 1.
+pub const FORMAT_VERSION: &str = "2";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LatentError {
@@ -108,6 +112,28 @@ pub struct LatentMeta {
     /// `sdxl`, `sd3`, `flux`, ...; a name this version does not know reads
     /// as none).
     pub family: Option<Family>,
+    /// Per-channel normalisation (`latents_mean`, `latents_std` as JSON
+    /// arrays, `patch_size`): the file holds `(z - mean) / std` per channel,
+    /// of the latent patched `patch_size` x `patch_size` first.
+    pub channel_stats: Option<ChannelStats>,
+}
+
+impl LatentMeta {
+    /// How the file says it is stored, when it says: its statistics or
+    /// scale (with its family's for what it leaves out), else its family's.
+    pub fn latent_space(&self) -> Option<LatentSpace> {
+        let family = self.family.map(LatentSpace::of_family);
+        if self.channel_stats.is_none() && self.scaling_factor.is_none() {
+            return family;
+        }
+        let (scaling, shift) = family.as_ref().map_or((1.0, 0.0), |f| (f.scaling_factor, f.shift_factor));
+        Some(LatentSpace {
+            family: self.family,
+            scaling_factor: self.scaling_factor.unwrap_or(scaling),
+            shift_factor: self.shift_factor.unwrap_or(shift),
+            channel_stats: self.channel_stats.clone(),
+        })
+    }
 }
 
 /// A latent `[C, h, w]` (batch of one), as stored: scaled.
@@ -153,12 +179,16 @@ impl Latent {
         sorted_metadata(file)
     }
 
-    /// ComfyUI stores the unscaled latent, `z / scaling + shift`.
+    /// ComfyUI stores the unscaled latent, `z / scaling + shift` (per
+    /// channel and unpatched where the file is normalised so).
     fn to_comfy(&self) -> Result<Vec<u8>, String> {
-        let (scaling, shift) = (self.meta.scaling_factor.unwrap_or(1.0), self.meta.shift_factor.unwrap_or(0.0));
-        let raw: Vec<f32> = self.data.iter().map(|&v| (v as f64 / scaling + shift) as f32).collect();
-        let meta = LatentMeta { scaling_factor: None, shift_factor: None, ..self.meta.clone() };
-        self.to_safetensors(COMFY_TENSOR, &raw, &meta)
+        let space = self.meta.latent_space().unwrap_or_else(|| LatentSpace::raw(None));
+        let shape = (self.channels, self.height, self.width);
+        let raw = space.from_stored(&self.data, shape);
+        let (channels, height, width) = space.vae_shape(shape);
+        let meta = LatentMeta { scaling_factor: None, shift_factor: None, channel_stats: None, ..self.meta.clone() };
+        let unpatched = Latent { channels, height, width, data: Vec::new(), meta: meta.clone() };
+        unpatched.to_safetensors(COMFY_TENSOR, &raw, &meta)
     }
 
     fn to_npy(&self) -> Result<Vec<u8>, String> {
@@ -375,11 +405,40 @@ fn sorted_metadata(file: Vec<u8>) -> Result<Vec<u8>, String> {
 
 pub use crate::latent_space::{check_scaling, check_shift};
 
+/// `latents_mean`, `latents_std` and `patch_size` of a file's metadata: all
+/// or none, and usable.
+fn channel_stats(map: &HashMap<String, String>, path: &Path) -> Result<Option<ChannelStats>, LatentError> {
+    let bad = |key: &str| LatentError::Metadata {
+        path: path.to_owned(),
+        key: key.to_owned(),
+        value: map.get(key).cloned().unwrap_or_default(),
+    };
+    let list = |key: &str| -> Result<Option<Vec<f64>>, LatentError> {
+        map.get(key).map(|v| serde_json::from_str::<Vec<f64>>(v).map_err(|_| bad(key))).transpose()
+    };
+    let (mean, std) = (list("latents_mean")?, list("latents_std")?);
+    let patch = match map.get("patch_size") {
+        Some(v) => Some(v.trim().parse::<usize>().map_err(|_| bad("patch_size"))?),
+        None => None,
+    };
+    match (mean, std) {
+        (None, None) if patch.is_none() => Ok(None),
+        (Some(mean), Some(std)) => {
+            let stats = ChannelStats { mean, std, patch: patch.unwrap_or(1) };
+            stats.check().map_err(|_| bad("latents_std"))?;
+            Ok(Some(stats))
+        }
+        (None, _) => Err(bad("latents_mean")),
+        (Some(_), None) => Err(bad("latents_std")),
+    }
+}
+
 impl LatentMeta {
     fn to_map(&self) -> HashMap<String, String> {
         let mut m = HashMap::new();
         m.insert("format".to_owned(), FORMAT.to_owned());
-        m.insert("format_version".to_owned(), FORMAT_VERSION.to_owned());
+        let version = if self.channel_stats.is_some() { FORMAT_VERSION } else { "1" };
+        m.insert("format_version".to_owned(), version.to_owned());
         let mut put = |k: &str, v: Option<String>| {
             if let Some(v) = v {
                 m.insert(k.to_owned(), v);
@@ -407,6 +466,12 @@ impl LatentMeta {
         put("weights_sha256", self.weights_sha256.clone());
         put("vae_version", self.tool_version.clone());
         put("family", self.family.map(|f| f.name().to_owned()));
+        if let Some(stats) = &self.channel_stats {
+            let json = |v: &[f64]| serde_json::to_string(v).expect("finite f64s serialise");
+            put("latents_mean", Some(json(&stats.mean)));
+            put("latents_std", Some(json(&stats.std)));
+            put("patch_size", Some(stats.patch.to_string()));
+        }
         m
     }
 
@@ -472,6 +537,7 @@ impl LatentMeta {
             weights_sha256: map.get("weights_sha256").cloned(),
             tool_version: map.get("vae_version").cloned(),
             family: map.get("family").and_then(|f| f.parse::<Family>().ok()),
+            channel_stats: channel_stats(map, path)?,
         })
     }
 }
@@ -484,14 +550,33 @@ mod tests {
     fn a_newer_format_version_is_refused_and_an_unknown_family_reads_as_none() {
         let mut map = sample().meta.to_map();
         assert!(LatentMeta::from_map(Some(&map), Path::new("z")).is_ok());
-        map.insert("format_version".into(), "2".into());
+        map.insert("format_version".into(), "3".into());
         let err = LatentMeta::from_map(Some(&map), Path::new("z")).unwrap_err();
-        assert!(err.to_string().contains("newer vae (latent format version 2"), "{err}");
+        assert!(err.to_string().contains("newer vae (latent format version 3"), "{err}");
         map.insert("format_version".into(), "x".into());
         assert!(matches!(LatentMeta::from_map(Some(&map), Path::new("z")), Err(LatentError::Metadata { .. })));
         map.insert("format_version".into(), "1".into());
-        map.insert("family".into(), "flux2".into());
+        map.insert("family".into(), "flux3".into());
         assert_eq!(LatentMeta::from_map(Some(&map), Path::new("z")).unwrap().family, None);
+    }
+
+    #[test]
+    fn per_channel_statistics_round_trip_as_version_2() {
+        let mut latent = sample();
+        assert_eq!(latent.meta.to_map()["format_version"], "1");
+        let stats = ChannelStats { mean: vec![0.5, -0.25, 1.0, 0.0], std: vec![2.0, 1.5, 0.75, 1.0], patch: 1 };
+        latent.meta.channel_stats = Some(stats.clone());
+        let map = latent.meta.to_map();
+        assert_eq!(map["format_version"], "2");
+        let back = LatentMeta::from_map(Some(&map), Path::new("z")).unwrap();
+        assert_eq!(back.channel_stats, Some(stats));
+        // Half of the statistics, or unusable ones, are refused.
+        let mut half = map.clone();
+        half.remove("latents_std");
+        assert!(LatentMeta::from_map(Some(&half), Path::new("z")).is_err());
+        let mut zero = map;
+        zero.insert("latents_std".into(), "[2.0, 0.0, 1.0, 1.0]".into());
+        assert!(LatentMeta::from_map(Some(&zero), Path::new("z")).is_err());
     }
 
     fn sample() -> Latent {
@@ -510,6 +595,7 @@ mod tests {
                 weights_sha256: Some("0123456789abcdef".into()),
                 tool_version: Some("0.1.0".into()),
                 family: Some(Family::Sd1),
+                channel_stats: None,
             },
         }
     }

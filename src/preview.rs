@@ -4,11 +4,14 @@
 
 use crate::imageio::{OutputImage, to_u8};
 use crate::latent::Latent;
+use crate::latent_space::{LatentSpace, unpatchify};
 use crate::model::Family;
 use crate::vae::NotFinite;
 
 /// `[channel][rgb]` factors and an RGB bias, applied to latents scaled the
-/// way the family's diffusion model sees them: `(z - shift) * scaling`.
+/// way the family's diffusion model sees them: `(z - shift) * scaling`, or
+/// normalised per channel (FLUX.2: its 128 normalised channels unpatched
+/// into 32 at twice the resolution, as ComfyUI draws them).
 fn factors(family: Family) -> (&'static [[f32; 3]], [f32; 3]) {
     match family {
         Family::Sd1 | Family::Sd2 => (
@@ -71,11 +74,76 @@ fn factors(family: Family) -> (&'static [[f32; 3]], [f32; 3]) {
             ],
             [-0.0329, -0.0718, -0.0851],
         ),
+        Family::Flux2 => (
+            &[
+                [0.0058, 0.0113, 0.0073],
+                [0.0495, 0.0443, 0.0836],
+                [-0.0099, 0.0096, 0.0644],
+                [0.2144, 0.3009, 0.3652],
+                [0.0166, -0.0039, -0.0054],
+                [0.0157, 0.0103, -0.0160],
+                [-0.0398, 0.0902, -0.0235],
+                [-0.0052, 0.0095, 0.0109],
+                [-0.3527, -0.2712, -0.1666],
+                [-0.0301, -0.0356, -0.0180],
+                [-0.0107, 0.0078, 0.0013],
+                [0.0746, 0.0090, -0.0941],
+                [0.0156, 0.0169, 0.0070],
+                [-0.0034, -0.0040, -0.0114],
+                [0.0032, 0.0181, 0.0080],
+                [-0.0939, -0.0008, 0.0186],
+                [0.0018, 0.0043, 0.0104],
+                [0.0284, 0.0056, -0.0127],
+                [-0.0024, -0.0022, -0.0030],
+                [0.1207, -0.0026, 0.0065],
+                [0.0128, 0.0101, 0.0142],
+                [0.0137, -0.0072, -0.0007],
+                [0.0095, 0.0092, -0.0059],
+                [0.0000, -0.0077, -0.0049],
+                [-0.0465, -0.0204, -0.0312],
+                [0.0095, 0.0012, -0.0066],
+                [0.0290, -0.0034, 0.0025],
+                [0.0220, 0.0169, -0.0048],
+                [-0.0332, -0.0457, -0.0468],
+                [-0.0085, 0.0389, 0.0609],
+                [-0.0076, 0.0003, -0.0043],
+                [-0.0111, -0.0460, -0.0614],
+            ],
+            [-0.0329, -0.0718, -0.0851],
+        ),
+        Family::Wan21 => (
+            &[
+                [-0.1299, -0.1692, 0.2932],
+                [0.0671, 0.0406, 0.0442],
+                [0.3568, 0.2548, 0.1747],
+                [0.0372, 0.2344, 0.1420],
+                [0.0313, 0.0189, -0.0328],
+                [0.0296, -0.0956, -0.0665],
+                [-0.3477, -0.4059, -0.2925],
+                [0.0166, 0.1902, 0.1975],
+                [-0.0412, 0.0267, -0.1364],
+                [-0.1293, 0.0740, 0.1636],
+                [0.0680, 0.3019, 0.1128],
+                [0.0032, 0.0581, 0.0639],
+                [-0.1251, 0.0927, 0.1699],
+                [0.0060, -0.0633, 0.0005],
+                [0.3477, 0.2275, 0.2950],
+                [0.1984, 0.0913, 0.1861],
+            ],
+            [-0.1835, -0.0868, -0.3360],
+        ),
     }
 }
 
+/// Whether a latent of `channels` stored channels can be of `family`
+/// (FLUX.2's are stored as 32, or patched into 128).
+fn fits(family: Family, channels: usize) -> bool {
+    channels == family.latent_channels() || (family == Family::Flux2 && channels == 4 * family.latent_channels())
+}
+
 /// The family a latent belongs to: `family` if given, else its metadata's,
-/// else the one its scaling points to, else by channel count (4: sd1, 16: flux).
+/// else the one its scaling points to, else by channel count (4: sd1, 16:
+/// flux, 32 or 128: flux2).
 pub fn family_of(latent: &Latent, family: Option<Family>) -> Option<Family> {
     let m = &latent.meta;
     family
@@ -84,9 +152,10 @@ pub fn family_of(latent: &Latent, family: Option<Family>) -> Option<Family> {
         .or(match latent.channels {
             4 => Some(Family::Sd1),
             16 => Some(Family::Flux),
+            32 | 128 => Some(Family::Flux2),
             _ => None,
         })
-        .filter(|f| f.latent_channels() == latent.channels)
+        .filter(|f| fits(*f, latent.channels))
 }
 
 /// An RGB image of `latent`, each latent position drawn as `scale` x `scale`
@@ -95,25 +164,33 @@ pub fn family_of(latent: &Latent, family: Option<Family>) -> Option<Family> {
 /// draw as black).
 pub fn preview(latent: &Latent, family: Family, scale: usize) -> Result<OutputImage, NotFinite> {
     let (weights, bias) = factors(family);
-    let (fam_scaling, fam_shift) = family.scaling();
-    let (file_scaling, file_shift) =
-        (latent.meta.scaling_factor.unwrap_or(fam_scaling), latent.meta.shift_factor.unwrap_or(fam_shift));
-    let (h, w) = (latent.height, latent.width);
-    let plane = h * w;
-    let rescaled: Vec<f32> = latent
-        .data
-        .iter()
-        .map(|&z| (((z as f64 / file_scaling + file_shift) - fam_shift) * fam_scaling) as f32)
-        .collect();
-    if let Some(err) = NotFinite::of("the preview", &rescaled, (file_scaling, file_shift)) {
+    let stored = (latent.channels, latent.height, latent.width);
+    let file = latent.meta.latent_space().unwrap_or_else(|| LatentSpace::of_family(family));
+    // The family's view: its normalised values, one per VAE latent position.
+    let ((_, h, w), view) = match family {
+        // FLUX.2's normalisation needs its weights' statistics: a file of
+        // its 128 normalised channels is drawn as stored (unpatched), a raw
+        // one as it is.
+        Family::Flux2 if latent.channels == 4 * weights.len() => {
+            ((weights.len(), 2 * latent.height, 2 * latent.width), unpatchify(&latent.data, stored, 2))
+        }
+        Family::Flux2 => (stored, file.from_stored(&latent.data, stored)),
+        _ => {
+            let z = file.from_stored(&latent.data, stored);
+            let shape = file.vae_shape(stored);
+            (shape, LatentSpace::of_family(family).to_stored(&z, shape))
+        }
+    };
+    if let Some(err) = NotFinite::of("the preview", &view, file.channel(0)) {
         return Err(err);
     }
+    let plane = h * w;
     // One RGB value per latent position, in the family's scaled space.
     let rgb: Vec<[u8; 3]> = (0..plane)
         .map(|p| {
             let mut out = bias;
             for (c, row) in weights.iter().enumerate() {
-                let v = rescaled[c * plane + p];
+                let v = view[c * plane + p];
                 for (o, f) in out.iter_mut().zip(row) {
                     *o += v * f;
                 }

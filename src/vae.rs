@@ -1,6 +1,7 @@
 //! The front door: [`Vae::open`] a VAE as [`VaeOptions`] say, then encode
 //! images to scaled latents and decode latents to images, with diffusers'
-//! `AutoencoderKL` or TAESD (`AutoencoderTiny`).
+//! `AutoencoderKL` (and FLUX.2's `AutoencoderKLFlux2`), Wan 2.1's and
+//! Qwen-Image's `AutoencoderKLWan`, or TAESD (`AutoencoderTiny`).
 //!
 //! ```no_run
 //! use vae::{Posterior, Vae, VaeOptions, imageio};
@@ -23,8 +24,8 @@ use crate::device::{self, DeviceError, DeviceRequest, Precision};
 use crate::hub::Hub;
 use crate::imageio::{DEFAULT_MAX_PIXELS, InputImage, OutputImage};
 use crate::latent::{Latent, LatentMeta, Posterior};
-use crate::latent_space::{LatentSpace, LatentSpaceError, LatentSpaceRequest};
-use crate::model::{AutoencoderTiny, DiagonalGaussian, Family, Model};
+use crate::latent_space::{LatentForm, LatentSpace, LatentSpaceError, LatentSpaceRequest};
+use crate::model::{AutoencoderTiny, DiagonalGaussian, Graph, Model};
 use crate::tiling::{self, Plan, Tile, TileOptions, default_max_memory};
 use crate::weights::{self, Parts, WeightsError, WeightsInfo, WeightsSource};
 
@@ -42,7 +43,7 @@ pub struct VaeOptions {
     pub revision: Option<String>,
     pub device: DeviceRequest,
     pub precision: Precision,
-    /// `--family` and `--scaling-factor`: see [`LatentSpace::resolve`].
+    /// `--family`, `--scaling-factor` and `--latent-form`: see [`LatentSpace::resolve`].
     pub latent_space: LatentSpaceRequest,
     /// When to run in bands (`AutoencoderKL` in f32 only).
     pub tile: Tile,
@@ -94,6 +95,8 @@ pub enum OpenError {
     LatentSpace { path: PathBuf, cause: LatentSpaceError },
     #[error("--tile {0}: bands run in f32 only; drop --tile or use --precision f32")]
     TileNeedsF32(usize),
+    #[error("{}: TAESD writes the latent its big VAE's pipeline consumes; --latent-form raw is for the big VAE", path.display())]
+    TinyRaw { path: PathBuf },
 }
 
 /// A VAE loaded on a device, ready to encode and decode.
@@ -101,6 +104,9 @@ pub struct Vae {
     model: Model,
     info: WeightsInfo,
     latent_space: LatentSpace,
+    /// The weights' other form of latent, where it differs in shape
+    /// (FLUX.2's raw and normalised forms), for decoding latents in it.
+    other_space: Option<LatentSpace>,
     /// Lines worth telling a user about how the latent space was chosen.
     notes: Vec<String>,
     tiling: TileOptions,
@@ -122,8 +128,8 @@ pub struct Vae {
 /// A result that could not be computed.
 #[derive(Debug, thiserror::Error)]
 pub enum VaeError {
-    #[error("latent has {found} channels but the weights expect {expected}")]
-    Channels { found: usize, expected: usize },
+    #[error("latent has {found} channels but the weights expect {expected}{}", also.map_or(String::new(), |c| format!(" (or {c} in their other form)")))]
+    Channels { found: usize, expected: usize, also: Option<usize> },
     #[error("latent {height}x{width} would decode to {pixels} pixels, more than --max-pixels {max_pixels}")]
     TooLarge { height: usize, width: usize, pixels: u64, max_pixels: u64 },
     #[error("TAESD's encoder is deterministic (no posterior to sample from); drop --sample")]
@@ -195,8 +201,11 @@ impl Vae {
         let source = resolve_weights(options)?;
         let dtype = options.precision.dtype();
         let (model, info) = weights::load(&source, &chosen.device, dtype, options.parts)?;
+        if matches!(model, Model::Tiny(_)) && options.latent_space.form == Some(LatentForm::Raw) {
+            return Err(OpenError::TinyRaw { path: source.file.clone() });
+        }
         let resolved =
-            LatentSpace::resolve(&info.scaling, options.latent_space, model.latent_channels()).map_err(|cause| {
+            LatentSpace::resolve(&info.latent, options.latent_space, model.latent_channels()).map_err(|cause| {
                 let path = source.config_json.clone().unwrap_or_else(|| source.file.clone());
                 OpenError::LatentSpace { path, cause }
             })?;
@@ -212,6 +221,7 @@ impl Vae {
             model,
             info,
             latent_space: resolved.space,
+            other_space: resolved.other,
             notes,
             tiling: TileOptions { tile, max_memory },
             batch: options.batch,
@@ -249,7 +259,7 @@ impl Vae {
 
     /// Whether [`Vae::encode`] can draw from a posterior (TAESD has none).
     pub fn has_posterior(&self) -> bool {
-        matches!(self.model, Model::Kl(_))
+        !matches!(self.model, Model::Tiny(_))
     }
 
     /// The device, as `--device` resolved it.
@@ -296,7 +306,7 @@ impl Vae {
         if images.len() != posteriors.len() || images.iter().any(|i| size(i) != size(images[0])) {
             return Err(VaeError::MixedBatch);
         }
-        if matches!(self.model, Model::Tiny(_)) && posteriors.iter().any(|p| *p != Posterior::Mean) {
+        if !self.has_posterior() && posteriors.iter().any(|p| *p != Posterior::Mean) {
             return Err(VaeError::NoPosterior);
         }
         let latents = self.with_f32_retry(
@@ -358,14 +368,18 @@ impl Vae {
         Ok(planar)
     }
 
-    /// Whether this model decodes `latent`: its channels, and an image of at
+    /// Whether this model decodes `latent`: its channels (in the form its
+    /// metadata says, or either of the weights' forms), and an image of at
     /// most `max_pixels`.
     pub fn check_latent(&self, latent: &Latent) -> Result<(), VaeError> {
-        let expected = self.model.latent_channels();
-        if latent.channels != expected {
-            return Err(VaeError::Channels { found: latent.channels, expected });
+        let channels = self.model.latent_channels();
+        let space = self.file_space(latent);
+        if space.stored_channels(channels) != Some(latent.channels) {
+            let expected = self.latent_space.stored_channels(channels).unwrap_or(channels);
+            let also = self.other_space.as_ref().and_then(|s| s.stored_channels(channels));
+            return Err(VaeError::Channels { found: latent.channels, expected, also });
         }
-        let factor = self.model.upscale() as u64;
+        let factor = (self.model.upscale() * space.patch()) as u64;
         let pixels = (latent.height as u64 * factor).saturating_mul(latent.width as u64 * factor);
         if pixels > self.max_pixels {
             let (height, width, max_pixels) = (latent.height, latent.width, self.max_pixels);
@@ -392,14 +406,39 @@ impl Vae {
     /// Reduced precision always runs whole: bands store f32 activations on
     /// the host, for the CPU's memory budget.
     pub fn encode_plan(&self, image: &InputImage) -> Plan {
-        let f = self.model.downscale();
+        let f = self.input_multiple();
         if self.dtype != FloatDType::F32 {
             return Plan::Whole { estimate: self.resident };
         }
         let (height, width) = (image.height.div_ceil(f) * f, image.width.div_ceil(f) * f);
+        match (&self.model, self.encoder_graph()) {
+            (_, Some(graph)) => self.tiling.plan(&graph, (3, height, width), height, self.resident),
+            (Model::Tiny(model), None) => self.untiled(model, height, width),
+            (_, None) => Plan::Whole { estimate: self.resident },
+        }
+    }
+
+    /// Image sides are padded to a multiple of this: the encoder's
+    /// downscaling, times the patch of the latent form (FLUX.2 normalised: 16).
+    fn input_multiple(&self) -> usize {
+        self.model.downscale() * self.latent_space.patch()
+    }
+
+    /// The encoder of a network described as a [`Graph`] (all but TAESD).
+    fn encoder_graph(&self) -> Option<Graph<'_>> {
         match &self.model {
-            Model::Kl(model) => self.tiling.plan(&model.encoder_graph(), (3, height, width), height, self.resident),
-            Model::Tiny(model) => self.untiled(model, height, width),
+            Model::Kl(model) => Some(model.encoder_graph()),
+            Model::Wan(model) => Some(model.encoder_graph()),
+            Model::Tiny(_) => None,
+        }
+    }
+
+    /// The decoder of a network described as a [`Graph`] (all but TAESD).
+    fn decoder_graph(&self) -> Option<Graph<'_>> {
+        match &self.model {
+            Model::Kl(model) => Some(model.decoder_graph()),
+            Model::Wan(model) => Some(model.decoder_graph()),
+            Model::Tiny(_) => None,
         }
     }
 
@@ -409,13 +448,18 @@ impl Vae {
         if self.dtype != FloatDType::F32 {
             return Plan::Whole { estimate: self.resident };
         }
-        match &self.model {
-            Model::Kl(model) => {
-                let shape = (latent.channels, latent.height, latent.width);
-                self.tiling.plan(&model.decoder_graph(), shape, f * latent.height, self.resident)
-            }
-            Model::Tiny(model) => self.untiled(model, f * latent.height, f * latent.width),
+        let (c, h, w) = self.file_space(latent).vae_shape((latent.channels, latent.height, latent.width));
+        match (&self.model, self.decoder_graph()) {
+            (_, Some(graph)) => self.tiling.plan(&graph, (c, h, w), f * h, self.resident),
+            (Model::Tiny(model), None) => self.untiled(model, f * h, f * w),
+            (_, None) => Plan::Whole { estimate: self.resident },
         }
+    }
+
+    /// The form `latent` is in, as [`Vae::decode`] reads it (its metadata's,
+    /// else the weights' form that its channel count fits).
+    pub fn latent_form_of(&self, latent: &Latent) -> LatentForm {
+        self.file_space(latent).form()
     }
 
     /// How many inputs to read ahead and group into passes.
@@ -440,7 +484,10 @@ impl Vae {
         batch::passes(
             latents,
             |latent| (latent.channels, latent.height, latent.width),
-            |latent| self.pass_limit(self.decode_plan(latent), latent.height * f * latent.width * f),
+            |latent| {
+                let (_, h, w) = self.file_space(latent).vae_shape((latent.channels, latent.height, latent.width));
+                self.pass_limit(self.decode_plan(latent), h * f * w * f)
+            },
         )
     }
 
@@ -482,12 +529,21 @@ impl Vae {
         if images.len() > 1 && matches!(plan, Plan::Banded { .. }) {
             return images.iter().zip(posteriors).flat_map(|(image, p)| self.run_encoder(&[image], &[*p])).collect();
         }
-        let x = images.iter().map(|image| image.to_tensor(self.model.downscale(), &self.device.device)).collect();
+        let x = images.iter().map(|image| image.to_tensor(self.input_multiple(), &self.device.device)).collect();
         let x = Tensor::cat(x, 0).cast(self.dtype);
-        let (scaling, shift) = (self.latent_space.scaling_factor, self.latent_space.shift_factor);
-        let (scaled, posteriors) = match &self.model {
-            Model::Kl(model) => {
-                let moments = tiling::run(&model.encoder_graph(), x, plan);
+        let space = &self.latent_space;
+        let (z, posteriors, stored) = match (&self.model, self.encoder_graph()) {
+            (Model::Tiny(model), _) => {
+                let latents = model.encode(x).expect("Vae::encode_batch checks that the encoder is loaded");
+                let latents = latents.cast(FloatDType::F32);
+                // diffusers' pipeline scaling: 1 and 0 for every TAESD; its
+                // output is already in the big VAE's scaled space.
+                let (s, t) = (model.config.scaling_factor, model.config.shift_factor);
+                let scaled = if (s, t) == (1.0, 0.0) { latents } else { (latents - t) * s };
+                (scaled, vec![Posterior::Mean; images.len()], true)
+            }
+            (_, Some(graph)) => {
+                let moments = tiling::run(&graph, x, plan);
                 let dist = DiagonalGaussian::from_moments(moments.cast(FloatDType::F32));
                 let z = if posteriors.iter().all(|p| *p == Posterior::Mean) {
                     dist.mean
@@ -500,112 +556,139 @@ impl Vae {
                     });
                     dist.sample(Tensor::cat(noise.collect(), 0))
                 };
-                ((z - shift) * scaling, posteriors.to_vec())
+                (z, posteriors.to_vec(), false)
             }
-            Model::Tiny(model) => {
-                let latents = model.encode(x).expect("Vae::encode_batch checks that the encoder is loaded");
-                let latents = latents.cast(FloatDType::F32);
-                // diffusers' pipeline scaling: 1 and 0 for every TAESD.
-                let (s, t) = (model.config.scaling_factor, model.config.shift_factor);
-                let scaled = if (s, t) == (1.0, 0.0) { latents } else { (latents - t) * s };
-                (scaled, vec![Posterior::Mean; images.len()])
-            }
+            (_, None) => unreachable!("every model but TAESD is described as a graph"),
         };
-        let [_, channels, height, width] = scaled.dims();
-        let data = scaled.into_data().try_into_vec::<f32>().expect("the model computes in f32");
+        let [_, channels, height, width] = z.dims();
+        let data = z.into_data().try_into_vec::<f32>().expect("the model computes in f32");
         let file_name = self.info.path.file_name().map(|n| n.to_string_lossy().into_owned());
         let each = data.chunks_exact(channels * height * width);
-        let latents = images.iter().zip(posteriors).zip(each).map(|((image, posterior), data)| {
+        let latents = images.iter().zip(posteriors).zip(each).map(|((image, posterior), z)| {
+            let vae_shape = (channels, height, width);
+            let (data, (channels, height, width)) = match stored {
+                true => (z.to_vec(), vae_shape),
+                false => (space.to_stored(z, vae_shape), space.stored_shape(vae_shape)),
+            };
             let meta = LatentMeta {
-                scaling_factor: Some(scaling),
-                shift_factor: Some(shift),
+                scaling_factor: Some(space.scaling_factor),
+                shift_factor: Some(space.shift_factor),
                 posterior: Some(posterior),
                 width: Some(image.width),
                 height: Some(image.height),
                 weights: file_name.clone(),
                 weights_sha256: Some(self.info.sha256[..HASH_PREFIX.min(self.info.sha256.len())].to_owned()),
                 tool_version: Some(env!("CARGO_PKG_VERSION").to_owned()),
-                family: self.latent_space.family,
+                family: space.family,
+                channel_stats: space.channel_stats.clone(),
             };
-            Latent { channels, height, width, data: data.to_vec(), meta }
+            Latent { channels, height, width, data, meta }
         });
         latents.collect()
     }
 
     /// The decoder's output as an 8-bit image, cropped to the recorded size.
     fn postprocess(&self, latent: &Latent, planar: &[f32]) -> OutputImage {
-        let (full_w, full_h) = (latent.width * self.model.upscale(), latent.height * self.model.upscale());
+        let (_, h, w) = self.file_space(latent).vae_shape((latent.channels, latent.height, latent.width));
+        let (full_w, full_h) = (w * self.model.upscale(), h * self.model.upscale());
         let width = latent.meta.width.filter(|&w| w > 0 && w <= full_w).unwrap_or(full_w);
         let height = latent.meta.height.filter(|&h| h > 0 && h <= full_h).unwrap_or(full_h);
         OutputImage::from_planar(planar, full_w, full_h, width, height)
     }
 
     /// The decoder on `latents` (of one shape, each checked), unchecked
-    /// results: each scaled as its own file says.
+    /// results: each read in its own form and scaling. Wan's decoder output
+    /// is clamped to [-1, 1], as diffusers' `_decode` does.
     fn run_decoder(&self, latents: &[&Latent]) -> Vec<Vec<f32>> {
         let Some(first) = latents.first() else { return Vec::new() };
-        let shape = |l: &Latent| [1, l.channels, l.height, l.width];
         let plan = self.decode_plan(first);
         if latents.len() > 1 && matches!(plan, Plan::Banded { .. }) {
             return latents.iter().flat_map(|latent| self.run_decoder(&[latent])).collect();
         }
         let device = &self.device.device;
-        let image = match &self.model {
-            Model::Kl(model) => {
-                let z = latents.iter().map(|latent| {
-                    let (scaling, shift) = self.file_scaling(latent);
-                    let z = Tensor::<4>::from_data(TensorData::new(latent.data.clone(), shape(latent)), device);
-                    z / scaling + shift
-                });
-                let z = Tensor::cat(z.collect(), 0).cast(self.dtype);
-                tiling::run(&model.decoder_graph(), z, plan)
-            }
-            Model::Tiny(model) => {
+        let image = match (&self.model, self.decoder_graph()) {
+            (Model::Tiny(model), _) => {
                 let p = latents.iter().map(|latent| {
-                    let p = self.tiny_input(model, &latent.data, self.file_scaling(latent));
-                    Tensor::<4>::from_data(TensorData::new(p, shape(latent)), (device, DType::from(self.dtype)))
+                    let p = self.tiny_input(model, latent);
+                    let shape = [1, latent.channels, latent.height, latent.width];
+                    Tensor::<4>::from_data(TensorData::new(p, shape), (device, DType::from(self.dtype)))
                 });
                 model.decode(Tensor::cat(p.collect(), 0)).expect("Vae::decode_batch checks that the decoder is loaded")
             }
+            (_, Some(graph)) => {
+                let z = latents.iter().map(|latent| {
+                    let space = self.file_space(latent);
+                    let stored = (latent.channels, latent.height, latent.width);
+                    let (c, h, w) = space.vae_shape(stored);
+                    let z = space.from_stored(&latent.data, stored);
+                    Tensor::<4>::from_data(TensorData::new(z, [1, c, h, w]), device)
+                });
+                let z = Tensor::cat(z.collect(), 0).cast(self.dtype);
+                let image = tiling::run(&graph, z, plan);
+                if self.model.clamps_output() { image.clamp(-1.0, 1.0) } else { image }
+            }
+            (_, None) => unreachable!("every model but TAESD is described as a graph"),
         };
         let [_, c, h, w] = image.dims();
         let image = image.cast(FloatDType::F32).into_data().try_into_vec::<f32>().expect("cast to f32 above");
         image.chunks_exact(c * h * w).map(<[f32]>::to_vec).collect()
     }
 
-    /// TAESD's input for `data` scaled as `(scaling, shift)` says: the big
-    /// VAE's latent scaled as this model's latent scaling (the data itself
-    /// when it already is, as for latents TAESD or that VAE wrote), then
-    /// diffusers' pipeline scaling undone (1 and 0 for every TAESD). In f64.
-    fn tiny_input(&self, model: &AutoencoderTiny, data: &[f32], (scaling, shift): (f64, f64)) -> Vec<f32> {
-        let (target, target_shift) = (self.latent_space.scaling_factor, self.latent_space.shift_factor);
+    /// TAESD's input for `latent`: the big VAE's latent scaled as this
+    /// model's latent space (the data itself when it already is, as for
+    /// latents TAESD or that VAE wrote), then diffusers' pipeline scaling
+    /// undone (1 and 0 for every TAESD). In f64.
+    fn tiny_input(&self, model: &AutoencoderTiny, latent: &Latent) -> Vec<f32> {
+        let file = self.file_space(latent);
         let (s, t) = (model.config.scaling_factor, model.config.shift_factor);
-        if (scaling, shift) == (target, target_shift) && (s, t) == (1.0, 0.0) {
-            return data.to_vec();
+        let shape = (latent.channels, latent.height, latent.width);
+        let scaled = if file == self.latent_space {
+            latent.data.clone()
+        } else {
+            self.latent_space.to_stored(&file.from_stored(&latent.data, shape), file.vae_shape(shape))
+        };
+        if (s, t) == (1.0, 0.0) {
+            return scaled;
         }
-        let rescale = |v: f32| ((f64::from(v) / scaling + shift) - target_shift) * target;
-        data.iter().map(|&v| (rescale(v) / s + t) as f32).collect()
+        scaled.iter().map(|&v| (f64::from(v) / s + t) as f32).collect()
     }
 }
 
 impl Vae {
-    /// How `latent` was scaled: its metadata, else its family's, else this
-    /// model's latent space.
-    fn file_scaling(&self, latent: &Latent) -> (f64, f64) {
-        let own = (self.latent_space.scaling_factor, self.latent_space.shift_factor);
-        let (scaling, shift) = latent.meta.family.map_or(own, Family::scaling);
-        (latent.meta.scaling_factor.unwrap_or(scaling), latent.meta.shift_factor.unwrap_or(shift))
+    /// How `latent` is stored: as its metadata says (statistics, scaling,
+    /// else its family's), else as this model's latent space, else as the
+    /// weights' other form, whichever fits its channel count first (the
+    /// metadata's, or this model's, when none fits: [`Vae::check_latent`]
+    /// refuses it then).
+    fn file_space(&self, latent: &Latent) -> LatentSpace {
+        let channels = self.model.latent_channels();
+        let own = latent.meta.latent_space();
+        let candidates = own.iter().chain([&self.latent_space]).chain(self.other_space.iter());
+        let fitting = candidates.clone().find(|s| s.stored_channels(channels) == Some(latent.channels));
+        fitting.or(own.as_ref()).unwrap_or(&self.latent_space).clone()
     }
 
-    /// Standard deviation of `latent` unscaled as its file says and scaled
-    /// again as this model's latent space would: about 1 when they fit
-    /// (scaling factors are chosen to give unit variance).
+    /// `(scale, shift)` of `latent`'s first channel, for messages.
+    fn file_scaling(&self, latent: &Latent) -> (f64, f64) {
+        self.file_space(latent).channel(0)
+    }
+
+    /// Standard deviation of `latent` read as its file says and stored
+    /// again as this model's latent space would store it: about 1 when they
+    /// fit (scaling factors and statistics are chosen to give unit variance).
     pub fn rescaled_std(&self, latent: &Latent) -> f64 {
-        let (scaling, shift) = self.file_scaling(latent);
-        let (target, target_shift) = (self.latent_space.scaling_factor, self.latent_space.shift_factor);
-        let values = latent.data.iter().map(|&v| ((v as f64 / scaling + shift) - target_shift) * target);
-        let n = latent.data.len().max(1) as f64;
-        let (sum, sum_sq) = values.fold((0.0, 0.0), |(s, q), v| (s + v, q + v * v));
+        let file = self.file_space(latent);
+        let shape = (latent.channels, latent.height, latent.width);
+        let z = file.from_stored(&latent.data, shape);
+        let vae_shape = file.vae_shape(shape);
+        let ours = if self.latent_space.patch() > 1 && (vae_shape.1 % 2 != 0 || vae_shape.2 % 2 != 0) {
+            LatentSpace::raw(None)
+        } else {
+            self.latent_space.clone()
+        };
+        let values = ours.to_stored(&z, vae_shape);
+        let n = values.len().max(1) as f64;
+        let (sum, sum_sq) = values.iter().map(|&v| f64::from(v)).fold((0.0, 0.0), |(s, q), v| (s + v, q + v * v));
         (sum_sq / n - (sum / n).powi(2)).max(0.0).sqrt()
     }
 }

@@ -20,6 +20,7 @@ use crate::device::{self, DeviceRequest, Precision};
 use crate::hub::HubRepo;
 use crate::imageio::{self, DEFAULT_MAX_PIXELS};
 use crate::latent::{Latent, LatentFormat, Posterior};
+use crate::latent_space::LatentForm;
 use crate::metrics;
 use crate::model::Family;
 use crate::output::{Overwrite, check_writable, json_line, print, stdout_closed};
@@ -193,10 +194,18 @@ struct ModelArgs {
     #[arg(long, value_name = "F", value_parser = parse_scaling)]
     scaling_factor: Option<f64>,
     /// Model family, for its latent scaling and shift when the weights come
-    /// without a config.json: sd1, sd2, sdxl, sd3 or flux (for TAESD: that of
-    /// the big VAE it stands in for). Recorded in latents.
+    /// without a config.json: sd1, sd2, sdxl, sd3, flux, flux2 or wan21
+    /// (also qwen-image) (for TAESD: that of the big VAE it stands in for).
+    /// Recorded in latents.
     #[arg(long, value_name = "NAME")]
     family: Option<Family>,
+    /// Which form latents are written in: normalized (as the family's
+    /// diffusion model consumes them: scaled, or normalised per channel) or
+    /// raw (the VAE's latent as it is). Default: raw for FLUX.2 (its
+    /// normalized form is 2x2-patched into 128 channels), normalized for the
+    /// rest. Decoding reads either.
+    #[arg(long, value_name = "FORM")]
+    latent_form: Option<LatentForm>,
     /// Where to compute: auto (a GPU when one is usable, else the CPU), cpu,
     /// gpu (any GPU backend built in, a software adapter included), wgpu or
     /// cuda. GPU backends are cargo features (README: "GPU").
@@ -557,14 +566,20 @@ fn decode(ctx: &mut Session, args: DecodeArgs) -> Result<ExitCode> {
             // what it is: only one scaled for another family is worth a look.
             let own = vae.latent_space();
             let same = latent.meta.scaling_factor == Some(own.scaling_factor)
-                && latent.meta.shift_factor.unwrap_or(0.0) == own.shift_factor;
+                && latent.meta.shift_factor.unwrap_or(0.0) == own.shift_factor
+                && latent.meta.channel_stats == own.channel_stats;
+            // A raw latent has no expected spread to compare with.
             let std = vae.rescaled_std(latent);
-            if !same && !(0.2..=5.0).contains(&std) {
+            if !same && own.form() != LatentForm::Raw && !(0.2..=5.0).contains(&std) {
                 ctx.info(format_args!(
                     "{}: warning: its std after scaling is {std:.3}, far from the ~1 of a latent of this family; \
                      was it scaled for another one (see --family, --scaling-factor)?",
                     path.display()
                 ));
+            }
+            if own.family == Some(Family::Flux2) {
+                let form = vae.latent_form_of(latent).name();
+                ctx.info(format_args!("{}: the {form} form ({} channels)", path.display(), latent.channels));
             }
             ctx.plan(path, vae.decode_plan(latent), vae.tiling().max_memory);
             checked.push(i);

@@ -91,7 +91,11 @@ impl Session {
             revision: args.revision.clone(),
             device: args.device.into(),
             precision: args.precision.into(),
-            latent_space: LatentSpaceRequest { family: args.family, scaling_factor: args.scaling_factor },
+            latent_space: LatentSpaceRequest {
+                family: args.family,
+                scaling_factor: args.scaling_factor,
+                form: args.latent_form,
+            },
             tile: args.tile,
             max_memory: args.max_memory,
             batch: args.batch_size,

@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use crate::model::AutoencoderKlConfig;
+use crate::model::{AutoencoderKlConfig, WanConfig};
 
 /// The fields of a diffusers `config.json` that the weights cannot tell.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -14,6 +14,14 @@ pub struct DiffusersConfig {
     pub scaling_factor: Option<f64>,
     pub shift_factor: Option<f64>,
     pub norm_num_groups: Option<usize>,
+    /// FLUX.2's batch norm (`AutoencoderKLFlux2`): its epsilon and patch.
+    pub batch_norm_eps: Option<f64>,
+    pub patch_size: Option<Vec<usize>>,
+    /// Wan and Qwen-Image: per-channel latent statistics.
+    pub latents_mean: Option<Vec<f64>>,
+    pub latents_std: Option<Vec<f64>>,
+    /// Wan 2.2's residual blocks (not supported yet).
+    pub is_residual: Option<bool>,
 }
 
 /// Infers the config from `shape_of(diffusers name)`.
@@ -37,11 +45,19 @@ pub fn infer_config<'a>(
     let decoder_in = need("decoder.conv_in.weight")?;
     let decoder_out = need("decoder.conv_out.weight")?;
     let defaults = AutoencoderKlConfig::sd15();
+    // FLUX.2's small decoder has its own widths, read off its up blocks.
+    let mut decoder_widths: Vec<usize> = (0..)
+        .map_while(|i| shape_of(&format!("decoder.up_blocks.{i}.resnets.0.conv1.weight")).map(|s| s[0]))
+        .collect();
+    decoder_widths.reverse();
+    let decoder_block_out_channels =
+        (decoder_widths.len() == block_out_channels.len() && decoder_widths != block_out_channels).then_some(decoder_widths);
     Ok(AutoencoderKlConfig {
         in_channels: conv_in.get(1).copied().unwrap_or(3),
         out_channels: decoder_out[0],
         latent_channels: decoder_in.get(1).copied().unwrap_or(4),
         block_out_channels,
+        decoder_block_out_channels,
         layers_per_block,
         norm_num_groups: json.norm_num_groups.unwrap_or(defaults.norm_num_groups),
         scaling_factor: json.scaling_factor.unwrap_or(default_scaling),
@@ -50,6 +66,44 @@ pub fn infer_config<'a>(
         use_post_quant_conv: shape_of("post_quant_conv.weight").is_some(),
         mid_block_add_attention: shape_of("encoder.mid_block.attentions.0.to_q.weight").is_some(),
     })
+}
+
+/// Infers a Wan 2.1 / Qwen-Image VAE's config from `shape_of(diffusers
+/// name)`: the encoder's flat list of blocks gives the ResNets per level
+/// (those before the first resampler), the levels and their widths, and
+/// which levels also resample in time (`time_conv`, unused for images).
+///
+/// `Err` names the tensor whose absence makes the architecture unknowable,
+/// or says what is not supported.
+pub fn infer_wan_config<'a>(shape_of: impl Fn(&str) -> Option<&'a [usize]>) -> Result<WanConfig, String> {
+    let need = |name: &str| shape_of(name).ok_or_else(|| format!("tensor {name} is missing"));
+    if shape_of("encoder.down_blocks.0.resnets.0.conv1.weight").is_some() {
+        return Err("a Wan 2.2 VAE (residual down blocks) is not supported yet".to_owned());
+    }
+    let base_dim = need("encoder.conv_in.weight")?[0];
+    let z_dim = need("decoder.conv_in.weight")?.get(1).copied().unwrap_or(0);
+    let block = |k: usize, part: &str| shape_of(&format!("encoder.down_blocks.{k}.{part}"));
+    let blocks = (0..).take_while(|&k| block(k, "conv1.weight").is_some() || block(k, "resample.1.weight").is_some()).count();
+    let num_res_blocks = (0..blocks).take_while(|&k| block(k, "resample.1.weight").is_none()).count();
+    if num_res_blocks == 0 || base_dim == 0 {
+        return Err("tensor encoder.down_blocks.0.conv1.weight is missing".to_owned());
+    }
+    let per_level = num_res_blocks + 1;
+    let levels = blocks.div_ceil(per_level);
+    let mut dim_mult = Vec::with_capacity(levels);
+    let mut temperal_downsample = Vec::new();
+    for level in 0..levels {
+        let first = level * per_level;
+        let width = block(first, "conv1.weight").ok_or_else(|| format!("tensor encoder.down_blocks.{first}.conv1.weight is missing"))?[0];
+        if width % base_dim != 0 {
+            return Err(format!("level {level} is {width} wide, not a multiple of {base_dim}"));
+        }
+        dim_mult.push(width / base_dim);
+        if level + 1 < levels {
+            temperal_downsample.push(block(first + num_res_blocks, "time_conv.weight").is_some());
+        }
+    }
+    Ok(WanConfig { base_dim, z_dim, dim_mult, num_res_blocks, temperal_downsample })
 }
 
 #[cfg(test)]

@@ -21,6 +21,12 @@ pub enum Layout {
     /// `taesd_decoder.safetensors`, or both halves in one file (see
     /// [`crate::weights`]'s TAESD layouts).
     Taesd,
+    /// diffusers' `AutoencoderKLWan` / `AutoencoderKLQwenImage` (Qwen/Qwen-Image
+    /// `vae/`, the Wan 2.1 Diffusers repos).
+    WanDiffusers,
+    /// The original Wan 2.1 VAE (`Wan2.1_VAE`, ComfyUI's
+    /// `wan_2.1_vae.safetensors` and `qwen_image_vae.safetensors`).
+    WanOriginal,
 }
 
 impl fmt::Display for Layout {
@@ -30,6 +36,8 @@ impl fmt::Display for Layout {
             Layout::DiffusersLegacyAttention => "diffusers (legacy attention names)",
             Layout::Ldm => "CompVis/LDM",
             Layout::Taesd => "TAESD original (madebyollin)",
+            Layout::WanDiffusers => "diffusers (Wan/Qwen-Image)",
+            Layout::WanOriginal => "Wan 2.1 original",
         })
     }
 }
@@ -39,7 +47,9 @@ pub const CHECKPOINT_PREFIXES: [&str; 2] = ["first_stage_model.", "vae."];
 
 /// The top-level modules of an `AutoencoderKL`; other top-level keys of a VAE
 /// file (LDM's `loss.*` discriminator, `model_ema.*` counters) are not the model.
-const VAE_ROOTS: [&str; 4] = ["encoder.", "decoder.", "quant_conv.", "post_quant_conv."];
+const VAE_ROOTS: [&str; 5] = ["encoder.", "decoder.", "quant_conv.", "post_quant_conv.", "bn."];
+/// The original Wan VAE's: its quant convs are `conv1` and `conv2`.
+const WAN_ROOTS: [&str; 4] = ["encoder.", "decoder.", "conv1.", "conv2."];
 
 /// LDM name -> diffusers name. Applied in order, each to the result of the
 /// previous rows; run after [`reverse_ldm_up_index`].
@@ -67,6 +77,28 @@ const LDM_RULES: &[(&str, &str)] = &[
     (r"^(encoder|decoder)\.norm_out\.", "$1.conv_norm_out."),
     // ResNet 1x1 projection when the width changes.
     (r"\.nin_shortcut\.", ".conv_shortcut."),
+    // FLUX.2's original file (BFL's `ae.safetensors`) nests the quant convs.
+    (r"^encoder\.quant_conv\.", "quant_conv."),
+    (r"^decoder\.post_quant_conv\.", "post_quant_conv."),
+];
+
+/// Original Wan 2.1 name -> diffusers name, after [`wan_decoder_blocks`]
+/// regrouped the decoder's flat list (diffusers' `convert_wan_vae_to_diffusers`).
+const WAN_RULES: &[(&str, &str)] = &[
+    (r"^(encoder|decoder)\.conv1\.", "$1.conv_in."),
+    (r"^conv1\.", "quant_conv."),
+    (r"^conv2\.", "post_quant_conv."),
+    (r"^encoder\.downsamples\.", "encoder.down_blocks."),
+    (r"^(encoder|decoder)\.middle\.0\.", "$1.mid_block.resnets.0."),
+    (r"^(encoder|decoder)\.middle\.1\.", "$1.mid_block.attentions.0."),
+    (r"^(encoder|decoder)\.middle\.2\.", "$1.mid_block.resnets.1."),
+    (r"^(encoder|decoder)\.head\.0\.", "$1.norm_out."),
+    (r"^(encoder|decoder)\.head\.2\.", "$1.conv_out."),
+    (r"\.residual\.0\.", ".norm1."),
+    (r"\.residual\.2\.", ".conv1."),
+    (r"\.residual\.3\.", ".norm2."),
+    (r"\.residual\.6\.", ".conv2."),
+    (r"\.shortcut\.", ".conv_shortcut."),
 ];
 
 /// Legacy diffusers attention name -> current diffusers name.
@@ -79,6 +111,7 @@ const LEGACY_ATTENTION_RULES: &[(&str, &str)] = &[
 
 static LDM: LazyLock<Vec<(Regex, &str)>> = LazyLock::new(|| compile(LDM_RULES));
 static LEGACY: LazyLock<Vec<(Regex, &str)>> = LazyLock::new(|| compile(LEGACY_ATTENTION_RULES));
+static WAN: LazyLock<Vec<(Regex, &str)>> = LazyLock::new(|| compile(WAN_RULES));
 
 fn compile(rules: &[(&str, &'static str)]) -> Vec<(Regex, &'static str)> {
     rules.iter().map(|&(pattern, to)| (Regex::new(pattern).expect("rule patterns are valid regexes"), to)).collect()
@@ -99,6 +132,34 @@ fn reverse_ldm_up_index(key: &str, levels: usize) -> String {
     .into_owned()
 }
 
+/// The original Wan decoder keeps its up blocks as one flat list: each level's
+/// `resnets + 1` ResNets, then its upsampler (none at the last level).
+/// `decoder.upsamples.{k}` becomes `decoder.up_blocks.{i}.resnets.{j}` or
+/// `.upsamplers.0`, where `per_level` is the list's entries per level.
+fn wan_decoder_blocks(key: &str, per_level: usize) -> String {
+    static UP: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^decoder\.upsamples\.(\d+)\.").expect("valid regex"));
+    UP.replace(key, |c: &regex::Captures| {
+        let k: usize = c[1].parse().unwrap_or(0);
+        let (level, j) = (k / per_level.max(1), k % per_level.max(1));
+        if j + 1 == per_level {
+            format!("decoder.up_blocks.{level}.upsamplers.0.")
+        } else {
+            format!("decoder.up_blocks.{level}.resnets.{j}.")
+        }
+    })
+    .into_owned()
+}
+
+/// Entries per level of the original Wan decoder's flat list: the index of
+/// its first upsampler, plus one (4 for Wan 2.1: three ResNets and it).
+fn wan_decoder_per_level<'a>(keys: impl IntoIterator<Item = &'a str>) -> usize {
+    keys.into_iter()
+        .filter(|k| k.contains(".resample.") || k.contains(".time_conv."))
+        .filter_map(|k| k.strip_prefix("decoder.upsamples.")?.split('.').next()?.parse::<usize>().ok())
+        .min()
+        .map_or(usize::MAX, |first| first + 1)
+}
+
 /// The VAE found in a file's keys.
 #[derive(Debug, Clone)]
 pub struct VaeKeys {
@@ -111,20 +172,28 @@ pub struct VaeKeys {
     pub ignored: usize,
 }
 
+/// `key` without the checkpoint `prefix` (`None`: it is outside it).
+fn strip_prefix(key: &str, prefix: Option<&str>) -> Option<&str> {
+    match prefix {
+        Some(p) => key.strip_prefix(p),
+        None => Some(key),
+    }
+}
+
 /// Finds the VAE among `keys` and names its tensors as diffusers does.
 /// `None` when no key set of a known layout is there.
 pub fn detect<'a>(keys: impl IntoIterator<Item = &'a str> + Clone) -> Option<VaeKeys> {
     let prefix = CHECKPOINT_PREFIXES
         .into_iter()
         .find(|p| keys.clone().into_iter().any(|k| k.strip_prefix(p).is_some_and(|rest| rest.starts_with("encoder."))));
-    let strip = |k: &'a str| -> Option<&'a str> {
-        let k = match prefix {
-            Some(p) => k.strip_prefix(p)?,
-            None => k,
-        };
-        VAE_ROOTS.iter().any(|r| k.starts_with(r)).then_some(k)
-    };
-    let vae: Vec<(&str, &str)> = keys.clone().into_iter().filter_map(|k| strip(k).map(|s| (s, k))).collect();
+    let strip = |k: &'a str| -> Option<&'a str> { strip_prefix(k, prefix) };
+    let wan_original = keys.clone().into_iter().any(|k| strip_prefix(k, prefix).is_some_and(|k| k.starts_with("encoder.downsamples.")));
+    let roots: &[&str] = if wan_original { &WAN_ROOTS } else { &VAE_ROOTS };
+    let vae: Vec<(&str, &str)> = keys
+        .clone()
+        .into_iter()
+        .filter_map(|k| strip(k).filter(|s| roots.iter().any(|r| s.starts_with(r))).map(|s| (s, k)))
+        .collect();
     let total = keys.into_iter().count();
     let has = |needle: &str| vae.iter().any(|(k, _)| k.contains(needle));
 
@@ -133,18 +202,22 @@ pub fn detect<'a>(keys: impl IntoIterator<Item = &'a str> + Clone) -> Option<Vae
         .filter_map(|(k, _)| k.strip_prefix("decoder.up.")?.split('.').next()?.parse::<usize>().ok())
         .max()
         .map_or(0, |m| m + 1);
-    let (layout, rename): (Layout, &dyn Fn(&str) -> String) =
-        if has("encoder.down_blocks.") || has("decoder.up_blocks.") {
-            if has(".attentions.0.query.") {
-                (Layout::DiffusersLegacyAttention, &|k| apply(&LEGACY, k))
-            } else {
-                (Layout::Diffusers, &|k| k.to_owned())
-            }
-        } else if has("encoder.down.") || has("decoder.up.") {
-            (Layout::Ldm, &|k| apply(&LDM, &reverse_ldm_up_index(k, levels)))
+    let per_level = wan_decoder_per_level(vae.iter().map(|(k, _)| *k));
+    let (layout, rename): (Layout, &dyn Fn(&str) -> String) = if wan_original {
+        (Layout::WanOriginal, &|k| apply(&WAN, &wan_decoder_blocks(k, per_level)))
+    } else if has(".attentions.0.to_qkv.") || has(".norm1.gamma") {
+        (Layout::WanDiffusers, &|k| k.to_owned())
+    } else if has("encoder.down_blocks.") || has("decoder.up_blocks.") {
+        if has(".attentions.0.query.") {
+            (Layout::DiffusersLegacyAttention, &|k| apply(&LEGACY, k))
         } else {
-            return None;
-        };
+            (Layout::Diffusers, &|k| k.to_owned())
+        }
+    } else if has("encoder.down.") || has("decoder.up.") {
+        (Layout::Ldm, &|k| apply(&LDM, &reverse_ldm_up_index(k, levels)))
+    } else {
+        return None;
+    };
     let names = vae.iter().map(|&(k, original)| (rename(k), original.to_owned())).collect();
     Some(VaeKeys { layout, prefix, names, ignored: total - vae.len() })
 }

@@ -17,13 +17,16 @@ use std::path::{Path, PathBuf};
 use burn::tensor::{Device, FloatDType};
 
 pub use file::TensorFile;
-pub use infer::{DiffusersConfig, infer_config};
+pub use infer::{DiffusersConfig, infer_config, infer_wan_config};
 pub use layout::{Layout, VaeKeys, detect};
 pub use params::{Mismatch, ParamLoader};
 
 use crate::hub::{DIFFUSERS_FILES, Hub, HubError, HubRepo};
-use crate::latent_space::WeightsScaling;
-use crate::model::{AutoencoderKl, AutoencoderKlConfig, AutoencoderTinyConfig, Model, SD15_SCALING_FACTOR};
+use crate::latent_space::{ChannelStats, WeightsLatent, WeightsScaling};
+use crate::model::{
+    AutoencoderKl, AutoencoderKlConfig, AutoencoderTinyConfig, AutoencoderWan, Family, Model, SD15_SCALING_FACTOR,
+    WanConfig,
+};
 
 /// Environment variable naming the weights when `--weights` is not given.
 pub const WEIGHTS_ENV: &str = "VAE_WEIGHTS";
@@ -208,8 +211,8 @@ pub struct WeightsInfo {
     pub ignored: usize,
     /// Parameters of the VAE (elements of its tensors).
     pub parameters: u64,
-    /// What the weights say of their latent scaling.
-    pub scaling: WeightsScaling,
+    /// What the weights say of their latent space.
+    pub latent: WeightsLatent,
     /// What a user may want to know about how the weights were read.
     pub notes: Vec<String>,
 }
@@ -246,7 +249,7 @@ impl Parts {
 
 /// Loads the VAE of `source` (the halves in `parts`) onto `device`, its
 /// parameters cast to `dtype` (f32; f16 or bf16 on a GPU). What the weights
-/// say of their latent scaling is in [`WeightsInfo::scaling`]:
+/// say of their latent space is in [`WeightsInfo::latent`]:
 /// [`crate::latent_space::LatentSpace::resolve`] settles it.
 pub fn load(
     source: &WeightsSource,
@@ -262,10 +265,12 @@ pub fn load(
     let (keys, architecture) = read_architecture(&file.tensors, &source.file, json.as_ref())?;
     let config = match architecture {
         Architecture::Tiny(config) => return tiny::load(&file, &keys, config, (device, dtype), parts),
+        Architecture::Wan(config) => return load_wan(&file, &keys, &config, json.as_ref(), (device, dtype), parts),
         Architecture::Kl(config) => config,
     };
     let mut loader = ParamLoader::new(&file, &keys.names, device).casting_to(dtype).skipping(parts.unused_prefixes());
     let model = AutoencoderKl::load(&mut loader, &config);
+    let bn = batch_norm(&mut loader, &config, json.as_ref());
     loader.finish()?;
     // Only an AutoencoderKL's config.json says how its latents are scaled.
     let (scaling, shift) = (config.scaling_factor, config.shift_factor);
@@ -273,14 +278,67 @@ pub fn load(
         Some(_) => WeightsScaling::Config { scaling, shift },
         None => WeightsScaling::Default { scaling, shift },
     };
-    Ok((Model::Kl(Box::new(model)), WeightsInfo::of(&file, &keys, None, scaling)))
+    let latent = match bn {
+        Some(stats) => WeightsLatent { scaling, family: Some(Family::Flux2), channel_stats: Some(stats) },
+        None => WeightsLatent::scaling(scaling),
+    };
+    Ok((Model::Kl(Box::new(model)), WeightsInfo::of(&file, &keys, None, latent)))
+}
+
+/// FLUX.2's batch-norm statistics (`bn.running_mean`, `bn.running_var`, no
+/// affine), as the per-channel statistics of its 2x2-patched latent:
+/// `std = sqrt(var + eps)`, eps from `config.json` (`batch_norm_eps`, 1e-4).
+fn batch_norm(loader: &mut ParamLoader, config: &AutoencoderKlConfig, json: Option<&ConfigJson>) -> Option<ChannelStats> {
+    if !loader.has("bn.running_mean") && !loader.has("bn.running_var") {
+        return None;
+    }
+    let json = json.and_then(|j| j.kl().ok()).unwrap_or_default();
+    let patch = json.patch_size.as_deref().and_then(|p| p.first().copied()).unwrap_or(2);
+    let eps = json.batch_norm_eps.unwrap_or(1e-4);
+    let channels = config.latent_channels * patch * patch;
+    let mean = loader.statistics("bn.running_mean", channels)?;
+    let var = loader.statistics("bn.running_var", channels)?;
+    if loader.has("bn.num_batches_tracked") {
+        loader.unused("bn.num_batches_tracked", &[]);
+    }
+    let std = var.iter().map(|&v| (f64::from(v) + eps).sqrt()).collect();
+    Some(ChannelStats { mean: mean.iter().map(|&v| f64::from(v)).collect(), std, patch })
+}
+
+/// Builds a Wan 2.1 / Qwen-Image VAE; its latent statistics are those of its
+/// `config.json`, else Wan 2.1's.
+fn load_wan(
+    file: &TensorFile,
+    keys: &VaeKeys,
+    config: &WanConfig,
+    json: Option<&ConfigJson>,
+    (device, dtype): (&Device, FloatDType),
+    parts: Parts,
+) -> Result<(Model, WeightsInfo), WeightsError> {
+    let mut loader = ParamLoader::new(file, &keys.names, device)
+        .casting_to(dtype)
+        .skipping(parts.unused_prefixes())
+        .building("AutoencoderKLWan");
+    let model = AutoencoderWan::load(&mut loader, config);
+    loader.finish()?;
+    let json = json.map(ConfigJson::kl).transpose()?.unwrap_or_default();
+    let channel_stats = match (json.latents_mean, json.latents_std) {
+        (Some(mean), Some(std)) => Some(ChannelStats { mean, std, patch: 1 }),
+        _ => None,
+    };
+    let latent = WeightsLatent {
+        scaling: WeightsScaling::Default { scaling: 1.0, shift: 0.0 },
+        family: (config.z_dim == Family::Wan21.latent_channels()).then_some(Family::Wan21),
+        channel_stats,
+    };
+    Ok((Model::Wan(Box::new(model)), WeightsInfo::of(file, keys, None, latent)))
 }
 
 impl WeightsInfo {
     /// The report on the VAE tensors `keys` of `file`, plus those of `other`
     /// for a TAESD whose halves are in two files (`file` being the one whose
     /// hash latents record).
-    fn of(file: &TensorFile, keys: &VaeKeys, other: Option<(&TensorFile, &VaeKeys)>, scaling: WeightsScaling) -> Self {
+    fn of(file: &TensorFile, keys: &VaeKeys, other: Option<(&TensorFile, &VaeKeys)>, latent: WeightsLatent) -> Self {
         let tensors: Vec<&file::RawTensor> = std::iter::once((file, keys))
             .chain(other)
             .flat_map(|(f, k)| k.names.values().map(move |key| &f.tensors[key]))
@@ -296,7 +354,7 @@ impl WeightsInfo {
             sha256: file.sha256_hex(),
             ignored: keys.ignored + other.map_or(0, |(_, k)| k.ignored),
             parameters: tensors.iter().map(|t| t.shape.iter().product::<usize>() as u64).sum(),
-            scaling,
+            latent,
             notes: Vec::new(),
         }
     }
@@ -307,6 +365,7 @@ impl WeightsInfo {
 pub enum Architecture {
     Kl(AutoencoderKlConfig),
     Tiny(AutoencoderTinyConfig),
+    Wan(WanConfig),
 }
 
 /// Finds the VAE among `tensors` and reads its architecture off their shapes
@@ -319,6 +378,18 @@ pub fn read_architecture(
 ) -> Result<(VaeKeys, Architecture), WeightsError> {
     let config_error = |reason: String| WeightsError::Config { path: path.to_owned(), reason };
     let keys = tensors.keys().map(String::as_str);
+    if let Some(keys) = detect(keys.clone()).filter(|k| matches!(k.layout, Layout::WanDiffusers | Layout::WanOriginal)) {
+        if let Some(json) = json {
+            let json = json.kl()?;
+            if json.is_residual == Some(true) {
+                return Err(config_error("a Wan 2.2 VAE (is_residual) is not supported yet".to_owned()));
+            }
+        }
+        let shape_of = |name: &str| keys.names.get(name).map(|key| tensors[key].shape.as_slice());
+        let config = infer_wan_config(shape_of).map_err(config_error)?;
+        config.check().map_err(config_error)?;
+        return Ok((keys, Architecture::Wan(config)));
+    }
     if let Some(keys) = detect(keys.clone()) {
         let json = match json {
             Some(json) => json.kl()?,
@@ -352,6 +423,9 @@ pub fn inspect_bytes(bytes: &[u8], path: &Path) -> Result<(VaeKeys, Architecture
     read_architecture(&tensors, path, None)
 }
 
+/// diffusers classes whose `config.json` reads as [`DiffusersConfig`].
+const KL_CLASSES: [&str; 4] = ["AutoencoderKL", "AutoencoderKLFlux2", "AutoencoderKLWan", "AutoencoderKLQwenImage"];
+
 /// A diffusers `config.json`, read once and taken as the model the weights
 /// turn out to hold.
 #[derive(Debug, Clone)]
@@ -375,12 +449,16 @@ impl ConfigJson {
             Some(other) => return Err(error(format!("invalid config.json: _class_name is {other}"))),
         };
         match class_name.as_deref() {
-            None | Some("AutoencoderKL" | "AutoencoderTiny") => Ok(Self { path: path.to_owned(), class_name, value }),
-            Some(other) => Err(error(format!("describes a {other}, not an AutoencoderKL or AutoencoderTiny"))),
+            None | Some("AutoencoderTiny") => Ok(Self { path: path.to_owned(), class_name, value }),
+            Some(class) if KL_CLASSES.contains(&class) => Ok(Self { path: path.to_owned(), class_name, value }),
+            Some(other) => Err(error(format!(
+                "describes a {other}, not one of the VAEs vae runs ({}, AutoencoderTiny)",
+                KL_CLASSES.join(", ")
+            ))),
         }
     }
 
-    /// As the config of an `AutoencoderKL`.
+    /// As the config of an `AutoencoderKL` (or FLUX.2's, Wan's, Qwen-Image's).
     fn kl(&self) -> Result<DiffusersConfig, WeightsError> {
         self.expect("AutoencoderKL", "AutoencoderTiny")?;
         self.parse()

@@ -110,6 +110,35 @@ impl<'a> ParamLoader<'a> {
         }
     }
 
+    /// Whether the file has the tensor `name`.
+    pub fn has(&self, name: &str) -> bool {
+        self.names.contains_key(name)
+    }
+
+    /// The `[len]` tensor `name` in f32, read even in a skipped part:
+    /// statistics the latent space needs (FLUX.2's batch norm), not
+    /// parameters of the network.
+    pub fn statistics(&mut self, name: &str, len: usize) -> Option<Vec<f32>> {
+        let skip = std::mem::take(&mut self.skip);
+        let values = self.values(name, &[len]);
+        self.skip = skip;
+        values
+    }
+
+    /// The tensor `name`, of `shape`, is in the file but not needed (the
+    /// temporal convolutions of a video VAE, for images): checked, not read.
+    pub fn unused(&mut self, name: &str, shape: &[usize]) {
+        let Some(key) = self.names.get(name) else {
+            self.mismatch.missing.push(name.to_owned());
+            return;
+        };
+        self.used.insert(name.to_owned());
+        let raw = &self.file.tensors[key];
+        if raw.shape != shape {
+            self.mismatch.misshaped.push((name.to_owned(), shape.to_vec(), raw.shape.clone()));
+        }
+    }
+
     fn values(&mut self, name: &str, shape: &[usize]) -> Option<Vec<f32>> {
         let Some(key) = self.names.get(name) else {
             self.mismatch.missing.push(name.to_owned());

@@ -23,7 +23,7 @@ use burn::tensor::{Device, FloatDType};
 pub use layout::{TinyConfigJson, VAE_SCALE, VAE_SHIFT, detect, family_from_name, infer_config};
 
 use super::{Parts, TensorFile, VaeKeys, WeightsError, WeightsInfo};
-use crate::latent_space::WeightsScaling;
+use crate::latent_space::{WeightsLatent, WeightsScaling};
 use crate::model::{AutoencoderTiny, AutoencoderTinyConfig, DecoderTiny, EncoderTiny, Family, Model};
 use crate::weights::ParamLoader;
 
@@ -44,7 +44,7 @@ pub(super) fn load(
     let scaling = latent_space(&mut config, &file.path, scalars)?;
     let model = AutoencoderTiny::load(&mut loader, &config);
     loader.finish()?;
-    Ok((Model::Tiny(model), WeightsInfo::of(file, keys, None, scaling)))
+    Ok((Model::Tiny(model), WeightsInfo::of(file, keys, None, WeightsLatent::scaling(scaling))))
 }
 
 /// Builds the TAESD whose halves are `encoder` and `decoder` (madebyollin's
@@ -84,8 +84,8 @@ pub(super) fn load_pair(
     dec_loader.finish()?;
     // Latents record the hash of the half that ran.
     let mut info = match parts {
-        Parts::Decoder => WeightsInfo::of(decoder, &dec, Some((encoder, &enc)), scaling),
-        _ => WeightsInfo::of(encoder, &enc, Some((decoder, &dec)), scaling),
+        Parts::Decoder => WeightsInfo::of(decoder, &dec, Some((encoder, &enc)), WeightsLatent::scaling(scaling)),
+        _ => WeightsInfo::of(encoder, &enc, Some((decoder, &dec)), WeightsLatent::scaling(scaling)),
     };
     info.notes = notes;
     Ok((Model::Tiny(model), info))
