@@ -54,6 +54,7 @@ pub struct WeightsReport {
 pub enum Architecture {
     Kl(KlArchitecture),
     Tiny(TinyArchitecture),
+    Wan(crate::model::WanConfig),
 }
 
 /// An `AutoencoderKL`'s configuration.
@@ -170,6 +171,7 @@ fn inspect_weights(path: &Path) -> Result<Report> {
             };
             (family, Architecture::Tiny(architecture))
         }
+        Model::Wan(m) => (family.to_owned(), Architecture::Wan(m.config.clone())),
     };
     Ok(Report::Weights(WeightsReport {
         model: model.class_name().to_owned(),
@@ -262,6 +264,11 @@ impl fmt::Display for Report {
                         out.list("decoder_block_out_channels", &a.decoder_block_out_channels);
                         out.list("num_decoder_blocks", &a.num_decoder_blocks);
                         out.text("tiling", Some(&a.tiling));
+                    }
+                    Architecture::Wan(a) => {
+                        out.text("base_dim", Some(&a.base_dim.to_string()));
+                        out.list("dim_mult", &a.dim_mult);
+                        out.text("num_res_blocks", Some(&a.num_res_blocks.to_string()));
                     }
                 }
                 out.text("sha256", Some(&w.sha256));

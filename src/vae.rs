@@ -249,7 +249,7 @@ impl Vae {
 
     /// Whether [`Vae::encode`] can draw from a posterior (TAESD has none).
     pub fn has_posterior(&self) -> bool {
-        matches!(self.model, Model::Kl(_))
+        matches!(self.model, Model::Kl(_) | Model::Wan(_))
     }
 
     /// The device, as `--device` resolved it.
@@ -398,7 +398,12 @@ impl Vae {
         }
         let (height, width) = (image.height.div_ceil(f) * f, image.width.div_ceil(f) * f);
         match &self.model {
-            Model::Kl(model) => self.tiling.plan(&model.encoder_graph(), (3, height, width), height, self.resident),
+            Model::Kl(_) | Model::Wan(_) => self.tiling.plan(
+                &self.model.encoder_graph().expect("every model but TAESD has a graph"),
+                (3, height, width),
+                height,
+                self.resident,
+            ),
             Model::Tiny(model) => self.untiled(model, height, width),
         }
     }
@@ -410,9 +415,14 @@ impl Vae {
             return Plan::Whole { estimate: self.resident };
         }
         match &self.model {
-            Model::Kl(model) => {
+            Model::Kl(_) | Model::Wan(_) => {
                 let shape = (latent.channels, latent.height, latent.width);
-                self.tiling.plan(&model.decoder_graph(), shape, f * latent.height, self.resident)
+                self.tiling.plan(
+                    &self.model.decoder_graph().expect("every model but TAESD has a graph"),
+                    shape,
+                    f * latent.height,
+                    self.resident,
+                )
             }
             Model::Tiny(model) => self.untiled(model, f * latent.height, f * latent.width),
         }
@@ -486,8 +496,9 @@ impl Vae {
         let x = Tensor::cat(x, 0).cast(self.dtype);
         let (scaling, shift) = (self.latent_space.scaling_factor, self.latent_space.shift_factor);
         let (scaled, posteriors) = match &self.model {
-            Model::Kl(model) => {
-                let moments = tiling::run(&model.encoder_graph(), x, plan);
+            Model::Kl(_) | Model::Wan(_) => {
+                let moments =
+                    tiling::run(&self.model.encoder_graph().expect("every model but TAESD has a graph"), x, plan);
                 let dist = DiagonalGaussian::from_moments(moments.cast(FloatDType::F32));
                 let z = if posteriors.iter().all(|p| *p == Posterior::Mean) {
                     dist.mean
@@ -551,14 +562,16 @@ impl Vae {
         }
         let device = &self.device.device;
         let image = match &self.model {
-            Model::Kl(model) => {
+            Model::Kl(_) | Model::Wan(_) => {
                 let z = latents.iter().map(|latent| {
                     let (scaling, shift) = self.file_scaling(latent);
                     let z = Tensor::<4>::from_data(TensorData::new(latent.data.clone(), shape(latent)), device);
                     z / scaling + shift
                 });
                 let z = Tensor::cat(z.collect(), 0).cast(self.dtype);
-                tiling::run(&model.decoder_graph(), z, plan)
+                let image =
+                    tiling::run(&self.model.decoder_graph().expect("every model but TAESD has a graph"), z, plan);
+                if self.model.clamps_output() { image.clamp(-1.0, 1.0) } else { image }
             }
             Model::Tiny(model) => {
                 let p = latents.iter().map(|latent| {

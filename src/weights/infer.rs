@@ -42,6 +42,7 @@ pub fn infer_config<'a>(
         out_channels: decoder_out[0],
         latent_channels: decoder_in.get(1).copied().unwrap_or(4),
         block_out_channels,
+        decoder_block_out_channels: None,
         layers_per_block,
         norm_num_groups: json.norm_num_groups.unwrap_or(defaults.norm_num_groups),
         scaling_factor: json.scaling_factor.unwrap_or(default_scaling),
