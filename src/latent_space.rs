@@ -51,7 +51,7 @@ impl ChannelStats {
         if let Some(v) = self.mean.iter().find(|v| check_shift(**v).is_err()) {
             return Err(format!("latent mean {} is not a finite number", short(*v)));
         }
-        if let Some(v) = self.std.iter().find(|v| !(**v > 0.0) || check_scaling(1.0 / **v).is_err()) {
+        if let Some(v) = self.std.iter().find(|&&v| !v.is_finite() || v <= 0.0 || check_scaling(1.0 / v).is_err()) {
             return Err(format!("latent standard deviation {} is not a positive, finite number", short(*v)));
         }
         Ok(())
@@ -157,11 +157,8 @@ impl LatentSpace {
     /// its weights, so its space here is the raw one).
     pub fn of_family(family: Family) -> Self {
         let (scaling_factor, shift_factor) = family.scaling();
-        let channel_stats = family.channel_stats().map(|(mean, std)| ChannelStats {
-            mean: mean.to_vec(),
-            std: std.to_vec(),
-            patch: 1,
-        });
+        let channel_stats =
+            family.channel_stats().map(|(mean, std)| ChannelStats { mean: mean.to_vec(), std: std.to_vec(), patch: 1 });
         Self { family: Some(family), scaling_factor, shift_factor, channel_stats }
     }
 
@@ -269,8 +266,13 @@ impl LatentSpace {
             }
             family => family.or(weights.family),
         };
-        let stats = weights.channel_stats.clone().or_else(|| family.and_then(|f| LatentSpace::of_family(f).channel_stats));
-        let form = request.form.unwrap_or(if family == Some(Family::Flux2) { LatentForm::Raw } else { LatentForm::Normalized });
+        let stats =
+            weights.channel_stats.clone().or_else(|| family.and_then(|f| LatentSpace::of_family(f).channel_stats));
+        let form = request.form.unwrap_or(if family == Some(Family::Flux2) {
+            LatentForm::Raw
+        } else {
+            LatentForm::Normalized
+        });
         let normalized = |stats: ChannelStats| LatentSpace {
             family,
             scaling_factor: request.scaling_factor.unwrap_or(1.0),
@@ -286,7 +288,9 @@ impl LatentSpace {
         space.check(latent_channels)?;
         // Where the two forms differ in shape, a latent tells which it is.
         let other = match (form, stats) {
-            (LatentForm::Raw, Some(stats)) if stats.patch > 1 => Some(LatentSpace { scaling_factor: 1.0, ..normalized(stats) }),
+            (LatentForm::Raw, Some(stats)) if stats.patch > 1 => {
+                Some(LatentSpace { scaling_factor: 1.0, ..normalized(stats) })
+            }
             (LatentForm::Normalized, Some(stats)) if stats.patch > 1 => Some(LatentSpace::raw(family)),
             _ => None,
         };
@@ -296,7 +300,9 @@ impl LatentSpace {
     /// Refuses a scale, shift or statistics that f32 latents cannot hold,
     /// or statistics of another channel count.
     pub fn check(&self, latent_channels: usize) -> Result<(), LatentSpaceError> {
-        check_scaling(self.scaling_factor).and_then(|()| check_shift(self.shift_factor)).map_err(LatentSpaceError::Value)?;
+        check_scaling(self.scaling_factor)
+            .and_then(|()| check_shift(self.shift_factor))
+            .map_err(LatentSpaceError::Value)?;
         if let Some(stats) = &self.channel_stats {
             stats.check().map_err(LatentSpaceError::Value)?;
             if self.stored_channels(latent_channels).is_none() {
@@ -543,7 +549,10 @@ mod tests {
 
     #[test]
     fn wan21_is_normalized_with_its_family_statistics() {
-        let weights = WeightsLatent { family: Some(Family::Wan21), ..WeightsLatent::scaling(WeightsScaling::Default { scaling: 1.0, shift: 0.0 }) };
+        let weights = WeightsLatent {
+            family: Some(Family::Wan21),
+            ..WeightsLatent::scaling(WeightsScaling::Default { scaling: 1.0, shift: 0.0 })
+        };
         let r = LatentSpace::resolve(&weights, LatentSpaceRequest::default(), 16).unwrap();
         assert_eq!(r.space, LatentSpace::of_family(Family::Wan21));
         assert_eq!(r.space.channel(0), (1.0 / 2.8184, -0.7571));

@@ -25,7 +25,7 @@ use crate::hub::Hub;
 use crate::imageio::{DEFAULT_MAX_PIXELS, InputImage, OutputImage};
 use crate::latent::{Latent, LatentMeta, Posterior};
 use crate::latent_space::{LatentForm, LatentSpace, LatentSpaceError, LatentSpaceRequest};
-use crate::model::{AutoencoderTiny, DiagonalGaussian, Graph, Model};
+use crate::model::{AutoencoderTiny, DiagonalGaussian, Model};
 use crate::tiling::{self, Plan, Tile, TileOptions, default_max_memory};
 use crate::weights::{self, Parts, WeightsError, WeightsInfo, WeightsSource};
 
@@ -411,7 +411,7 @@ impl Vae {
             return Plan::Whole { estimate: self.resident };
         }
         let (height, width) = (image.height.div_ceil(f) * f, image.width.div_ceil(f) * f);
-        match (&self.model, self.encoder_graph()) {
+        match (&self.model, self.model.encoder_graph()) {
             (_, Some(graph)) => self.tiling.plan(&graph, (3, height, width), height, self.resident),
             (Model::Tiny(model), None) => self.untiled(model, height, width),
             (_, None) => Plan::Whole { estimate: self.resident },
@@ -424,24 +424,6 @@ impl Vae {
         self.model.downscale() * self.latent_space.patch()
     }
 
-    /// The encoder of a network described as a [`Graph`] (all but TAESD).
-    fn encoder_graph(&self) -> Option<Graph<'_>> {
-        match &self.model {
-            Model::Kl(model) => Some(model.encoder_graph()),
-            Model::Wan(model) => Some(model.encoder_graph()),
-            Model::Tiny(_) => None,
-        }
-    }
-
-    /// The decoder of a network described as a [`Graph`] (all but TAESD).
-    fn decoder_graph(&self) -> Option<Graph<'_>> {
-        match &self.model {
-            Model::Kl(model) => Some(model.decoder_graph()),
-            Model::Wan(model) => Some(model.decoder_graph()),
-            Model::Tiny(_) => None,
-        }
-    }
-
     /// How `latent` is decoded: whole or in bands.
     pub fn decode_plan(&self, latent: &Latent) -> Plan {
         let f = self.model.upscale();
@@ -449,7 +431,7 @@ impl Vae {
             return Plan::Whole { estimate: self.resident };
         }
         let (c, h, w) = self.file_space(latent).vae_shape((latent.channels, latent.height, latent.width));
-        match (&self.model, self.decoder_graph()) {
+        match (&self.model, self.model.decoder_graph()) {
             (_, Some(graph)) => self.tiling.plan(&graph, (c, h, w), f * h, self.resident),
             (Model::Tiny(model), None) => self.untiled(model, f * h, f * w),
             (_, None) => Plan::Whole { estimate: self.resident },
@@ -532,7 +514,7 @@ impl Vae {
         let x = images.iter().map(|image| image.to_tensor(self.input_multiple(), &self.device.device)).collect();
         let x = Tensor::cat(x, 0).cast(self.dtype);
         let space = &self.latent_space;
-        let (z, posteriors, stored) = match (&self.model, self.encoder_graph()) {
+        let (z, posteriors, stored) = match (&self.model, self.model.encoder_graph()) {
             (Model::Tiny(model), _) => {
                 let latents = model.encode(x).expect("Vae::encode_batch checks that the encoder is loaded");
                 let latents = latents.cast(FloatDType::F32);
@@ -606,7 +588,7 @@ impl Vae {
             return latents.iter().flat_map(|latent| self.run_decoder(&[latent])).collect();
         }
         let device = &self.device.device;
-        let image = match (&self.model, self.decoder_graph()) {
+        let image = match (&self.model, self.model.decoder_graph()) {
             (Model::Tiny(model), _) => {
                 let p = latents.iter().map(|latent| {
                     let p = self.tiny_input(model, latent);
@@ -681,11 +663,12 @@ impl Vae {
         let shape = (latent.channels, latent.height, latent.width);
         let z = file.from_stored(&latent.data, shape);
         let vae_shape = file.vae_shape(shape);
-        let ours = if self.latent_space.patch() > 1 && (vae_shape.1 % 2 != 0 || vae_shape.2 % 2 != 0) {
-            LatentSpace::raw(None)
-        } else {
-            self.latent_space.clone()
-        };
+        let ours =
+            if self.latent_space.patch() > 1 && (!vae_shape.1.is_multiple_of(2) || !vae_shape.2.is_multiple_of(2)) {
+                LatentSpace::raw(None)
+            } else {
+                self.latent_space.clone()
+            };
         let values = ours.to_stored(&z, vae_shape);
         let n = values.len().max(1) as f64;
         let (sum, sum_sq) = values.iter().map(|&v| f64::from(v)).fold((0.0, 0.0), |(s, q), v| (s + v, q + v * v));

@@ -16,8 +16,8 @@ FLUX.2 widths 32, 32, 64, 64 one f32 copy of the weights alone is 4.3 MB, and a 
 base_dim 16 is 14 MB, and both families store their weights twice, in two layouts):
 
 - flux2: an `AutoencoderKLFlux2` (4 blocks, 8x downscale, 32 latent channels, quant convs,
-  mid-block attention, the 128-channel `bn` of FLUX.2) with widths 16, 16, 32, 32 and 8 GroupNorm
-  groups (group sizes 2 and 4), plus a "small decoder" variant (decoder widths 16, 16, 16, 32)
+  mid-block attention, the 128-channel `bn` of FLUX.2) with widths 32, 32, 32, 64 and 32 GroupNorm
+  groups (as real FLUX.2 files, which come without a config.json), plus a "small decoder" variant (decoder widths 32, 32, 32, 32)
   that shares the encoder, the quant conv and `bn` with it.
 - qwen: an `AutoencoderKLQwenImage` with the real block structure (dim_mult 1, 2, 4, 4,
   num_res_blocks 2, temporal downsampling False, True, True, mid-block attention) at base_dim 4.
@@ -78,12 +78,14 @@ FLUX2 = dict(
     out_channels=3,
     down_block_types=["DownEncoderBlock2D"] * 4,
     up_block_types=["UpDecoderBlock2D"] * 4,
-    block_out_channels=[16, 16, 32, 32],
+    # 32 groups, as every real FLUX.2 VAE: BFL's ae.safetensors comes without a
+    # config.json, so a loader must assume them.
+    block_out_channels=[32, 32, 32, 64],
     decoder_block_out_channels=None,
     layers_per_block=1,
     act_fn="silu",
     latent_channels=32,
-    norm_num_groups=8,
+    norm_num_groups=32,
     sample_size=1024,
     use_quant_conv=True,
     use_post_quant_conv=True,
@@ -93,7 +95,7 @@ FLUX2 = dict(
     patch_size=[2, 2],
 )
 # The "small decoder" variant: narrower decoder, same encoder.
-FLUX2_SMALL_DECODER = dict(FLUX2, decoder_block_out_channels=[16, 16, 16, 32])
+FLUX2_SMALL_DECODER = dict(FLUX2, decoder_block_out_channels=[32, 32, 32, 32])
 
 # Shared by the Qwen-Image and Wan 2.1 configs (latents_mean / latents_std are added, seeded).
 QWEN_ARCH = dict(
@@ -545,8 +547,8 @@ def write_readme(path: Path, flux2: dict, qwen: dict) -> None:
         "",
         "## flux2/ (`AutoencoderKLFlux2`)",
         "",
-        "Config: `block_out_channels` [16, 16, 32, 32], `layers_per_block` 1, `latent_channels` 32,",
-        "`norm_num_groups` 8, quant convs on, mid-block attention on, `batch_norm_eps` 1e-4,",
+        "Config: `block_out_channels` [32, 32, 32, 64], `layers_per_block` 1, `latent_channels` 32,",
+        "`norm_num_groups` 32, quant convs on, mid-block attention on, `batch_norm_eps` 1e-4,",
         "`patch_size` [2, 2] (so `bn` has 128 channels), SiLU, 4 `DownEncoderBlock2D` / `UpDecoderBlock2D`",
         "(8x downscale). The real FLUX.2 VAE has widths 128, 256, 512, 512, 32 groups, 2 layers per block;",
         "these are narrower only to keep the files small. Seed 0; conv and linear weights ~ N(0, 1/fan_in),",
@@ -558,7 +560,7 @@ def write_readme(path: Path, flux2: dict, qwen: dict) -> None:
         "|---|---|",
         "| `flux2/diffusers/` | `config.json` + `diffusion_pytorch_model.safetensors` (`save_pretrained`, f32; bn buffers f32 + the i64 scalar) |",
         "| `flux2/ae.safetensors` | the same tensors in BFL's original FLUX.2 layout (see below) |",
-        "| `flux2/small_decoder/` | diffusers folder, `decoder_block_out_channels` [16, 16, 16, 32]: the \"small decoder\" variant. Its `encoder`, `quant_conv` and `bn` are the tensors of `flux2/diffusers` (it encodes to the same latents); `decoder` and `post_quant_conv` are its own (seed 1) |",
+        "| `flux2/small_decoder/` | diffusers folder, `decoder_block_out_channels` [32, 32, 32, 32]: the \"small decoder\" variant. Its `encoder`, `quant_conv` and `bn` are the tensors of `flux2/diffusers` (it encodes to the same latents); `decoder` and `post_quant_conv` are its own (seed 1) |",
         "| `flux2/expected/{image}.safetensors` | `mean`, `logvar`, `normalized`, `decoded` (below) |",
         "| `flux2/expected/{image}.png` | postprocessed `decoded` |",
         "| `flux2/expected/small_decoder_{image}.safetensors` | `decoded`: the small decoder's decode of the stored `mean` |",

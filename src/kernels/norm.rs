@@ -1,5 +1,7 @@
 //! GroupNorm followed by SiLU in two passes over memory: statistics per
 //! group (summed in f64), then normalise, scale, shift and SiLU in one sweep.
+//! And the RMS norm of the Wan / Qwen-Image VAE (+ SiLU), per pixel across
+//! channels, in the same two passes.
 
 use rayon::prelude::*;
 
@@ -57,6 +59,66 @@ fn affine_in_place(x: &mut [f32], a: f32, b: f32, silu: bool) {
     }
 }
 
+/// Pixels per task of the RMS norm's first pass: each task sums the squares
+/// of its pixels over every channel, reading one contiguous run per channel.
+const RMS_PIXELS: usize = 1024;
+
+/// The RMS norm of diffusers' `WanRMS_norm` / `QwenImageRMS_norm` (no bias):
+/// `F.normalize(x, dim=1) * sqrt(C) * gamma`, that is
+/// `x / max(||x||, 1e-12) * sqrt(C) * gamma[c]` with the L2 norm taken over
+/// the channels of each pixel; with `silu`, SiLU after. `x` is
+/// `[batch, channels, hw]`, normalised in place.
+///
+/// Two passes: the squares summed across channels into a per-pixel f64
+/// buffer (channel by channel, so the loop vectorises; the order, hence the
+/// result, is the same whatever the number of pixels), then each channel
+/// scaled by `sqrt(C) * gamma[c] / norm` in f64 and rounded once to f32.
+/// Every pixel is computed alone: a band of rows gives what the whole does.
+pub fn rms_norm(x: &mut [f32], channels: usize, hw: usize, gamma: &[f32], silu: bool) {
+    assert_eq!(gamma.len(), channels, "one gamma per channel");
+    if hw == 0 || channels == 0 {
+        return;
+    }
+    let scale = (channels as f64).sqrt();
+    let gamma: Vec<f64> = gamma.iter().map(|&g| g as f64 * scale).collect();
+    for image in x.chunks_exact_mut(channels * hw) {
+        let inv = rms_inverse_norms(image, channels, hw);
+        image.par_chunks_mut(hw).zip(gamma.par_iter()).for_each(|(xc, &g)| {
+            if silu {
+                for (v, &r) in xc.iter_mut().zip(&inv) {
+                    let y = (*v as f64 * (r * g)) as f32;
+                    *v = y / (1.0 + fast_exp(-y));
+                }
+            } else {
+                for (v, &r) in xc.iter_mut().zip(&inv) {
+                    *v = (*v as f64 * (r * g)) as f32;
+                }
+            }
+        });
+    }
+}
+
+/// `1 / max(sqrt(sum_c x[c, p]^2), 1e-12)` for each pixel `p` of one image
+/// `[channels, hw]`, in f64.
+fn rms_inverse_norms(image: &[f32], channels: usize, hw: usize) -> Vec<f64> {
+    let mut inv = vec![0.0f64; hw];
+    inv.par_chunks_mut(RMS_PIXELS).enumerate().for_each(|(block, acc)| {
+        let p0 = block * RMS_PIXELS;
+        for c in 0..channels {
+            let row = &image[c * hw + p0..][..acc.len()];
+            for (a, &v) in acc.iter_mut().zip(row) {
+                let v = v as f64;
+                *a += v * v;
+            }
+        }
+        for a in acc.iter_mut() {
+            // F.normalize's eps clamps the norm, not its square.
+            *a = 1.0 / a.sqrt().max(1e-12);
+        }
+    });
+    inv
+}
+
 /// `(sum x, sum x^2)` of each channel of `x` (`[channels, hw]`), in f64.
 pub fn channel_sums(x: &[f32], hw: usize) -> Vec<[f64; 2]> {
     x.par_chunks(hw).map(|s| [sum_f64(s, |v| v), sum_f64(s, |v| v * v)]).collect()
@@ -104,6 +166,62 @@ mod tests {
             worst = worst.max((fast_exp(x) as f64 - want).abs() / want);
         }
         assert!(worst < 3e-7, "relative error {worst:e}");
+    }
+
+    /// `F.normalize(x, dim=1) * sqrt(C) * gamma` (then SiLU) in f64.
+    fn rms_reference(x: &[f32], c: usize, hw: usize, gamma: &[f32], silu: bool) -> Vec<f64> {
+        let mut out = vec![0.0; x.len()];
+        for (image, o) in x.chunks(c * hw).zip(out.chunks_mut(c * hw)) {
+            for p in 0..hw {
+                let norm = (0..c).map(|ch| (image[ch * hw + p] as f64).powi(2)).sum::<f64>().sqrt();
+                for ch in 0..c {
+                    let y = image[ch * hw + p] as f64 / norm.max(1e-12) * (c as f64).sqrt() * gamma[ch] as f64;
+                    o[ch * hw + p] = if silu { y / (1.0 + (-y).exp()) } else { y };
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn rms_norm_matches_the_definition() {
+        use rand::{Rng, SeedableRng};
+        // Two images, 96 channels, a pixel count that is not a multiple of
+        // the block (three blocks, the last short), values of mixed scales,
+        // and one pixel of zeros (the norm clamped to 1e-12: zeros out).
+        let (b, c, hw) = (2, 96, 2 * RMS_PIXELS + 40);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let mut x: Vec<f32> = (0..b * c * hw).map(|i| rng.random_range(-1.0f32..1.0) * (1 + i % 5) as f32).collect();
+        for ch in 0..c {
+            x[ch * hw + 5] = 0.0;
+        }
+        let gamma: Vec<f32> = (0..c).map(|_| rng.random_range(-2.0f32..2.0)).collect();
+        for silu in [false, true] {
+            let want = rms_reference(&x, c, hw, &gamma, silu);
+            let mut got = x.clone();
+            rms_norm(&mut got, c, hw, &gamma, silu);
+            let mut worst = 0.0f64;
+            for (&g, &w) in got.iter().zip(&want) {
+                // Relative to the value, or to 1 near zero; SiLU's slope
+                // (up to 1 + |y| relatively, for negative y) is allowed for.
+                let err = (g as f64 - w).abs() / w.abs().max(1.0);
+                worst = worst.max(err);
+            }
+            assert!(worst < 1e-6, "silu {silu}: worst relative error {worst:e}");
+            assert!((0..c).all(|ch| got[ch * hw + 5] == 0.0), "a zero pixel stays zero");
+        }
+        // Each pixel alone: the rows of a band come out bit for bit as in the whole.
+        let (rows, w) = (hw / 36, 36);
+        let image = &x[..c * hw];
+        let mut whole = image.to_vec();
+        rms_norm(&mut whole, c, hw, &gamma, true);
+        let (r0, r1) = (3, rows - 2);
+        let mut band: Vec<f32> = (0..c).flat_map(|ch| image[ch * hw + r0 * w..ch * hw + r1 * w].to_vec()).collect();
+        rms_norm(&mut band, c, (r1 - r0) * w, &gamma, true);
+        for ch in 0..c {
+            let part = &whole[ch * hw + r0 * w..ch * hw + r1 * w];
+            assert!(part.iter().zip(&band[ch * (r1 - r0) * w..]).all(|(a, b)| a.to_bits() == b.to_bits()));
+        }
     }
 
     #[test]

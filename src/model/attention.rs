@@ -1,10 +1,11 @@
 //! The single-head self-attention of the VAE mid block (diffusers `Attention`
-//! with `heads = 1`, `dim_head = C`, a GroupNorm in front and a residual).
+//! with `heads = 1`, `dim_head = C`, a GroupNorm in front and a residual; the
+//! Wan / Qwen-Image VAE's `AttentionBlock` is the same with an RMS norm).
 
 use burn::tensor::{FloatDType, Tensor};
 
 use super::Params;
-use super::layers::{GroupNorm, Linear};
+use super::layers::{GroupNorm, Linear, Norm, RmsNorm};
 use crate::kernels;
 
 /// Upper bound on the elements of one block of attention scores. Queries are
@@ -14,7 +15,8 @@ const MAX_SCORE_ELEMENTS: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct Attention {
-    pub group_norm: GroupNorm,
+    /// `group_norm` in diffusers' `Attention`, `norm` in the Wan VAE's.
+    pub norm: Norm,
     pub to_q: Linear,
     pub to_k: Linear,
     pub to_v: Linear,
@@ -26,11 +28,46 @@ impl Attention {
     pub fn load<P: Params>(p: &mut P, name: &str, channels: usize, groups: usize) -> Self {
         let linear = |p: &mut P, part: &str| Linear::load(p, &format!("{name}.{part}"), channels, channels);
         Self {
-            group_norm: GroupNorm::load(p, &format!("{name}.group_norm"), channels, groups),
+            norm: GroupNorm::load(p, &format!("{name}.group_norm"), channels, groups).into(),
             to_q: linear(p, "to_q"),
             to_k: linear(p, "to_k"),
             to_v: linear(p, "to_v"),
             to_out: linear(p, "to_out.0"),
+        }
+    }
+
+    /// The Wan / Qwen-Image VAE's `AttentionBlock`: `norm` an RMS norm
+    /// (`gamma` `[C, 1, 1]`), `to_qkv` one 1x1 convolution (`[3C, C, 1, 1]`)
+    /// whose output channels are q, k and v in that order, `proj` a 1x1
+    /// convolution (`[C, C, 1, 1]`). One head of dimension C, as here.
+    pub fn load_wan(p: &mut impl Params, name: &str, channels: usize) -> Self {
+        let c = channels;
+        let qkv_weight = p.tensor(&format!("{name}.to_qkv.weight"), [3 * c, c, 1, 1]);
+        let qkv_bias = p.tensor(&format!("{name}.to_qkv.bias"), [3 * c]);
+        let proj_weight = p.tensor(&format!("{name}.proj.weight"), [c, c, 1, 1]);
+        let proj_bias = p.tensor(&format!("{name}.proj.bias"), [c]);
+        // A loader's stand-in for a missing or mis-shaped tensor is empty:
+        // only tensors that loaded are cut (the loader fails anyway).
+        let options = (&qkv_weight.device(), qkv_weight.dtype());
+        let empty = || Linear { weight: Tensor::empty([0, 0], options), bias: Tensor::empty([0], options) };
+        let qkv_loaded = qkv_weight.dims() == [3 * c, c, 1, 1] && qkv_bias.dims() == [3 * c];
+        let qkv = qkv_loaded.then(|| (qkv_weight.reshape([3 * c, c]), qkv_bias));
+        let part = |k: usize| match &qkv {
+            Some((weight, bias)) => {
+                Linear { weight: weight.clone().narrow(0, k * c, c), bias: bias.clone().narrow(0, k * c, c) }
+            }
+            None => empty(),
+        };
+        let to_out = match proj_weight.dims() == [c, c, 1, 1] {
+            true => Linear { weight: proj_weight.reshape([c, c]), bias: proj_bias },
+            false => empty(),
+        };
+        Self {
+            norm: RmsNorm::load(p, &format!("{name}.norm"), c, 3).into(),
+            to_q: part(0),
+            to_k: part(1),
+            to_v: part(2),
+            to_out,
         }
     }
 
@@ -42,7 +79,7 @@ impl Attention {
         let [b, c, h, w] = x.dims();
         let n = h * w;
         // [B, C, H, W] -> [B, N, C]: one token per pixel.
-        let tokens = self.group_norm.forward(x.clone()).reshape([b, c, n]).swap_dims(1, 2);
+        let tokens = self.norm.forward(x.clone()).reshape([b, c, n]).swap_dims(1, 2);
         let outputs = (0..b)
             .map(|i| {
                 let t = tokens.clone().narrow(0, i, 1).reshape([n, c]);
@@ -60,7 +97,7 @@ impl Attention {
     fn forward_cpu(&self, x: Tensor<4>) -> Tensor<4> {
         let ([b, c, h, w], device) = (x.dims(), x.device());
         let n = h * w;
-        let tokens = self.group_norm.forward(x.clone()).reshape([b, c, n]).swap_dims(1, 2); // [B, N, C]
+        let tokens = self.norm.forward(x.clone()).reshape([b, c, n]).swap_dims(1, 2); // [B, N, C]
         let tokens = kernels::values(tokens);
         let params = |l: &Linear| (kernels::values(l.weight.clone()), kernels::values(l.bias.clone()));
         let [q, k, v, out] = [&self.to_q, &self.to_k, &self.to_v, &self.to_out].map(params);

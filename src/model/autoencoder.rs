@@ -49,25 +49,35 @@ impl AutoencoderKl {
 
     /// The steps of [`AutoencoderKl::moments`]: encoder, then `quant_conv`.
     pub fn encoder_graph(&self) -> Graph<'_> {
-        let (mut b, x) = Builder::new();
-        let h = self.encoder.describe(&mut b, x);
-        let moments = match &self.quant_conv {
-            Some(conv) => b.conv(h, ConvOp::new(conv)),
-            None => h,
-        };
-        b.finish(moments)
+        encoder_graph(&self.encoder, self.quant_conv.as_ref())
     }
 
     /// The steps of [`AutoencoderKl::decode`]: `post_quant_conv`, then decoder.
     pub fn decoder_graph(&self) -> Graph<'_> {
-        let (mut b, z) = Builder::new();
-        let z = match &self.post_quant_conv {
-            Some(conv) => b.conv(z, ConvOp::new(conv)),
-            None => z,
-        };
-        let image = self.decoder.describe(&mut b, z);
-        b.finish(image)
+        decoder_graph(&self.decoder, self.post_quant_conv.as_ref())
     }
+}
+
+/// An encoder's steps, then those of its `quant_conv` if it has one.
+pub(super) fn encoder_graph<'m>(encoder: &'m Encoder, quant_conv: Option<&'m Conv2d>) -> Graph<'m> {
+    let (mut b, x) = Builder::new();
+    let h = encoder.describe(&mut b, x);
+    let moments = match quant_conv {
+        Some(conv) => b.conv(h, ConvOp::new(conv)),
+        None => h,
+    };
+    b.finish(moments)
+}
+
+/// The steps of a `post_quant_conv` if there is one, then a decoder's.
+pub(super) fn decoder_graph<'m>(decoder: &'m Decoder, post_quant_conv: Option<&'m Conv2d>) -> Graph<'m> {
+    let (mut b, z) = Builder::new();
+    let z = match post_quant_conv {
+        Some(conv) => b.conv(z, ConvOp::new(conv)),
+        None => z,
+    };
+    let image = decoder.describe(&mut b, z);
+    b.finish(image)
 }
 
 /// The encoder's posterior: a diagonal Gaussian per latent element.

@@ -15,6 +15,10 @@ pub struct AutoencoderKlConfig {
     pub latent_channels: usize,
     /// Width of each resolution level, from the image side down.
     pub block_out_channels: Vec<usize>,
+    /// The decoder's widths where they differ from the encoder's
+    /// (`AutoencoderKLFlux2`); `None`: `block_out_channels`.
+    #[serde(default)]
+    pub decoder_block_out_channels: Option<Vec<usize>>,
     /// ResNets per encoder block (the decoder has one more per block).
     pub layers_per_block: usize,
     pub norm_num_groups: usize,
@@ -36,6 +40,7 @@ impl AutoencoderKlConfig {
             out_channels: 3,
             latent_channels: 4,
             block_out_channels: vec![128, 256, 512, 512],
+            decoder_block_out_channels: None,
             layers_per_block: 2,
             norm_num_groups: 32,
             scaling_factor: SD15_SCALING_FACTOR,
@@ -71,6 +76,16 @@ impl AutoencoderKlConfig {
     /// Spatial downsampling between image and latent: 2^(levels - 1), 8 for SD.
     pub fn downscale(&self) -> usize {
         1 << (self.block_out_channels.len().saturating_sub(1))
+    }
+
+    /// The decoder's widths, from the image side down.
+    pub fn decoder_channels(&self) -> &[usize] {
+        self.decoder_block_out_channels.as_deref().unwrap_or(&self.block_out_channels)
+    }
+
+    /// Spatial upsampling between latent and image: 2^(decoder levels - 1).
+    pub fn upscale(&self) -> usize {
+        1 << (self.decoder_channels().len().saturating_sub(1))
     }
 }
 

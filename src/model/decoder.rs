@@ -4,7 +4,7 @@ use super::Params;
 use super::config::AutoencoderKlConfig;
 use super::encoder::UNetMidBlock2d;
 use super::graph::{Buffer, Builder, ConvOp};
-use super::layers::{Conv2d, GroupNorm};
+use super::layers::{Conv2d, GroupNorm, Norm};
 use super::resnet::{self, ResnetBlock2d};
 use super::sampling::Upsample2d;
 
@@ -14,13 +14,13 @@ pub struct Decoder {
     pub mid_block: UNetMidBlock2d,
     /// From the latent side up: widths are `block_out_channels` reversed.
     pub up_blocks: Vec<UpDecoderBlock2d>,
-    pub conv_norm_out: GroupNorm,
+    pub conv_norm_out: Norm,
     pub conv_out: Conv2d,
 }
 
 impl Decoder {
     pub fn load(p: &mut impl Params, name: &str, cfg: &AutoencoderKlConfig) -> Self {
-        let reversed: Vec<usize> = cfg.block_out_channels.iter().rev().copied().collect();
+        let reversed: Vec<usize> = cfg.decoder_channels().iter().rev().copied().collect();
         let groups = cfg.norm_num_groups;
         let last = reversed.len() - 1;
         let up_blocks = (0..reversed.len())
@@ -40,7 +40,7 @@ impl Decoder {
                 cfg.mid_block_add_attention,
             ),
             up_blocks,
-            conv_norm_out: GroupNorm::load(p, &format!("{name}.conv_norm_out"), reversed[last], groups),
+            conv_norm_out: GroupNorm::load(p, &format!("{name}.conv_norm_out"), reversed[last], groups).into(),
             conv_out: Conv2d::load(p, &format!("{name}.conv_out"), reversed[last], cfg.out_channels, 3),
         }
     }

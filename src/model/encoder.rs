@@ -4,7 +4,7 @@ use super::Params;
 use super::attention::Attention;
 use super::config::AutoencoderKlConfig;
 use super::graph::{Buffer, Builder, ConvOp};
-use super::layers::{Conv2d, GroupNorm};
+use super::layers::{Conv2d, GroupNorm, Norm};
 use super::resnet::{self, ResnetBlock2d};
 use super::sampling::Downsample2d;
 
@@ -13,7 +13,7 @@ pub struct Encoder {
     pub conv_in: Conv2d,
     pub down_blocks: Vec<DownEncoderBlock2d>,
     pub mid_block: UNetMidBlock2d,
-    pub conv_norm_out: GroupNorm,
+    pub conv_norm_out: Norm,
     pub conv_out: Conv2d,
 }
 
@@ -39,7 +39,7 @@ impl Encoder {
                 groups,
                 cfg.mid_block_add_attention,
             ),
-            conv_norm_out: GroupNorm::load(p, &format!("{name}.conv_norm_out"), ch[last], groups),
+            conv_norm_out: GroupNorm::load(p, &format!("{name}.conv_norm_out"), ch[last], groups).into(),
             // double_z: mean and log-variance.
             conv_out: Conv2d::load(p, &format!("{name}.conv_out"), ch[last], 2 * cfg.latent_channels, 3),
         }
@@ -101,6 +101,15 @@ impl UNetMidBlock2d {
         let attentions = attention.then(|| Attention::load(p, &format!("{name}.attentions.0"), channels, groups));
         let second = resnet(p, 1);
         Self { resnets: [first, second], attentions }
+    }
+
+    /// The Wan / Qwen-Image VAE's `MidBlock`: the same blocks, with RMS
+    /// norms and the Wan attention (always present).
+    pub fn load_wan(p: &mut impl Params, name: &str, channels: usize) -> Self {
+        let first = ResnetBlock2d::load_wan(p, &format!("{name}.resnets.0"), channels, channels);
+        let attention = Attention::load_wan(p, &format!("{name}.attentions.0"), channels);
+        let second = ResnetBlock2d::load_wan(p, &format!("{name}.resnets.1"), channels, channels);
+        Self { resnets: [first, second], attentions: Some(attention) }
     }
 
     /// `[B, C, H, W] -> [B, C, H, W]`

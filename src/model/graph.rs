@@ -1,5 +1,6 @@
-//! The one description of `AutoencoderKL`'s encoder and decoder: a list of
-//! steps over numbered buffers, which both executors run.
+//! The one description of a VAE's encoder and decoder (`AutoencoderKL`'s, and
+//! the Wan / Qwen-Image VAE's for one frame): a list of steps over numbered
+//! buffers, which both executors run.
 //!
 //! - [`Graph::forward`] is the plain forward pass, on any device, through
 //!   burn tensors and the fused CPU kernels.
@@ -12,15 +13,16 @@
 //! input and every other buffer is the output of exactly one step. A step is
 //! one of the primitives both executors know ([`Op`]):
 //!
-//! - [`Op::Conv`]: everything between two GroupNorms. An optional GroupNorm +
-//!   SiLU, one convolution ([`Resample`]: same size, after a nearest x2
-//!   upsampling, or stride 2 down), and optionally a [`Residual`]: an
-//!   earlier buffer added to the result, through a 1x1 shortcut convolution
-//!   or as it is. Being local, it can be computed in bands of rows with the
-//!   halo its convolution needs; its GroupNorm statistics are those of the
-//!   whole input.
+//! - [`Op::Conv`]: everything between two norms. An optional norm + SiLU
+//!   (a [`Norm`]: GroupNorm, or the per-pixel RMS norm), one convolution
+//!   ([`Resample`]: same size, after a nearest x2 upsampling, or stride 2
+//!   down; it may change the channel count), and optionally a [`Residual`]:
+//!   an earlier buffer added to the result, through a 1x1 shortcut
+//!   convolution or as it is. Being local, it can be computed in bands of
+//!   rows with the halo its convolution needs; GroupNorm statistics are
+//!   those of the whole input (the RMS norm needs none).
 //! - [`Op::Attention`]: the mid block's self-attention over all positions,
-//!   with its own GroupNorm and residual. It runs on the whole activation.
+//!   with its own norm and residual. It runs on the whole activation.
 //!
 //! Each executor drops a buffer once the last step that reads it has run
 //! ([`Graph::last_reads`]), so the plain pass hands an activation read for
@@ -52,7 +54,7 @@
 use burn::tensor::Tensor;
 
 use super::attention::Attention;
-use super::layers::{Conv2d, GroupNorm};
+use super::layers::{Conv2d, Norm};
 
 /// An activation `[B, C, H, W]` that a step writes and later steps read.
 /// Only a [`Builder`] makes them, so a step reads only buffers written before it.
@@ -102,7 +104,7 @@ pub struct Residual<'m> {
 /// `conv(silu(norm(x)))` (the norm optional), resampled, plus a residual.
 #[derive(Debug, Clone, Copy)]
 pub struct ConvOp<'m> {
-    pub norm: Option<&'m GroupNorm>,
+    pub norm: Option<&'m Norm>,
     pub conv: &'m Conv2d,
     pub resample: Resample,
     pub residual: Option<Residual<'m>>,
@@ -114,8 +116,8 @@ impl<'m> ConvOp<'m> {
         Self { norm: None, conv, resample: Resample::Same, residual: None }
     }
 
-    /// With GroupNorm + SiLU before the convolution.
-    pub fn normed(self, norm: &'m GroupNorm) -> Self {
+    /// With the norm (GroupNorm or RMS) + SiLU before the convolution.
+    pub fn normed(self, norm: &'m Norm) -> Self {
         Self { norm: Some(norm), ..self }
     }
 
@@ -294,14 +296,14 @@ mod tests {
 
     use super::*;
     use crate::model::layers::Linear;
-    use crate::model::{ResnetBlock2d, VAE_NORM_EPS};
+    use crate::model::{GroupNorm, ResnetBlock2d, VAE_NORM_EPS};
     use crate::tiling::{self, Plan, Rows, Storage, TileOptions};
 
     /// Made up: three normed convolutions with the block's input added once,
     /// at the end (two ResNets sharing one residual), so that the input stays
     /// live across three steps.
     struct TripleConvBlock {
-        norms: [GroupNorm; 3],
+        norms: [Norm; 3],
         convs: [Conv2d; 3],
         conv_shortcut: Option<Conv2d>,
     }
@@ -359,9 +361,9 @@ mod tests {
             self.conv_with(c_in, c_out, k, 1, [(k / 2, k / 2); 2])
         }
 
-        fn norm(&mut self, channels: usize) -> GroupNorm {
+        fn norm(&mut self, channels: usize) -> Norm {
             let weight = Tensor::from_data(TensorData::new(self.values(channels, 0.2), [channels]), &self.device) + 1.0;
-            GroupNorm::new(weight, self.tensor([channels], 0.1), 4, VAE_NORM_EPS)
+            GroupNorm::new(weight, self.tensor([channels], 0.1), 4, VAE_NORM_EPS).into()
         }
 
         fn linear(&mut self, c: usize) -> Linear {
@@ -379,7 +381,7 @@ mod tests {
         resnet: ResnetBlock2d,
         attention: Attention,
         up: Conv2d,
-        norm_out: GroupNorm,
+        norm_out: Norm,
         conv_out: Conv2d,
     }
 
@@ -403,7 +405,7 @@ mod tests {
                     conv_shortcut: None,
                 },
                 attention: Attention {
-                    group_norm: w.norm(16),
+                    norm: w.norm(16),
                     to_q: w.linear(16),
                     to_k: w.linear(16),
                     to_v: w.linear(16),

@@ -1,6 +1,6 @@
-//! The three primitive layers of the VAE, holding plain tensors loaded from a
+//! The primitive layers of the VAEs, holding plain tensors loaded from a
 //! weights file. Each mirrors the PyTorch module diffusers uses, with the same
-//! parameter names (`weight`, `bias`).
+//! parameter names (`weight`, `bias`, `gamma`).
 
 use burn::tensor::{FloatDType, Tensor};
 use std::sync::Arc;
@@ -46,6 +46,28 @@ impl Conv2d {
         let weight = p.tensor(&format!("{name}.weight"), [c_out, c_in, kernel, kernel]);
         let bias = p.tensor(&format!("{name}.bias"), [c_out]);
         Self::from_tensors(weight, bias, c_in, c_out, kernel, stride, padding)
+    }
+
+    /// A diffusers `CausalConv3d` of a Wan / Qwen-Image VAE (weight
+    /// `[c_out, c_in, kernel, kernel, kernel]`), applied to one frame: the
+    /// frame is padded in front with `kernel - 1` zero frames, so only the
+    /// last temporal tap touches it and the layer is the 2D convolution of
+    /// that tap ("same" padding, stride 1).
+    pub fn load_causal(p: &mut impl Params, name: &str, c_in: usize, c_out: usize, kernel: usize) -> Self {
+        let shape = [c_out, c_in, kernel, kernel, kernel];
+        let weight = p.tensor(&format!("{name}.weight"), shape);
+        let bias = p.tensor(&format!("{name}.bias"), [c_out]);
+        // Only a weight that loaded is cut (a loader's stand-in is empty),
+        // into a tensor of its own: a view would keep every tap in memory.
+        let (device, dtype) = (weight.device(), weight.dtype());
+        let weight = if weight.dims() == shape {
+            let tap = kernels::values(weight.narrow(2, kernel - 1, 1));
+            kernels::tensor(tap, [c_out, c_in, kernel, kernel], &device).cast(dtype)
+        } else {
+            Tensor::empty([0; 4], (&device, dtype))
+        };
+        let pad = kernel / 2;
+        Self::from_tensors(weight, bias, c_in, c_out, kernel, 1, [(pad, pad), (pad, pad)])
     }
 
     /// [`Conv2d::load_with`] of a `bias=False` convolution (TAESD's
@@ -252,6 +274,125 @@ impl GroupNorm {
     }
 }
 
+/// The norm in front of a convolution or an attention: `AutoencoderKL`'s
+/// GroupNorm (statistics over the whole image), or the Wan / Qwen-Image
+/// VAE's RMS norm (per pixel, across channels). Boxed: a tensor handle is
+/// large (GroupNorm holds two, RmsNorm one), and the enum stays small.
+#[derive(Debug, Clone)]
+pub enum Norm {
+    Group(Box<GroupNorm>),
+    Rms(Box<RmsNorm>),
+}
+
+impl Norm {
+    /// `[B, C, H, W] -> [B, C, H, W]`
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        match self {
+            Norm::Group(norm) => norm.forward(x),
+            Norm::Rms(norm) => norm.forward(x),
+        }
+    }
+
+    /// The norm followed by SiLU.
+    pub fn forward_silu(&self, x: Tensor<4>) -> Tensor<4> {
+        match self {
+            Norm::Group(norm) => norm.forward_silu(x),
+            Norm::Rms(norm) => norm.forward_silu(x),
+        }
+    }
+
+    /// The norm + SiLU of a band of rows of an image whose channels sum to
+    /// `sums` over `count` positions (see [`GroupNorm::forward_silu_with`]).
+    /// The RMS norm needs no statistics: it ignores them.
+    pub fn forward_silu_with(&self, x: Tensor<4>, sums: &[[f64; 2]], count: usize) -> Tensor<4> {
+        match self {
+            Norm::Group(norm) => norm.forward_silu_with(x, sums, count),
+            Norm::Rms(norm) => norm.forward_silu(x),
+        }
+    }
+}
+
+impl From<GroupNorm> for Norm {
+    fn from(norm: GroupNorm) -> Self {
+        Norm::Group(Box::new(norm))
+    }
+}
+
+impl From<RmsNorm> for Norm {
+    fn from(norm: RmsNorm) -> Self {
+        Norm::Rms(Box::new(norm))
+    }
+}
+
+/// diffusers' `WanRMS_norm` / `QwenImageRMS_norm` without bias:
+/// `F.normalize(x, dim=1) * sqrt(C) * gamma`, each pixel's channels divided
+/// by their L2 norm (at least 1e-12). Computed in f32 (f64 sums on the CPU)
+/// whatever the activations' dtype, as diffusers does for f16 and bf16.
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    /// `[C]`
+    pub gamma: Tensor<1>,
+}
+
+/// `F.normalize`'s default epsilon: the smallest norm divided by.
+const RMS_NORM_EPS: f64 = 1e-12;
+
+impl RmsNorm {
+    /// Reads `{name}.gamma` in the shape the file holds it: `[C, 1, 1, 1]`
+    /// (`shape_rank` 4, the norms of the residual blocks and the encoder's
+    /// and decoder's `norm_out`, made for video) or `[C, 1, 1]` (rank 3, the
+    /// attention's, made for images); rank 1 is a plain `[C]`.
+    pub fn load(p: &mut impl Params, name: &str, channels: usize, shape_rank: usize) -> Self {
+        let name = format!("{name}.gamma");
+        let gamma = match shape_rank {
+            1 => p.tensor(&name, [channels]),
+            3 => Self::flat(p.tensor(&name, [channels, 1, 1])),
+            4 => Self::flat(p.tensor(&name, [channels, 1, 1, 1])),
+            _ => panic!("an RMS norm's gamma has rank 1, 3 or 4, not {shape_rank}"),
+        };
+        Self { gamma }
+    }
+
+    /// `[C, 1, ...]` as `[C]`; a loader's empty stand-in stays empty.
+    fn flat<const D: usize>(gamma: Tensor<D>) -> Tensor<1> {
+        let n: usize = gamma.dims().iter().product();
+        gamma.reshape([n])
+    }
+
+    /// `[B, C, H, W] -> [B, C, H, W]`
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.apply(x, false)
+    }
+
+    /// The RMS norm followed by SiLU.
+    pub fn forward_silu(&self, x: Tensor<4>) -> Tensor<4> {
+        self.apply(x, true)
+    }
+
+    fn apply(&self, x: Tensor<4>, with_silu: bool) -> Tensor<4> {
+        let ([b, c, h, w], device) = (x.dims(), x.device());
+        if kernels::applies_to(&device) {
+            let gamma = kernels::values(self.gamma.clone());
+            let mut x = kernels::values(x);
+            kernels::norm::rms_norm(&mut x, c, h * w, &gamma, with_silu);
+            return kernels::tensor(x, [b, c, h, w], &device);
+        }
+        self.apply_tensors(x, with_silu)
+    }
+
+    /// [`RmsNorm::apply`] through burn's operations (the GPU path).
+    fn apply_tensors(&self, x: Tensor<4>, with_silu: bool) -> Tensor<4> {
+        let c = x.dims()[1];
+        // In f32, as GroupNorm: a sum of squares overflows f16.
+        let (dtype, f32) = (x.dtype(), FloatDType::F32);
+        let x = x.cast(f32);
+        let norm = x.clone().square().sum_dim(1).sqrt().clamp_min(RMS_NORM_EPS); // [B, 1, H, W]
+        let gamma = self.gamma.clone().cast(f32).reshape([1, c, 1, 1]) * (c as f64).sqrt();
+        let y = (x / norm * gamma).cast(dtype);
+        if with_silu { silu(y) } else { y }
+    }
+}
+
 /// `x * sigmoid(x)` as `x / (1 + e^-x)`: four passes over `x` (negate,
 /// exponential, add, divide) on the GPU backends, where burn's `silu` takes
 /// seven (its generic sigmoid is `exp(-log(1 + exp(-x)))`, plus the product).
@@ -278,5 +419,29 @@ impl Linear {
     /// `[N, D_in] -> [N, D_out]`
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         x.matmul(self.weight.clone().transpose()) + self.bias.clone().unsqueeze()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{Device, TensorData};
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    #[test]
+    fn rms_norm_kernel_and_tensor_paths_agree() {
+        let (b, c, h, w) = (2, 24, 5, 7);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let mut values = |n: usize, lo: f32, hi: f32| (0..n).map(|_| rng.random_range(lo..hi)).collect::<Vec<f32>>();
+        let device = Device::flex();
+        let x = Tensor::<4>::from_data(TensorData::new(values(b * c * h * w, -3.0, 3.0), [b, c, h, w]), &device);
+        let norm = RmsNorm { gamma: Tensor::from_data(TensorData::new(values(c, 0.5, 1.5), [c]), &device) };
+        for silu in [false, true] {
+            let fused = kernels::values(norm.apply(x.clone(), silu));
+            let plain = kernels::values(norm.apply_tensors(x.clone(), silu));
+            let worst = fused.iter().zip(&plain).map(|(a, b)| (a - b).abs() / b.abs().max(1.0)).fold(0.0, f32::max);
+            assert!(worst < 1e-6, "silu {silu}: {worst:e}");
+        }
     }
 }

@@ -1,11 +1,13 @@
 //! The Stable Diffusion VAE, laid out as diffusers lays it out so that a
-//! reader who knows `diffusers.AutoencoderKL` knows this code; and TAESD,
-//! diffusers' `AutoencoderTiny`, which shares its latent space.
+//! reader who knows `diffusers.AutoencoderKL` knows this code; TAESD,
+//! diffusers' `AutoencoderTiny`, which shares its latent space; and the Wan
+//! 2.1 / Qwen-Image VAE on one frame ([`wan`]), made of `AutoencoderKL`'s
+//! blocks with RMS norms.
 //!
 //! Each block of `AutoencoderKL` states its topology once, as steps of a
 //! [`Graph`] (see [`graph`]); the plain forward pass and the banded one of
-//! [`crate::tiling`] both run that description. TAESD always runs whole and
-//! keeps plain `forward` methods.
+//! [`crate::tiling`] both run that description, for either VAE. TAESD
+//! always runs whole and keeps plain `forward` methods.
 
 mod attention;
 mod autoencoder;
@@ -17,15 +19,17 @@ mod layers;
 mod resnet;
 mod sampling;
 mod tiny;
+pub mod wan;
 
 pub use attention::Attention;
 pub use autoencoder::{AutoencoderKl, DiagonalGaussian};
 pub use config::{AutoencoderKlConfig, Family, SD15_SCALING_FACTOR};
 pub use encoder::UNetMidBlock2d;
 pub use graph::{Buffer, Builder, ConvOp, Graph, Op, Resample, Residual, Step};
-pub use layers::{Conv2d, GroupNorm, VAE_NORM_EPS};
+pub use layers::{Conv2d, GroupNorm, Norm, RmsNorm, VAE_NORM_EPS};
 pub use resnet::ResnetBlock2d;
 pub use tiny::{AutoencoderTiny, AutoencoderTinyBlock, AutoencoderTinyConfig, DecoderTiny, EncoderTiny, TinyLayer};
+pub use wan::{AutoencoderWan, WanConfig};
 
 /// Where a model's parameters come from: the tensor of a diffusers name and
 /// an expected shape, in the dtype and on the device the model runs on. The
@@ -33,21 +37,32 @@ pub use tiny::{AutoencoderTiny, AutoencoderTinyBlock, AutoencoderTinyConfig, Dec
 /// that no tensor is left over); a test can give made-up tensors.
 pub trait Params {
     fn tensor<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> burn::tensor::Tensor<D>;
+
+    /// A tensor the file holds that the model does not use (the `time_conv`
+    /// of a video VAE's temporal resampling, which one frame skips), of
+    /// diffusers name `name` and expected shape `shape`. A weights loader
+    /// checks that it is there with that shape, without reading it; by
+    /// default, nothing.
+    fn unused(&mut self, _name: &str, _shape: &[usize]) {}
 }
 
-/// The network a weights file holds: the VAE, or its tiny stand-in.
+/// The network a weights file holds: the VAE, its tiny stand-in, or the
+/// Wan 2.1 / Qwen-Image VAE.
 #[derive(Debug, Clone)]
 pub enum Model {
     Kl(Box<AutoencoderKl>),
     Tiny(AutoencoderTiny),
+    Wan(Box<AutoencoderWan>),
 }
 
 impl Model {
-    /// diffusers' class name, for reports.
+    /// diffusers' class name, for reports (`AutoencoderKLQwenImage` is the
+    /// same network as `AutoencoderKLWan`, under the Wan name here).
     pub fn class_name(&self) -> &'static str {
         match self {
             Model::Kl(_) => "AutoencoderKL",
             Model::Tiny(_) => "AutoencoderTiny",
+            Model::Wan(_) => "AutoencoderKLWan",
         }
     }
 
@@ -55,6 +70,7 @@ impl Model {
         match self {
             Model::Kl(m) => m.config.latent_channels,
             Model::Tiny(m) => m.config.latent_channels,
+            Model::Wan(m) => m.config.z_dim,
         }
     }
 
@@ -63,14 +79,42 @@ impl Model {
         match self {
             Model::Kl(m) => m.config.downscale(),
             Model::Tiny(m) => m.config.downscale(),
+            Model::Wan(m) => m.config.downscale(),
         }
     }
 
     /// The same, decoding (8).
     pub fn upscale(&self) -> usize {
         match self {
-            Model::Kl(m) => m.config.downscale(),
+            Model::Kl(m) => m.config.upscale(),
             Model::Tiny(m) => m.config.upscale(),
+            Model::Wan(m) => m.config.downscale(),
+        }
+    }
+
+    /// Whether the decoded image is clamped to [-1, 1] (diffusers' Wan and
+    /// Qwen-Image `_decode` do it; [`AutoencoderWan::decoder_graph`] does not).
+    pub fn clamps_output(&self) -> bool {
+        matches!(self, Model::Wan(_))
+    }
+
+    /// The steps of the encoder (and `quant_conv`), for the VAEs described
+    /// as a [`Graph`] (not TAESD).
+    pub fn encoder_graph(&self) -> Option<Graph<'_>> {
+        match self {
+            Model::Kl(m) => Some(m.encoder_graph()),
+            Model::Wan(m) => Some(m.encoder_graph()),
+            Model::Tiny(_) => None,
+        }
+    }
+
+    /// The steps of `post_quant_conv` and the decoder, for the VAEs
+    /// described as a [`Graph`] (not TAESD).
+    pub fn decoder_graph(&self) -> Option<Graph<'_>> {
+        match self {
+            Model::Kl(m) => Some(m.decoder_graph()),
+            Model::Wan(m) => Some(m.decoder_graph()),
+            Model::Tiny(_) => None,
         }
     }
 }

@@ -1,14 +1,15 @@
-//! `ResnetBlock2D` of diffusers, as used by the VAE (no time embedding).
+//! `ResnetBlock2D` of diffusers, as used by the VAE (no time embedding); the
+//! Wan / Qwen-Image VAE's residual block is the same with RMS norms.
 
 use super::Params;
 use super::graph::{Buffer, Builder, ConvOp};
-use super::layers::{Conv2d, GroupNorm};
+use super::layers::{Conv2d, GroupNorm, Norm, RmsNorm};
 
 #[derive(Debug, Clone)]
 pub struct ResnetBlock2d {
-    pub norm1: GroupNorm,
+    pub norm1: Norm,
     pub conv1: Conv2d,
-    pub norm2: GroupNorm,
+    pub norm2: Norm,
     pub conv2: Conv2d,
     /// 1x1 projection of the input when the channel count changes.
     pub conv_shortcut: Option<Conv2d>,
@@ -17,11 +18,25 @@ pub struct ResnetBlock2d {
 impl ResnetBlock2d {
     pub fn load(p: &mut impl Params, name: &str, c_in: usize, c_out: usize, groups: usize) -> Self {
         Self {
-            norm1: GroupNorm::load(p, &format!("{name}.norm1"), c_in, groups),
+            norm1: GroupNorm::load(p, &format!("{name}.norm1"), c_in, groups).into(),
             conv1: Conv2d::load(p, &format!("{name}.conv1"), c_in, c_out, 3),
-            norm2: GroupNorm::load(p, &format!("{name}.norm2"), c_out, groups),
+            norm2: GroupNorm::load(p, &format!("{name}.norm2"), c_out, groups).into(),
             conv2: Conv2d::load(p, &format!("{name}.conv2"), c_out, c_out, 3),
             conv_shortcut: (c_in != c_out).then(|| Conv2d::load(p, &format!("{name}.conv_shortcut"), c_in, c_out, 1)),
+        }
+    }
+
+    /// The Wan / Qwen-Image VAE's `ResidualBlock` on one frame: RMS norms
+    /// (`gamma` `[C, 1, 1, 1]`) and causal 3D convolutions
+    /// ([`Conv2d::load_causal`]), the same topology.
+    pub fn load_wan(p: &mut impl Params, name: &str, c_in: usize, c_out: usize) -> Self {
+        Self {
+            norm1: RmsNorm::load(p, &format!("{name}.norm1"), c_in, 4).into(),
+            conv1: Conv2d::load_causal(p, &format!("{name}.conv1"), c_in, c_out, 3),
+            norm2: RmsNorm::load(p, &format!("{name}.norm2"), c_out, 4).into(),
+            conv2: Conv2d::load_causal(p, &format!("{name}.conv2"), c_out, c_out, 3),
+            conv_shortcut: (c_in != c_out)
+                .then(|| Conv2d::load_causal(p, &format!("{name}.conv_shortcut"), c_in, c_out, 1)),
         }
     }
 

@@ -2,12 +2,13 @@
 //! activations, each computed in bands of rows, and the estimate of the
 //! memory that takes.
 //!
-//! A convolution step ([`ConvOp`]: an optional GroupNorm + SiLU, one
-//! convolution, an optional residual) is everything between two GroupNorms.
+//! A convolution step ([`ConvOp`]: an optional norm + SiLU, one
+//! convolution, an optional residual) is everything between two norms.
 //! A band of it reads its rows of the input plus the one or two halo rows
-//! its convolution needs, so every band is exact; its GroupNorm uses
-//! statistics summed over the whole input as the previous step wrote it. An
-//! attention step runs on the whole activation. The result is the untiled
+//! its convolution needs, so every band is exact; a GroupNorm uses
+//! statistics summed over the whole input as the previous step wrote it (an
+//! RMS norm, per pixel, needs none). An attention step runs on the whole
+//! activation. The result is the untiled
 //! forward pass, computed with a bounded working set. Nothing here knows the
 //! model's blocks: only the two kinds of step.
 

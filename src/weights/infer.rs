@@ -46,12 +46,12 @@ pub fn infer_config<'a>(
     let decoder_out = need("decoder.conv_out.weight")?;
     let defaults = AutoencoderKlConfig::sd15();
     // FLUX.2's small decoder has its own widths, read off its up blocks.
-    let mut decoder_widths: Vec<usize> = (0..)
-        .map_while(|i| shape_of(&format!("decoder.up_blocks.{i}.resnets.0.conv1.weight")).map(|s| s[0]))
-        .collect();
+    let mut decoder_widths: Vec<usize> =
+        (0..).map_while(|i| shape_of(&format!("decoder.up_blocks.{i}.resnets.0.conv1.weight")).map(|s| s[0])).collect();
     decoder_widths.reverse();
-    let decoder_block_out_channels =
-        (decoder_widths.len() == block_out_channels.len() && decoder_widths != block_out_channels).then_some(decoder_widths);
+    let decoder_block_out_channels = (decoder_widths.len() == block_out_channels.len()
+        && decoder_widths != block_out_channels)
+        .then_some(decoder_widths);
     Ok(AutoencoderKlConfig {
         in_channels: conv_in.get(1).copied().unwrap_or(3),
         out_channels: decoder_out[0],
@@ -83,7 +83,8 @@ pub fn infer_wan_config<'a>(shape_of: impl Fn(&str) -> Option<&'a [usize]>) -> R
     let base_dim = need("encoder.conv_in.weight")?[0];
     let z_dim = need("decoder.conv_in.weight")?.get(1).copied().unwrap_or(0);
     let block = |k: usize, part: &str| shape_of(&format!("encoder.down_blocks.{k}.{part}"));
-    let blocks = (0..).take_while(|&k| block(k, "conv1.weight").is_some() || block(k, "resample.1.weight").is_some()).count();
+    let blocks =
+        (0..).take_while(|&k| block(k, "conv1.weight").is_some() || block(k, "resample.1.weight").is_some()).count();
     let num_res_blocks = (0..blocks).take_while(|&k| block(k, "resample.1.weight").is_none()).count();
     if num_res_blocks == 0 || base_dim == 0 {
         return Err("tensor encoder.down_blocks.0.conv1.weight is missing".to_owned());
@@ -94,7 +95,8 @@ pub fn infer_wan_config<'a>(shape_of: impl Fn(&str) -> Option<&'a [usize]>) -> R
     let mut temperal_downsample = Vec::new();
     for level in 0..levels {
         let first = level * per_level;
-        let width = block(first, "conv1.weight").ok_or_else(|| format!("tensor encoder.down_blocks.{first}.conv1.weight is missing"))?[0];
+        let width = block(first, "conv1.weight")
+            .ok_or_else(|| format!("tensor encoder.down_blocks.{first}.conv1.weight is missing"))?[0];
         if width % base_dim != 0 {
             return Err(format!("level {level} is {width} wide, not a multiple of {base_dim}"));
         }

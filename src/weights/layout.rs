@@ -173,7 +173,7 @@ pub struct VaeKeys {
 }
 
 /// `key` without the checkpoint `prefix` (`None`: it is outside it).
-fn strip_prefix(key: &str, prefix: Option<&str>) -> Option<&str> {
+fn strip_prefix<'a>(key: &'a str, prefix: Option<&str>) -> Option<&'a str> {
     match prefix {
         Some(p) => key.strip_prefix(p),
         None => Some(key),
@@ -187,7 +187,10 @@ pub fn detect<'a>(keys: impl IntoIterator<Item = &'a str> + Clone) -> Option<Vae
         .into_iter()
         .find(|p| keys.clone().into_iter().any(|k| k.strip_prefix(p).is_some_and(|rest| rest.starts_with("encoder."))));
     let strip = |k: &'a str| -> Option<&'a str> { strip_prefix(k, prefix) };
-    let wan_original = keys.clone().into_iter().any(|k| strip_prefix(k, prefix).is_some_and(|k| k.starts_with("encoder.downsamples.")));
+    let wan_original = keys
+        .clone()
+        .into_iter()
+        .any(|k| strip_prefix(k, prefix).is_some_and(|k| k.starts_with("encoder.downsamples.")));
     let roots: &[&str] = if wan_original { &WAN_ROOTS } else { &VAE_ROOTS };
     let vae: Vec<(&str, &str)> = keys
         .clone()

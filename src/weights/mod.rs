@@ -288,7 +288,11 @@ pub fn load(
 /// FLUX.2's batch-norm statistics (`bn.running_mean`, `bn.running_var`, no
 /// affine), as the per-channel statistics of its 2x2-patched latent:
 /// `std = sqrt(var + eps)`, eps from `config.json` (`batch_norm_eps`, 1e-4).
-fn batch_norm(loader: &mut ParamLoader, config: &AutoencoderKlConfig, json: Option<&ConfigJson>) -> Option<ChannelStats> {
+fn batch_norm(
+    loader: &mut ParamLoader,
+    config: &AutoencoderKlConfig,
+    json: Option<&ConfigJson>,
+) -> Option<ChannelStats> {
     if !loader.has("bn.running_mean") && !loader.has("bn.running_var") {
         return None;
     }
@@ -378,7 +382,8 @@ pub fn read_architecture(
 ) -> Result<(VaeKeys, Architecture), WeightsError> {
     let config_error = |reason: String| WeightsError::Config { path: path.to_owned(), reason };
     let keys = tensors.keys().map(String::as_str);
-    if let Some(keys) = detect(keys.clone()).filter(|k| matches!(k.layout, Layout::WanDiffusers | Layout::WanOriginal)) {
+    if let Some(keys) = detect(keys.clone()).filter(|k| matches!(k.layout, Layout::WanDiffusers | Layout::WanOriginal))
+    {
         if let Some(json) = json {
             let json = json.kl()?;
             if json.is_residual == Some(true) {

@@ -184,4 +184,8 @@ impl crate::model::Params for ParamLoader<'_> {
     fn tensor<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Tensor<D> {
         ParamLoader::tensor(self, name, shape)
     }
+
+    fn unused(&mut self, name: &str, shape: &[usize]) {
+        ParamLoader::unused(self, name, shape);
+    }
 }
