@@ -296,3 +296,54 @@ fn sampling_inspect_and_preview_work_for_the_new_families() {
         assert_eq!(png.dimensions(), (96, 64), "{family}: the image's size");
     }
 }
+
+/// The members of the tar at `path`, by name.
+fn tar_members(path: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut archive = tar::Archive::new(std::fs::File::open(path).unwrap());
+    let entries = archive.entries().unwrap().map(|e| {
+        let mut e = e.unwrap();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut e, &mut data).unwrap();
+        (e.path().unwrap().to_string_lossy().into_owned(), data)
+    });
+    entries.collect()
+}
+
+#[test]
+fn dataset_shards_and_comfy_latents_work_for_the_new_families() {
+    let dir = tempfile::tempdir().unwrap();
+    let shard = dir.path().join("files/00000");
+    std::fs::create_dir_all(&shard).unwrap();
+    for (key, stem) in ["a", "b"].iter().zip(IMAGES) {
+        std::fs::copy(image(stem), shard.join(format!("{key}.png"))).unwrap();
+    }
+    let cases: [(&str, PathBuf, &[&str]); 2] = [
+        ("flux2", families().join("flux2/diffusers"), &["--latent-form", "normalized"]),
+        ("qwen", families().join("qwen/diffusers"), &[]),
+    ];
+    for (family, weights, args) in cases {
+        let out_dir = format!("out-{family}");
+        let w = weights.to_str().unwrap();
+        let mut all = vec!["dataset", "encode", "files", "-o", &out_dir, "-w", w, "-q"];
+        all.extend(args);
+        let run = vae(dir.path(), &all);
+        assert!(run.status.success(), "{family}: {}", stderr(&run));
+        let members = tar_members(&dir.path().join(&out_dir).join("00000.tar"));
+        for (key, stem) in ["a", "b"].iter().zip(IMAGES) {
+            let name = format!("{key}.latent.safetensors");
+            let in_shard = Latent::from_bytes(&members[&name], Path::new(&name)).unwrap();
+            let alone = encode(dir.path(), &weights, stem, "alone.safetensors", args);
+            assert_eq!((in_shard.channels, &in_shard.data), (alone.channels, &alone.data), "{family}/{key}");
+        }
+        // ComfyUI's .latent holds the VAE's latent unscaled (unpatched for
+        // FLUX.2): it decodes to the image the safetensors file decodes to.
+        encode(dir.path(), &weights, IMAGES[0], "z.latent", args);
+        encode(dir.path(), &weights, IMAGES[0], "z.safetensors", args);
+        let comfy = Latent::read(&dir.path().join("z.latent")).unwrap();
+        assert_eq!(comfy.channels, if family == "flux2" { 32 } else { 16 }, "{family}: .latent is the VAE's latent");
+        let (a, _) = decode(dir.path(), &weights, "z.latent", &[]);
+        let (b, _) = decode(dir.path(), &weights, "z.safetensors", &[]);
+        let worst = a.as_raw().iter().zip(b.as_raw()).map(|(x, y)| x.abs_diff(*y)).max().unwrap();
+        assert!(worst <= 1, "{family}: .latent and .safetensors decode {worst} levels apart");
+    }
+}
