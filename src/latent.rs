@@ -70,7 +70,7 @@ pub enum LatentError {
     NoTensor { path: PathBuf },
     #[error("{}: several tensors and none named `latent`: {}", path.display(), names.join(", "))]
     Ambiguous { path: PathBuf, names: Vec<String> },
-    #[error("{}: tensor `{name}` has shape {shape:?}; a latent is [C, h, w] or [1, C, h, w] with no empty dimension", path.display())]
+    #[error("{}: tensor `{name}` has shape {shape:?}; a latent is [C, h, w], [1, C, h, w] or one frame [1, C, 1, h, w], with no empty dimension", path.display())]
     Shape { path: PathBuf, name: String, shape: Vec<u64> },
     #[error("{}: tensor `{name}` declares shape {shape:?}, whose number of values overflows 64 bits", path.display())]
     Overflow { path: PathBuf, name: String, shape: Vec<u64> },
@@ -321,7 +321,8 @@ impl Latent {
 /// dimension empty, `C * h * w` within usize).
 fn latent_dims(shape: &[u64], name: &str, path: &Path) -> Result<[usize; 3], LatentError> {
     let dims = match *shape {
-        [c, h, w] | [1, c, h, w] if c > 0 && h > 0 && w > 0 => [c, h, w],
+        // One frame of a video VAE's latent (Wan, Qwen-Image), `[1, C, 1, h, w]`, is an image's.
+        [c, h, w] | [1, c, h, w] | [1, c, 1, h, w] if c > 0 && h > 0 && w > 0 => [c, h, w],
         _ => return Err(LatentError::Shape { path: path.to_owned(), name: name.to_owned(), shape: shape.to_vec() }),
     };
     let total = dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d)).and_then(|n| usize::try_from(n).ok());
@@ -558,6 +559,18 @@ mod tests {
         map.insert("format_version".into(), "1".into());
         map.insert("family".into(), "flux3".into());
         assert_eq!(LatentMeta::from_map(Some(&map), Path::new("z")).unwrap().family, None);
+    }
+
+    #[test]
+    fn one_frame_of_a_video_latent_reads_as_an_image_latent() {
+        let bytes: Vec<u8> = (0..24).flat_map(|i| (i as f32).to_le_bytes()).collect();
+        let one_frame = safetensors::tensor::TensorView::new(Dtype::F32, vec![1, 4, 1, 2, 3], &bytes).unwrap();
+        let file = safetensors::serialize([("latent", one_frame)], None).unwrap();
+        let latent = Latent::from_bytes(&file, Path::new("z")).unwrap();
+        assert_eq!((latent.channels, latent.height, latent.width), (4, 2, 3));
+        let two_frames = safetensors::tensor::TensorView::new(Dtype::F32, vec![1, 2, 2, 2, 3], &bytes).unwrap();
+        let file = safetensors::serialize([("latent", two_frames)], None).unwrap();
+        assert!(matches!(Latent::from_bytes(&file, Path::new("z")), Err(LatentError::Shape { .. })));
     }
 
     #[test]
