@@ -625,6 +625,13 @@ fn preview(ctx: &mut Session, args: PreviewArgs) -> Result<ExitCode> {
         let Some(family) = crate::preview::family_of(&latent, args.family) else {
             bail!("{}: no preview for a latent of {} channels with this family", input.display(), latent.channels);
         };
+        if !crate::preview::has_factors(family) {
+            bail!(
+                "{}: no preview for {} latents: ComfyUI has no latent_rgb_factors for them (decode it instead)",
+                input.display(),
+                family.name()
+            );
+        }
         let pixels = (latent.height * scale) as u64 * (latent.width * scale) as u64;
         if pixels > args.max_pixels {
             bail!("{}: preview of {pixels} pixels is over --max-pixels {}", input.display(), args.max_pixels);
