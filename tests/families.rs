@@ -455,7 +455,7 @@ fn wan22_and_qwen_image21_sample_inspect_preview_and_refuse_other_channels() {
         let out = vae(dir.path(), &["inspect", weights.to_str().unwrap()]);
         assert!(out.status.success(), "{}", stderr(&out));
         assert!(stdout(&out).contains(&format!("family: {}", family.name())), "{}", stdout(&out));
-        let out = vae(dir.path(), &["preview", "m.safetensors", "-o", "p.png", "--force"]);
+        let out = vae(dir.path(), &["preview", "m.safetensors", "-o", "p.png", "--force", "--scale", "16"]);
         if family == Family::Wan22 {
             assert!(out.status.success(), "{name}: {}", stderr(&out));
             let png = image::open(dir.path().join("p.png")).unwrap().to_rgb8();

@@ -360,7 +360,8 @@ struct PreviewArgs {
     /// metadata, else 4 channels: sd1, 16: flux.
     #[arg(long, value_name = "NAME")]
     family: Option<Family>,
-    /// Pixels per latent position along each side (8: the image's size).
+    /// Pixels per latent position along each side (8: the image's size; 16
+    /// for wan22, whose latent positions are 16 pixels apart).
     #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
     scale: u16,
     /// Replace the output file if it exists.

@@ -557,10 +557,13 @@ mod tests {
         }
         let mut p = RandomParams { empty: true, ..RandomParams::new(2) };
         AutoencoderWanResidual::load(&mut p, &WanResidualConfig::wan22());
-        // diffusers' Wan 2.2: encoder widths 160..640, decoder 1024..256, 48 channels, 12 in and out.
+        // diffusers' Wan 2.2 (shapes from its state dict): encoder widths 160..640, decoder
+        // 1024..256, 48 channels, 12 in and out; 196 tensors, the 8 of four time_convs unused.
+        assert_eq!((p.used.len(), p.unused.len()), (188, 8));
         assert_eq!(p.used["encoder.conv_in.weight"], [160, 12, 3, 3, 3]);
-        assert_eq!(p.used["decoder.up_blocks.1.resnets.0.conv1.weight"], [512, 1024, 3, 3, 3]);
-        assert_eq!(p.used["decoder.up_blocks.2.upsampler.resample.1.weight"], [256, 256, 3, 3]);
+        assert_eq!(p.used["decoder.up_blocks.1.resnets.0.conv1.weight"], [1024, 1024, 3, 3, 3]);
+        assert_eq!(p.used["decoder.up_blocks.2.resnets.0.conv1.weight"], [512, 1024, 3, 3, 3]);
+        assert_eq!(p.used["decoder.up_blocks.2.upsampler.resample.1.weight"], [512, 512, 3, 3]);
         assert_eq!(p.used["decoder.conv_out.weight"], [12, 256, 3, 3, 3]);
         assert_eq!(p.unused["decoder.up_blocks.0.upsampler.time_conv.weight"], [2048, 1024, 3, 1, 1]);
     }

@@ -366,7 +366,14 @@ fn load_wan_residual(
         [Family::Wan22, Family::QwenImage21].into_iter().find(|f| f.latent_channels() == config.z_dim);
     let latent =
         WeightsLatent { scaling: WeightsScaling::Default { scaling: 1.0, shift: 0.0 }, family, channel_stats };
-    Ok((Model::WanResidual(Box::new(model)), WeightsInfo::of(file, keys, None, latent)))
+    let mut info = WeightsInfo::of(file, keys, None, latent);
+    if config.image_channels() == 4 {
+        info.notes.push(
+            "the VAE reads and writes RGBA: images are encoded with an opaque alpha, and the decoded alpha is not written"
+                .to_owned(),
+        );
+    }
+    Ok((Model::WanResidual(Box::new(model)), info))
 }
 
 impl WeightsInfo {
