@@ -383,7 +383,12 @@ fn wan22_and_qwen_image21_encode_as_diffusers_in_every_layout() {
                     // No config.json: Wan 2.2's own statistics.
                     assert_eq!((stats.mean[0], stats.std[47]), (-0.2289, 0.7744));
                 } else {
-                    assert_close(&normalized.data, &want["normalized"].1, TOLERANCE, &format!("{name} {stem} normalized"));
+                    assert_close(
+                        &normalized.data,
+                        &want["normalized"].1,
+                        TOLERANCE,
+                        &format!("{name} {stem} normalized"),
+                    );
                 }
             }
         }

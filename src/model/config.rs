@@ -238,6 +238,8 @@ const WAN22_LATENTS_STD: [f64; 48] = [
 
 /// Qwen-Image 2.1's `latents_mean` and `latents_std`, from diffusers'
 /// `AutoencoderKLQwenImage21` defaults.
+// 0.5236 is a statistic, not pi / 6.
+#[allow(clippy::approx_constant)]
 const QWEN_IMAGE21_LATENTS_MEAN: [f64; 64] = [
     0.5126, 0.7721, -0.0631, 1.3506, -0.7855, -2.1025, -0.3458, 1.3722, 1.8873, -1.7177, -0.6510, 0.2732, 0.7562,
     -0.6163, -1.0277, 3.8363, 2.0210, 0.0472, 0.9320, 2.0087, 2.4954, -0.1391, -1.4249, 1.8464, -0.5236, 1.2826,

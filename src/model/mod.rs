@@ -32,8 +32,8 @@ pub use encoder::UNetMidBlock2d;
 pub use graph::{Buffer, Builder, ConvOp, Graph, Op, Resample, Residual, ShuffleOp, Step};
 pub use layers::{Conv2d, GroupNorm, Norm, RmsNorm, VAE_NORM_EPS};
 pub use resnet::ResnetBlock2d;
-pub use tiny::{AutoencoderTiny, AutoencoderTinyBlock, AutoencoderTinyConfig, DecoderTiny, EncoderTiny, TinyLayer};
 pub use shuffle::Shuffle;
+pub use tiny::{AutoencoderTiny, AutoencoderTinyBlock, AutoencoderTinyConfig, DecoderTiny, EncoderTiny, TinyLayer};
 pub use wan::{AutoencoderWan, WanConfig};
 pub use wan22::{AutoencoderWanResidual, WanResidualConfig};
 

@@ -183,7 +183,8 @@ impl WanResidualConfig {
             }
         }
         let levels = self.dim_mult.len();
-        let shortcuts = (0..levels).map(|i| self.down_shortcut(i)).chain((0..levels).filter_map(|i| self.up_shortcut(i)));
+        let shortcuts =
+            (0..levels).map(|i| self.down_shortcut(i)).chain((0..levels).filter_map(|i| self.up_shortcut(i)));
         shortcuts.chain(self.patch().into_iter().flat_map(|(a, b)| [a, b])).try_for_each(|s| s.check())
     }
 }
@@ -602,8 +603,11 @@ mod tests {
                 (&decoder, &latent, &decoded, "decoder"),
             ] {
                 for rows in [8, 12, 64] {
-                    let plan =
-                        Plan::Banded { storage: Storage::F32, rows: Rows::Image { rows, image_height: h }, estimate: 0 };
+                    let plan = Plan::Banded {
+                        storage: Storage::F32,
+                        rows: Rows::Image { rows, image_height: h },
+                        estimate: 0,
+                    };
                     let banded = values(tiling::run(graph, x(), plan));
                     let differ = whole.iter().zip(&banded).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
                     assert_eq!(differ, 0, "{what} (conv3d {conv3d}): {rows}-row bands differ from the whole pass");

@@ -111,7 +111,10 @@ const WAN_RULES: &[(&str, &str)] = &[
 /// its resampling, last) becomes diffusers' `resnets` and `downsampler` /
 /// `upsampler` (diffusers' `convert_wan_vae_to_diffusers` handles Wan 2.1 only).
 const WAN22_RULES: &[(&str, &str)] = &[
-    (r"^encoder\.downsamples\.(\d+)\.downsamples\.(\d+)\.(resample|time_conv)\.", "encoder.down_blocks.$1.downsampler.$3."),
+    (
+        r"^encoder\.downsamples\.(\d+)\.downsamples\.(\d+)\.(resample|time_conv)\.",
+        "encoder.down_blocks.$1.downsampler.$3.",
+    ),
     (r"^encoder\.downsamples\.(\d+)\.downsamples\.(\d+)\.", "encoder.down_blocks.$1.resnets.$2."),
     (r"^decoder\.upsamples\.(\d+)\.upsamples\.(\d+)\.(resample|time_conv)\.", "decoder.up_blocks.$1.upsampler.$3."),
     (r"^decoder\.upsamples\.(\d+)\.upsamples\.(\d+)\.", "decoder.up_blocks.$1.resnets.$2."),
@@ -209,9 +212,10 @@ pub fn detect<'a>(keys: impl IntoIterator<Item = &'a str> + Clone) -> Option<Vae
         .into_iter()
         .any(|k| strip_prefix(k, prefix).is_some_and(|k| k.starts_with("encoder.downsamples.")));
     let wan22_original = wan_original
-        && keys.clone().into_iter().any(|k| {
-            strip_prefix(k, prefix).is_some_and(|k| WAN22[0].0.is_match(k) || WAN22[1].0.is_match(k))
-        });
+        && keys
+            .clone()
+            .into_iter()
+            .any(|k| strip_prefix(k, prefix).is_some_and(|k| WAN22[0].0.is_match(k) || WAN22[1].0.is_match(k)));
     let roots: &[&str] = if wan_original { &WAN_ROOTS } else { &VAE_ROOTS };
     let vae: Vec<(&str, &str)> = keys
         .clone()
@@ -362,7 +366,8 @@ mod tests {
         ];
         let found = detect(keys.iter().copied()).expect("a Wan 2.2 VAE");
         assert_eq!(found.layout, Layout::Wan22Original);
-        let names: Vec<&str> = keys.iter().map(|k| found.names.iter().find(|(_, v)| v.as_str() == *k).unwrap().0.as_str()).collect();
+        let names: Vec<&str> =
+            keys.iter().map(|k| found.names.iter().find(|(_, v)| v.as_str() == *k).unwrap().0.as_str()).collect();
         assert_eq!(
             names,
             [

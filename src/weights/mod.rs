@@ -362,10 +362,8 @@ fn load_wan_residual(
         (Some(mean), Some(std)) => Some(ChannelStats { mean, std, patch: 1 }),
         _ => None,
     };
-    let family =
-        [Family::Wan22, Family::QwenImage21].into_iter().find(|f| f.latent_channels() == config.z_dim);
-    let latent =
-        WeightsLatent { scaling: WeightsScaling::Default { scaling: 1.0, shift: 0.0 }, family, channel_stats };
+    let family = [Family::Wan22, Family::QwenImage21].into_iter().find(|f| f.latent_channels() == config.z_dim);
+    let latent = WeightsLatent { scaling: WeightsScaling::Default { scaling: 1.0, shift: 0.0 }, family, channel_stats };
     let mut info = WeightsInfo::of(file, keys, None, latent);
     if config.image_channels() == 4 {
         info.notes.push(
