@@ -1,7 +1,8 @@
 //! The front door: [`Vae::open`] a VAE as [`VaeOptions`] say, then encode
 //! images to scaled latents and decode latents to images, with diffusers'
 //! `AutoencoderKL` (and FLUX.2's `AutoencoderKLFlux2`), Wan 2.1's and
-//! Qwen-Image's `AutoencoderKLWan`, or TAESD (`AutoencoderTiny`).
+//! Qwen-Image's `AutoencoderKLWan`, Wan 2.2's (`is_residual`) and Qwen-Image
+//! 2.1's `AutoencoderKLQwenImage21`, or TAESD (`AutoencoderTiny`).
 //!
 //! ```no_run
 //! use vae::{Posterior, Vae, VaeOptions, imageio};
