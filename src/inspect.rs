@@ -177,6 +177,18 @@ fn inspect_weights(path: &Path) -> Result<Report> {
             };
             (family.to_owned(), Architecture::Wan(architecture))
         }
+        // The same report: the decoder's widths and the patch follow from it
+        // and the class (`AutoencoderKLWan` is Wan 2.2's, patched 2x2).
+        Model::WanResidual(m) => {
+            let c = &m.config;
+            let architecture = WanArchitecture {
+                base_dim: c.base_dim,
+                dim_mult: c.dim_mult.clone(),
+                num_res_blocks: c.num_res_blocks,
+                temperal_downsample: c.temperal_downsample.clone(),
+            };
+            (family.to_owned(), Architecture::Wan(architecture))
+        }
         Model::Tiny(m) => {
             let c = &m.config;
             let halves = match (c.has_encoder(), c.has_decoder()) {

@@ -8,12 +8,22 @@ use crate::latent_space::{LatentSpace, unpatchify};
 use crate::model::Family;
 use crate::vae::NotFinite;
 
+/// Why a latent has no preview.
+#[derive(Debug, thiserror::Error)]
+pub enum PreviewError {
+    #[error("{0}")]
+    NotFinite(NotFinite),
+    #[error("no preview for {} latents: ComfyUI has no latent_rgb_factors for them (decode the latent instead)", .0.name())]
+    NoFactors(Family),
+}
+
 /// `[channel][rgb]` factors and an RGB bias, applied to latents scaled the
 /// way the family's diffusion model sees them: `(z - shift) * scaling`, or
 /// normalised per channel (FLUX.2: its 128 normalised channels unpatched
 /// into 32 at twice the resolution, as ComfyUI draws them).
-fn factors(family: Family) -> (&'static [[f32; 3]], [f32; 3]) {
-    match family {
+/// `None`: ComfyUI has none for the family (Qwen-Image 2.1).
+fn factors(family: Family) -> Option<(&'static [[f32; 3]], [f32; 3])> {
+    Some(match family {
         Family::Sd1 | Family::Sd2 => (
             &[
                 [0.3512, 0.2297, 0.3227],
@@ -132,7 +142,68 @@ fn factors(family: Family) -> (&'static [[f32; 3]], [f32; 3]) {
             ],
             [-0.1835, -0.0868, -0.3360],
         ),
-    }
+        Family::Wan22 => (
+            &[
+                [0.0119, 0.0103, 0.0046],
+                [-0.1062, -0.0504, 0.0165],
+                [0.0140, 0.0409, 0.0491],
+                [-0.0813, -0.0677, 0.0607],
+                [0.0656, 0.0851, 0.0808],
+                [0.0264, 0.0463, 0.0912],
+                [0.0295, 0.0326, 0.0590],
+                [-0.0244, -0.0270, 0.0025],
+                [0.0443, -0.0102, 0.0288],
+                [-0.0465, -0.0090, -0.0205],
+                [0.0359, 0.0236, 0.0082],
+                [-0.0776, 0.0854, 0.1048],
+                [0.0564, 0.0264, 0.0561],
+                [0.0006, 0.0594, 0.0418],
+                [-0.0319, -0.0542, -0.0637],
+                [-0.0268, 0.0024, 0.0260],
+                [0.0539, 0.0265, 0.0358],
+                [-0.0359, -0.0312, -0.0287],
+                [-0.0285, -0.1032, -0.1237],
+                [0.1041, 0.0537, 0.0622],
+                [-0.0086, -0.0374, -0.0051],
+                [0.0390, 0.0670, 0.2863],
+                [0.0069, 0.0144, 0.0082],
+                [0.0006, -0.0167, 0.0079],
+                [0.0313, -0.0574, -0.0232],
+                [-0.1454, -0.0902, -0.0481],
+                [0.0714, 0.0827, 0.0447],
+                [-0.0304, -0.0574, -0.0196],
+                [0.0401, 0.0384, 0.0204],
+                [-0.0758, -0.0297, -0.0014],
+                [0.0568, 0.1307, 0.1372],
+                [-0.0055, -0.0310, -0.0380],
+                [0.0239, -0.0305, 0.0325],
+                [-0.0663, -0.0673, -0.0140],
+                [-0.0416, -0.0047, -0.0023],
+                [0.0166, 0.0112, -0.0093],
+                [-0.0211, 0.0011, 0.0331],
+                [0.1833, 0.1466, 0.2250],
+                [-0.0368, 0.0370, 0.0295],
+                [-0.3441, -0.3543, -0.2008],
+                [-0.0479, -0.0489, -0.0420],
+                [-0.0660, -0.0153, 0.0800],
+                [-0.0101, 0.0068, 0.0156],
+                [-0.0690, -0.0452, -0.0927],
+                [-0.0145, 0.0041, 0.0015],
+                [0.0421, 0.0451, 0.0373],
+                [0.0504, -0.0483, -0.0356],
+                [-0.0837, 0.0168, 0.0055],
+            ],
+            [0.0317, -0.0878, -0.1388],
+        ),
+        // ComfyUI has no factors for Qwen-Image 2.1's 64 channels.
+        Family::QwenImage21 => return None,
+    })
+}
+
+/// Whether `vae preview` can draw latents of `family` (ComfyUI has
+/// `latent_rgb_factors` for it).
+pub fn has_factors(family: Family) -> bool {
+    factors(family).is_some()
 }
 
 /// Whether a latent of `channels` stored channels can be of `family`
@@ -143,7 +214,7 @@ fn fits(family: Family, channels: usize) -> bool {
 
 /// The family a latent belongs to: `family` if given, else its metadata's,
 /// else the one its scaling points to, else by channel count (4: sd1, 16:
-/// flux, 32 or 128: flux2).
+/// flux, 32 or 128: flux2, 48: wan22).
 pub fn family_of(latent: &Latent, family: Option<Family>) -> Option<Family> {
     let m = &latent.meta;
     family
@@ -153,6 +224,7 @@ pub fn family_of(latent: &Latent, family: Option<Family>) -> Option<Family> {
             4 => Some(Family::Sd1),
             16 => Some(Family::Flux),
             32 | 128 => Some(Family::Flux2),
+            48 => Some(Family::Wan22),
             _ => None,
         })
         .filter(|f| fits(*f, latent.channels))
@@ -162,8 +234,10 @@ pub fn family_of(latent: &Latent, family: Option<Family>) -> Option<Family> {
 /// pixels, cropped to the size recorded in the latent when it has one.
 /// Refuses latents whose values, rescaled, are not finite f32 (they would
 /// draw as black).
-pub fn preview(latent: &Latent, family: Family, scale: usize) -> Result<OutputImage, NotFinite> {
-    let (weights, bias) = factors(family);
+pub fn preview(latent: &Latent, family: Family, scale: usize) -> Result<OutputImage, PreviewError> {
+    let Some((weights, bias)) = factors(family) else {
+        return Err(PreviewError::NoFactors(family));
+    };
     let stored = (latent.channels, latent.height, latent.width);
     let file = latent.meta.latent_space().unwrap_or_else(|| LatentSpace::of_family(family));
     // The family's view: its normalised values, one per VAE latent position.
@@ -182,7 +256,7 @@ pub fn preview(latent: &Latent, family: Family, scale: usize) -> Result<OutputIm
         }
     };
     if let Some(err) = NotFinite::of("the preview", &view, file.channel(0)) {
-        return Err(err);
+        return Err(PreviewError::NotFinite(err));
     }
     let plane = h * w;
     // One RGB value per latent position, in the family's scaled space.
@@ -199,8 +273,13 @@ pub fn preview(latent: &Latent, family: Family, scale: usize) -> Result<OutputIm
         })
         .collect();
     let (full_w, full_h) = (w * scale, h * scale);
-    let width = latent.meta.width.map_or(full_w, |v| (v * scale).div_ceil(8).clamp(1, full_w));
-    let height = latent.meta.height.map_or(full_h, |v| (v * scale).div_ceil(8).clamp(1, full_h));
+    // Image pixels per drawn latent position.
+    let down = match family {
+        Family::Wan22 | Family::QwenImage21 => 16,
+        _ => 8,
+    };
+    let width = latent.meta.width.map_or(full_w, |v| (v * scale).div_ceil(down).clamp(1, full_w));
+    let height = latent.meta.height.map_or(full_h, |v| (v * scale).div_ceil(down).clamp(1, full_h));
     let rgb8 =
         (0..height).flat_map(|y| (0..width).map(move |x| (y / scale) * w + x / scale)).flat_map(|p| rgb[p]).collect();
     Ok(OutputImage { width, height, rgb8 })

@@ -1,7 +1,8 @@
 //! The front door: [`Vae::open`] a VAE as [`VaeOptions`] say, then encode
 //! images to scaled latents and decode latents to images, with diffusers'
 //! `AutoencoderKL` (and FLUX.2's `AutoencoderKLFlux2`), Wan 2.1's and
-//! Qwen-Image's `AutoencoderKLWan`, or TAESD (`AutoencoderTiny`).
+//! Qwen-Image's `AutoencoderKLWan`, Wan 2.2's (`is_residual`) and Qwen-Image
+//! 2.1's `AutoencoderKLQwenImage21`, or TAESD (`AutoencoderTiny`).
 //!
 //! ```no_run
 //! use vae::{Posterior, Vae, VaeOptions, imageio};
@@ -340,8 +341,8 @@ impl Vae {
         Ok(images.collect())
     }
 
-    /// The decoder's float output `[3, 8h, 8w]` (about [-1, 1]), before
-    /// postprocessing: for checks of exactness.
+    /// The decoder's float output `[C, 8h, 8w]` (about [-1, 1]; C is 3, or 4
+    /// for Qwen-Image 2.1's RGBA), before postprocessing: for checks of exactness.
     pub fn decode_float(&mut self, latent: &Latent) -> Result<Vec<f32>, VaeError> {
         Ok(self.decode_float_batch(&[latent])?.pop().expect("one image per latent"))
     }
@@ -412,7 +413,9 @@ impl Vae {
         }
         let (height, width) = (image.height.div_ceil(f) * f, image.width.div_ceil(f) * f);
         match (&self.model, self.model.encoder_graph()) {
-            (_, Some(graph)) => self.tiling.plan(&graph, (3, height, width), height, self.resident),
+            (_, Some(graph)) => {
+                self.tiling.plan(&graph, (self.model.image_channels(), height, width), height, self.resident)
+            }
             (Model::Tiny(model), None) => self.untiled(model, height, width),
             (_, None) => Plan::Whole { estimate: self.resident },
         }
@@ -511,7 +514,7 @@ impl Vae {
         if images.len() > 1 && matches!(plan, Plan::Banded { .. }) {
             return images.iter().zip(posteriors).flat_map(|(image, p)| self.run_encoder(&[image], &[*p])).collect();
         }
-        let x = images.iter().map(|image| image.to_tensor(self.input_multiple(), &self.device.device)).collect();
+        let x = images.iter().map(|image| self.image_tensor(image)).collect();
         let x = Tensor::cat(x, 0).cast(self.dtype);
         let space = &self.latent_space;
         let (z, posteriors, stored) = match (&self.model, self.model.encoder_graph()) {
@@ -569,7 +572,23 @@ impl Vae {
         latents.collect()
     }
 
-    /// The decoder's output as an 8-bit image, cropped to the recorded size.
+    /// `image` as the encoder reads it, padded to [`Vae::input_multiple`]: RGB,
+    /// or RGBA with an opaque alpha (1) for a VAE of RGBA images (Qwen-Image
+    /// 2.1), as diffusers' pipeline makes of an RGB image.
+    fn image_tensor(&self, image: &InputImage) -> Tensor<4> {
+        let rgb = image.to_tensor(self.input_multiple(), &self.device.device);
+        match self.model.image_channels() {
+            4 => {
+                let [b, _, h, w] = rgb.dims();
+                let alpha = Tensor::ones([b, 1, h, w], &self.device.device);
+                Tensor::cat(vec![rgb, alpha], 1)
+            }
+            _ => rgb,
+        }
+    }
+
+    /// The decoder's output as an 8-bit image, cropped to the recorded size
+    /// (RGB: the alpha plane of an RGBA VAE's output is not written).
     fn postprocess(&self, latent: &Latent, planar: &[f32]) -> OutputImage {
         let (_, h, w) = self.file_space(latent).vae_shape((latent.channels, latent.height, latent.width));
         let (full_w, full_h) = (w * self.model.upscale(), h * self.model.upscale());

@@ -1,7 +1,9 @@
-//! FLUX.2 (`AutoencoderKLFlux2`) and Wan 2.1 / Qwen-Image
-//! (`AutoencoderKLWan`, `AutoencoderKLQwenImage`) against diffusers, through
-//! the binary where a user would go: the fixtures in tests/fixtures/families
-//! were written by tools/make_family_fixtures.py (seeded, float64 reference).
+//! FLUX.2 (`AutoencoderKLFlux2`), Wan 2.1 / Qwen-Image
+//! (`AutoencoderKLWan`, `AutoencoderKLQwenImage`), Wan 2.2 (`AutoencoderKLWan`
+//! with `is_residual`) and Qwen-Image 2.1 (`AutoencoderKLQwenImage21`)
+//! against diffusers, through the binary where a user would go: the fixtures
+//! in tests/fixtures/families were written by tools/make_family_fixtures.py
+//! and tools/make_wan22_fixtures.py (seeded, float64 reference).
 
 mod common;
 
@@ -345,5 +347,130 @@ fn dataset_shards_and_comfy_latents_work_for_the_new_families() {
         let (b, _) = decode(dir.path(), &weights, "z.safetensors", &[]);
         let worst = a.as_raw().iter().zip(b.as_raw()).map(|(x, y)| x.abs_diff(*y)).max().unwrap();
         assert!(worst <= 1, "{family}: .latent and .safetensors decode {worst} levels apart");
+    }
+}
+
+/// Wan 2.2 (`AutoencoderKLWan` with `is_residual`) and Qwen-Image 2.1
+/// (`AutoencoderKLQwenImage21`): the fixtures of tools/make_wan22_fixtures.py.
+/// `(fixture folder, weights in every layout, family)`.
+fn residual_families() -> [(&'static str, Vec<PathBuf>, Family); 2] {
+    [
+        (
+            "wan22",
+            vec![families().join("wan22/diffusers"), families().join("wan22/wan22_original.safetensors")],
+            Family::Wan22,
+        ),
+        ("qwenimage21", vec![families().join("qwenimage21/diffusers")], Family::QwenImage21),
+    ]
+}
+
+#[test]
+fn wan22_and_qwen_image21_encode_as_diffusers_in_every_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, layouts, family) in residual_families() {
+        for weights in layouts {
+            let original = weights.extension().is_some();
+            for stem in IMAGES {
+                let want = expected(name, stem);
+                let raw = encode(dir.path(), &weights, stem, "raw.safetensors", &["--latent-form", "raw"]);
+                let (shape, mean) = &want["mean"];
+                assert_eq!([1, raw.channels, raw.height, raw.width], shape[..]);
+                assert_close(&raw.data, mean, TOLERANCE, &format!("{name} {stem} raw ({})", weights.display()));
+                let normalized = encode(dir.path(), &weights, stem, "n.safetensors", &[]);
+                assert_eq!(normalized.meta.family, Some(family));
+                let stats = normalized.meta.channel_stats.clone().expect("normalised per channel by default");
+                if original {
+                    // No config.json: Wan 2.2's own statistics.
+                    assert_eq!((stats.mean[0], stats.std[47]), (-0.2289, 0.7744));
+                } else {
+                    assert_close(
+                        &normalized.data,
+                        &want["normalized"].1,
+                        TOLERANCE,
+                        &format!("{name} {stem} normalized"),
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn wan22_and_qwen_image21_decode_as_diffusers_in_every_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, layouts, _) in residual_families() {
+        for weights in &layouts {
+            let mut vae = open(weights, None);
+            for stem in IMAGES {
+                let want = expected(name, stem);
+                let (shape, mean) = &want["mean"];
+                let latent = Latent {
+                    channels: shape[1],
+                    height: shape[2],
+                    width: shape[3],
+                    data: mean.clone(),
+                    meta: LatentMeta { scaling_factor: Some(1.0), shift_factor: Some(0.0), ..Default::default() },
+                };
+                let decoded = vae.decode_float(&latent).unwrap();
+                // Qwen-Image 2.1 decodes RGBA: all four planes are compared.
+                assert_eq!(decoded.len(), want["decoded"].1.len(), "{name}: the decoder's planes");
+                let what = format!("{name} {stem} decoded ({})", weights.display());
+                assert_close(&decoded, &want["decoded"].1, TOLERANCE, &what);
+                assert!(decoded.iter().all(|v| (-1.0..=1.0).contains(v)), "clamped to [-1, 1] as diffusers' _decode");
+            }
+        }
+        // Through the binary: diffusers' normalised latent, without metadata,
+        // is what the diffusers folder reads by default.
+        for stem in IMAGES {
+            let want = expected(name, stem);
+            let (shape, normalized) = &want["normalized"];
+            write_latent(&dir.path().join("n.npy"), shape, normalized, LatentMeta::default());
+            let (png, _) = decode(dir.path(), &layouts[0], "n.npy", &[]);
+            assert_png_close(&png, name, stem);
+        }
+    }
+}
+
+#[test]
+fn wan22_and_qwen_image21_bands_are_identical_to_the_whole_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, layouts, _) in residual_families() {
+        let weights = &layouts[0];
+        let stem = IMAGES[1];
+        let whole = encode(dir.path(), weights, stem, "whole.safetensors", &["--tile", "off"]);
+        let banded = encode(dir.path(), weights, stem, "banded.safetensors", &["--tile", "16"]);
+        assert_eq!(whole.data, banded.data, "{name}: encoded in bands of 16 rows");
+        let (a, _) = decode(dir.path(), weights, "whole.safetensors", &["--tile", "off"]);
+        let (b, _) = decode(dir.path(), weights, "whole.safetensors", &["--tile", "16"]);
+        assert_eq!(a, b, "{name}: decoded in bands of 16 rows");
+    }
+}
+
+#[test]
+fn wan22_and_qwen_image21_sample_inspect_preview_and_refuse_other_channels() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, layouts, family) in residual_families() {
+        let weights = layouts.last().unwrap();
+        let stem = IMAGES[0];
+        let mean = encode(dir.path(), weights, stem, "m.safetensors", &[]);
+        let a = encode(dir.path(), weights, stem, "a.safetensors", &["--sample", "--seed", "3"]);
+        let b = encode(dir.path(), weights, stem, "b.safetensors", &["--sample", "--seed", "3"]);
+        assert_eq!(a.data, b.data, "{name}: a seeded draw is repeatable");
+        assert_ne!(a.data, mean.data, "{name}: a draw is not the mean");
+        let out = vae(dir.path(), &["inspect", weights.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(stdout(&out).contains(&format!("family: {}", family.name())), "{}", stdout(&out));
+        let out = vae(dir.path(), &["preview", "m.safetensors", "-o", "p.png", "--force", "--scale", "16"]);
+        if family == Family::Wan22 {
+            assert!(out.status.success(), "{name}: {}", stderr(&out));
+            let png = image::open(dir.path().join("p.png")).unwrap().to_rgb8();
+            assert_eq!(png.dimensions(), (96, 64), "{name}: the image's size");
+        } else {
+            assert_fails(&out, "m.safetensors", "no preview for qwenimage21 latents");
+        }
+        write_latent(&dir.path().join("z.safetensors"), &[1, 16, 4, 4], &[0.5; 256], LatentMeta::default());
+        let out = vae(dir.path(), &["decode", "z.safetensors", "-w", weights.to_str().unwrap(), "--force"]);
+        let expect = format!("16 channels but the weights expect {}", family.latent_channels());
+        assert_fails(&out, "z.safetensors", &expect);
     }
 }

@@ -779,8 +779,11 @@ def main() -> None:
         make_full_size(out)
         return
     print(f"family fixtures -> {OUT}")
-    shutil.rmtree(OUT, ignore_errors=True)
-    OUT.mkdir(parents=True)
+    # Only this script's own files: tools/make_wan22_fixtures.py writes wan22/ and qwenimage21/ beside them.
+    for own in ("images", "flux2", "qwen", "wan"):
+        shutil.rmtree(OUT / own, ignore_errors=True)
+    (OUT / "README.md").unlink(missing_ok=True)
+    OUT.mkdir(parents=True, exist_ok=True)
 
     inputs = make_images(OUT / "images")
     flux2 = make_flux2(OUT / "flux2", inputs)

@@ -360,7 +360,8 @@ struct PreviewArgs {
     /// metadata, else 4 channels: sd1, 16: flux.
     #[arg(long, value_name = "NAME")]
     family: Option<Family>,
-    /// Pixels per latent position along each side (8: the image's size).
+    /// Pixels per latent position along each side (8: the image's size; 16
+    /// for wan22, whose latent positions are 16 pixels apart).
     #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
     scale: u16,
     /// Replace the output file if it exists.
@@ -625,6 +626,13 @@ fn preview(ctx: &mut Session, args: PreviewArgs) -> Result<ExitCode> {
         let Some(family) = crate::preview::family_of(&latent, args.family) else {
             bail!("{}: no preview for a latent of {} channels with this family", input.display(), latent.channels);
         };
+        if !crate::preview::has_factors(family) {
+            bail!(
+                "{}: no preview for {} latents: ComfyUI has no latent_rgb_factors for them (decode it instead)",
+                input.display(),
+                family.name()
+            );
+        }
         let pixels = (latent.height * scale) as u64 * (latent.width * scale) as u64;
         if pixels > args.max_pixels {
             bail!("{}: preview of {pixels} pixels is over --max-pixels {}", input.display(), args.max_pixels);

@@ -23,6 +23,11 @@
 //!   those of the whole input (the RMS norm needs none).
 //! - [`Op::Attention`]: the mid block's self-attention over all positions,
 //!   with its own norm and residual. It runs on the whole activation.
+//! - [`Op::Shuffle`]: a parameter-free rearrangement between space and
+//!   channels within cells of 2x2 pixels ([`Shuffle`]: Wan 2.2's patchify,
+//!   the residual blocks' `AvgDown3D` and `DupUp3D` shortcuts), plus
+//!   optionally an earlier buffer of the output's shape. Local with no
+//!   halo: a band of output rows reads its own input rows.
 //!
 //! Each executor drops a buffer once the last step that reads it has run
 //! ([`Graph::last_reads`]), so the plain pass hands an activation read for
@@ -55,6 +60,7 @@ use burn::tensor::Tensor;
 
 use super::attention::Attention;
 use super::layers::{Conv2d, Norm};
+use super::shuffle::Shuffle;
 
 /// An activation `[B, C, H, W]` that a step writes and later steps read.
 /// Only a [`Builder`] makes them, so a step reads only buffers written before it.
@@ -132,12 +138,23 @@ impl<'m> ConvOp<'m> {
     }
 }
 
+/// A [`Shuffle`] of the input, plus an earlier buffer of the result's shape.
+#[derive(Debug, Clone, Copy)]
+pub struct ShuffleOp {
+    pub shuffle: Shuffle,
+    /// Added to the result (the main path of a residual block whose
+    /// shortcut the shuffle is).
+    pub plus: Option<Buffer>,
+}
+
 /// What a step computes: a primitive both executors know.
 #[derive(Debug, Clone, Copy)]
 pub enum Op<'m> {
     Conv(ConvOp<'m>),
     /// The mid-block attention, over all positions at once.
     Attention(&'m Attention),
+    /// A rearrangement between space and channels, with no parameters.
+    Shuffle(ShuffleOp),
 }
 
 /// `output = op(input)`.
@@ -154,6 +171,7 @@ impl Step<'_> {
         match self.op {
             Op::Conv(ConvOp { residual, .. }) => residual.map(|r| r.buffer),
             Op::Attention(_) => None,
+            Op::Shuffle(ShuffleOp { plus, .. }) => plus,
         }
     }
 
@@ -190,6 +208,11 @@ impl<'m> Builder<'m> {
     /// Adds an attention step.
     pub fn attention(&mut self, input: Buffer, attention: &'m Attention) -> Buffer {
         self.push(input, Op::Attention(attention))
+    }
+
+    /// Adds a shuffle step, `plus` added to its result.
+    pub fn shuffle(&mut self, input: Buffer, shuffle: Shuffle, plus: Option<Buffer>) -> Buffer {
+        self.push(input, Op::Shuffle(ShuffleOp { shuffle, plus }))
     }
 
     /// The graph whose result is `output`, the buffer the last step wrote.
@@ -257,6 +280,14 @@ impl<'m> Graph<'m> {
             let x = read(step.input, last[step.input.0] != i || residual == Some(step.input));
             let y = match step.op {
                 Op::Attention(attention) => attention.forward(x),
+                Op::Shuffle(ShuffleOp { shuffle, plus }) => {
+                    let y = shuffle.forward(x);
+                    match plus {
+                        // The main path plus the shortcut, as diffusers adds them.
+                        Some(buffer) => read(buffer, last[buffer.0] != i) + y,
+                        None => y,
+                    }
+                }
                 Op::Conv(op) => {
                     let x = match op.norm {
                         Some(norm) => norm.forward_silu(x),

@@ -2,7 +2,9 @@
 //! reader who knows `diffusers.AutoencoderKL` knows this code; TAESD,
 //! diffusers' `AutoencoderTiny`, which shares its latent space; and the Wan
 //! 2.1 / Qwen-Image VAE on one frame ([`wan`]), made of `AutoencoderKL`'s
-//! blocks with RMS norms.
+//! blocks with RMS norms; and the Wan 2.2 / Qwen-Image 2.1 VAE on one frame
+//! ([`wan22`]), whose residual blocks add parameter-free shortcuts
+//! ([`Shuffle`]).
 //!
 //! Each block of `AutoencoderKL` states its topology once, as steps of a
 //! [`Graph`] (see [`graph`]); the plain forward pass and the banded one of
@@ -18,18 +20,22 @@ pub mod graph;
 mod layers;
 mod resnet;
 mod sampling;
+mod shuffle;
 mod tiny;
 pub mod wan;
+pub mod wan22;
 
 pub use attention::Attention;
 pub use autoencoder::{AutoencoderKl, DiagonalGaussian};
 pub use config::{AutoencoderKlConfig, Family, SD15_SCALING_FACTOR};
 pub use encoder::UNetMidBlock2d;
-pub use graph::{Buffer, Builder, ConvOp, Graph, Op, Resample, Residual, Step};
+pub use graph::{Buffer, Builder, ConvOp, Graph, Op, Resample, Residual, ShuffleOp, Step};
 pub use layers::{Conv2d, GroupNorm, Norm, RmsNorm, VAE_NORM_EPS};
 pub use resnet::ResnetBlock2d;
+pub use shuffle::Shuffle;
 pub use tiny::{AutoencoderTiny, AutoencoderTinyBlock, AutoencoderTinyConfig, DecoderTiny, EncoderTiny, TinyLayer};
 pub use wan::{AutoencoderWan, WanConfig};
+pub use wan22::{AutoencoderWanResidual, WanResidualConfig};
 
 /// Where a model's parameters come from: the tensor of a diffusers name and
 /// an expected shape, in the dtype and on the device the model runs on. The
@@ -46,13 +52,14 @@ pub trait Params {
     fn unused(&mut self, _name: &str, _shape: &[usize]) {}
 }
 
-/// The network a weights file holds: the VAE, its tiny stand-in, or the
-/// Wan 2.1 / Qwen-Image VAE.
+/// The network a weights file holds: the VAE, its tiny stand-in, the
+/// Wan 2.1 / Qwen-Image VAE, or the Wan 2.2 / Qwen-Image 2.1 VAE.
 #[derive(Debug, Clone)]
 pub enum Model {
     Kl(Box<AutoencoderKl>),
     Tiny(AutoencoderTiny),
     Wan(Box<AutoencoderWan>),
+    WanResidual(Box<AutoencoderWanResidual>),
 }
 
 impl Model {
@@ -63,6 +70,8 @@ impl Model {
             Model::Kl(_) => "AutoencoderKL",
             Model::Tiny(_) => "AutoencoderTiny",
             Model::Wan(_) => "AutoencoderKLWan",
+            Model::WanResidual(m) if !m.config.conv3d => "AutoencoderKLQwenImage21",
+            Model::WanResidual(_) => "AutoencoderKLWan",
         }
     }
 
@@ -71,6 +80,16 @@ impl Model {
             Model::Kl(m) => m.config.latent_channels,
             Model::Tiny(m) => m.config.latent_channels,
             Model::Wan(m) => m.config.z_dim,
+            Model::WanResidual(m) => m.config.z_dim,
+        }
+    }
+
+    /// Channels of the images the encoder reads and the decoder writes: 3
+    /// (RGB), or 4 (RGBA: Qwen-Image 2.1).
+    pub fn image_channels(&self) -> usize {
+        match self {
+            Model::WanResidual(m) => m.config.image_channels(),
+            _ => 3,
         }
     }
 
@@ -80,6 +99,7 @@ impl Model {
             Model::Kl(m) => m.config.downscale(),
             Model::Tiny(m) => m.config.downscale(),
             Model::Wan(m) => m.config.downscale(),
+            Model::WanResidual(m) => m.config.downscale(),
         }
     }
 
@@ -89,13 +109,14 @@ impl Model {
             Model::Kl(m) => m.config.upscale(),
             Model::Tiny(m) => m.config.upscale(),
             Model::Wan(m) => m.config.downscale(),
+            Model::WanResidual(m) => m.config.downscale(),
         }
     }
 
     /// Whether the decoded image is clamped to [-1, 1] (diffusers' Wan and
     /// Qwen-Image `_decode` do it; [`AutoencoderWan::decoder_graph`] does not).
     pub fn clamps_output(&self) -> bool {
-        matches!(self, Model::Wan(_))
+        matches!(self, Model::Wan(_) | Model::WanResidual(_))
     }
 
     /// The steps of the encoder (and `quant_conv`), for the VAEs described
@@ -104,6 +125,7 @@ impl Model {
         match self {
             Model::Kl(m) => Some(m.encoder_graph()),
             Model::Wan(m) => Some(m.encoder_graph()),
+            Model::WanResidual(m) => Some(m.encoder_graph()),
             Model::Tiny(_) => None,
         }
     }
@@ -114,6 +136,7 @@ impl Model {
         match self {
             Model::Kl(m) => Some(m.decoder_graph()),
             Model::Wan(m) => Some(m.decoder_graph()),
+            Model::WanResidual(m) => Some(m.decoder_graph()),
             Model::Tiny(_) => None,
         }
     }

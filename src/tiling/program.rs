@@ -8,9 +8,11 @@
 //! its convolution needs, so every band is exact; a GroupNorm uses
 //! statistics summed over the whole input as the previous step wrote it (an
 //! RMS norm, per pixel, needs none). An attention step runs on the whole
-//! activation. The result is the untiled
+//! activation. A shuffle step (a rearrangement between space and channels
+//! within 2x2 cells, plus an optional earlier buffer) needs no halo: a band
+//! of its output reads its own input rows. The result is the untiled
 //! forward pass, computed with a bounded working set. Nothing here knows the
-//! model's blocks: only the two kinds of step.
+//! model's blocks: only the three kinds of step.
 
 use burn::tensor::{Device, Tensor};
 use rayon::prelude::*;
@@ -18,7 +20,7 @@ use rayon::prelude::*;
 use super::Rows;
 use super::store::{Activation, Storage};
 use crate::kernels;
-use crate::model::{ConvOp, Graph, Op, Resample, Residual, Step};
+use crate::model::{ConvOp, Graph, Op, Resample, Residual, ShuffleOp, Step};
 
 /// Input rows `[i0, i1)` from which output rows `[o0, o1)` of a `resample`
 /// convolution are computed exactly, and the output row that the band's
@@ -80,6 +82,11 @@ pub fn peak(graph: &Graph, (c, h, w): (usize, usize, usize), storage: Storage, r
             // Attention holds about seven copies of its input (read, normalised,
             // q, k, v, output, projection) and a block of scores.
             Op::Attention(_) => ((c_in, h_in, w_in), 28 * (c_in * h_in * w_in) as u64 + 64 * (1 << 20)),
+            Op::Shuffle(ShuffleOp { shuffle, plus }) => {
+                let (h, w) = shuffle.output_size(h_in, w_in);
+                let per_row = shuffle_bytes_per_row(c_in, w_in, shuffle.c_out(), w, plus.is_some(), shuffle.down());
+                ((shuffle.c_out(), h, w), per_row * rows.for_pass(per_row, h) as u64)
+            }
         };
         shapes[out] = shape;
         // In place, the output takes over the input's bytes.
@@ -180,6 +187,7 @@ fn run_step(
             let whole = kernels::tensor(x.read_rows(0, h_in), [1, c_in, h_in, w_in], device);
             return Activation::from_values(kernels::values(attention.forward(whole)), c_in, h_in, w_in);
         }
+        Op::Shuffle(op) => return run_shuffle(x, op, buffers, storage, rows, device),
         Op::Conv(op) => op,
     };
     let ((h_out, w_out), c_out) = (resample.output_size(h_in, w_in), conv.c_out());
@@ -222,6 +230,43 @@ fn run_step(
     }
     if let Some(b) = pending {
         b.write(&mut out);
+    }
+    out
+}
+
+/// Bytes of temporaries per output row of a shuffle: the input rows read
+/// and their space-to-depth copy, the gathered parts and their sum, and the
+/// rows added.
+fn shuffle_bytes_per_row(c_in: usize, w_in: usize, c_out: usize, w_out: usize, plus: bool, down: usize) -> u64 {
+    let read = c_in * w_in * down;
+    4 * (2 * read + 3 * c_out * w_out + usize::from(plus) * c_out * w_out) as u64
+}
+
+/// Runs a shuffle step on `x` in bands: each band of output rows from its
+/// own input rows, by the same operations as the whole pass.
+fn run_shuffle(
+    x: &Activation,
+    ShuffleOp { shuffle, plus }: ShuffleOp,
+    buffers: &[Option<Activation>],
+    storage: Storage,
+    rows: Rows,
+    device: &Device,
+) -> Activation {
+    let (c_in, h_in, w_in) = (x.channels, x.height, x.width);
+    let ((h_out, w_out), c_out) = (shuffle.output_size(h_in, w_in), shuffle.c_out());
+    let mut out = Activation::new(c_out, h_out, w_out, storage);
+    let band = rows.for_pass(shuffle_bytes_per_row(c_in, w_in, c_out, w_out, plus.is_some(), shuffle.down()), h_out);
+    for o0 in (0..h_out).step_by(band) {
+        let o1 = (o0 + band).min(h_out);
+        let (i0, i1, first) = shuffle.input_rows(o0, o1, h_in);
+        let y = shuffle.forward(kernels::tensor(x.read_rows(i0, i1), [1, c_in, i1 - i0, w_in], device));
+        let y_rows = y.dims()[2];
+        let mut y = kernels::values(y);
+        if let Some(buffer) = plus {
+            let r = buffers[buffer.index()].as_ref().expect("a residual is a live buffer");
+            add_rows(&mut y, &r.read_rows(o0, o1), y_rows, o0 - first, (o1 - o0) * w_out);
+        }
+        Band { row: o0, rows: o1 - o0, values: y, src_rows: y_rows, skip: o0 - first }.write(&mut out);
     }
     out
 }

@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use crate::model::{AutoencoderKlConfig, WanConfig};
+use crate::model::{AutoencoderKlConfig, WanConfig, WanResidualConfig};
 
 /// The fields of a diffusers `config.json` that the weights cannot tell.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -14,14 +14,33 @@ pub struct DiffusersConfig {
     pub scaling_factor: Option<f64>,
     pub shift_factor: Option<f64>,
     pub norm_num_groups: Option<usize>,
-    /// FLUX.2's batch norm (`AutoencoderKLFlux2`): its epsilon and patch.
+    /// FLUX.2's batch norm (`AutoencoderKLFlux2`): its epsilon and patch
+    /// (`[2, 2]`); Wan 2.2's image patch (`2`).
     pub batch_norm_eps: Option<f64>,
-    pub patch_size: Option<Vec<usize>>,
+    pub patch_size: Option<PatchSize>,
     /// Wan and Qwen-Image: per-channel latent statistics.
     pub latents_mean: Option<Vec<f64>>,
     pub latents_std: Option<Vec<f64>>,
-    /// Wan 2.2's residual blocks (not supported yet).
+    /// Wan 2.2's residual blocks (Qwen-Image 2.1 has them by default).
     pub is_residual: Option<bool>,
+}
+
+/// `patch_size` as FLUX.2 (`[2, 2]`) or Wan 2.2 (`2`) writes it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum PatchSize {
+    Square(usize),
+    Sides(Vec<usize>),
+}
+
+impl PatchSize {
+    /// The patch's side (the first, for a list).
+    pub fn side(&self) -> Option<usize> {
+        match self {
+            PatchSize::Square(p) => Some(*p),
+            PatchSize::Sides(sides) => sides.first().copied(),
+        }
+    }
 }
 
 /// Infers the config from `shape_of(diffusers name)`.
@@ -78,7 +97,7 @@ pub fn infer_config<'a>(
 pub fn infer_wan_config<'a>(shape_of: impl Fn(&str) -> Option<&'a [usize]>) -> Result<WanConfig, String> {
     let need = |name: &str| shape_of(name).ok_or_else(|| format!("tensor {name} is missing"));
     if shape_of("encoder.down_blocks.0.resnets.0.conv1.weight").is_some() {
-        return Err("a Wan 2.2 VAE (residual down blocks) is not supported yet".to_owned());
+        return Err("residual down blocks: a Wan 2.2 / Qwen-Image 2.1 VAE (see infer_wan_residual_config)".to_owned());
     }
     let base_dim = need("encoder.conv_in.weight")?[0];
     let z_dim = need("decoder.conv_in.weight")?.get(1).copied().unwrap_or(0);
@@ -106,6 +125,62 @@ pub fn infer_wan_config<'a>(shape_of: impl Fn(&str) -> Option<&'a [usize]>) -> R
         }
     }
     Ok(WanConfig { base_dim, z_dim, dim_mult, num_res_blocks, temperal_downsample })
+}
+
+/// Infers a Wan 2.2 / Qwen-Image 2.1 VAE's config (residual down and up
+/// blocks) from `shape_of(diffusers name)`: levels, widths and ResNets from
+/// the encoder's blocks, the decoder's base width from its `conv_out`, the
+/// temporal resamplings from their (unused) `time_conv`s, 3D or 2D
+/// convolutions from `conv_in`'s rank. The image patch is `patch` (the
+/// `config.json`'s), else 2 where `conv_in` reads 3 x 4 channels (Wan 2.2),
+/// else none.
+///
+/// `Err` names the tensor whose absence makes the architecture unknowable.
+pub fn infer_wan_residual_config<'a>(
+    shape_of: impl Fn(&str) -> Option<&'a [usize]>,
+    patch: Option<usize>,
+) -> Result<WanResidualConfig, String> {
+    let need = |name: &str| shape_of(name).ok_or_else(|| format!("tensor {name} is missing"));
+    let conv_in = need("encoder.conv_in.weight")?;
+    let (base_dim, in_channels) = (conv_in.first().copied().unwrap_or(0), conv_in.get(1).copied().unwrap_or(0));
+    let conv3d = conv_in.len() == 5;
+    let z_dim = need("decoder.conv_in.weight")?.get(1).copied().unwrap_or(0);
+    let conv_out = need("decoder.conv_out.weight")?;
+    let (out_channels, decoder_last) = (conv_out.first().copied().unwrap_or(0), conv_out.get(1).copied().unwrap_or(0));
+    let resnet = |i: usize, j: usize| shape_of(&format!("encoder.down_blocks.{i}.resnets.{j}.conv1.weight"));
+    let levels = (0..).take_while(|&i| resnet(i, 0).is_some()).count();
+    let num_res_blocks = (0..).take_while(|&j| resnet(0, j).is_some()).count();
+    if levels == 0 || base_dim == 0 {
+        return Err("tensor encoder.down_blocks.0.resnets.0.conv1.weight is missing".to_owned());
+    }
+    let mut dim_mult = Vec::with_capacity(levels);
+    for i in 0..levels {
+        let width = resnet(i, 0).and_then(|s| s.first().copied()).unwrap_or(0);
+        if width % base_dim != 0 {
+            return Err(format!("level {i} is {width} wide, not a multiple of {base_dim}"));
+        }
+        dim_mult.push(width / base_dim);
+    }
+    let temperal_downsample = (0..levels.saturating_sub(1))
+        .map(|i| shape_of(&format!("encoder.down_blocks.{i}.downsampler.time_conv.weight")).is_some())
+        .collect();
+    let first = dim_mult[0].max(1);
+    if decoder_last % first != 0 {
+        return Err(format!("the decoder's last level is {decoder_last} wide, not a multiple of {first}"));
+    }
+    let patch_size = patch.unwrap_or(if conv3d && in_channels == 12 { 2 } else { 1 });
+    Ok(WanResidualConfig {
+        base_dim,
+        decoder_base_dim: decoder_last / first,
+        z_dim,
+        dim_mult,
+        num_res_blocks,
+        temperal_downsample,
+        in_channels,
+        out_channels,
+        patch_size,
+        conv3d,
+    })
 }
 
 #[cfg(test)]
@@ -145,6 +220,45 @@ mod tests {
         let json = DiffusersConfig { scaling_factor: Some(0.3611), shift_factor: Some(0.1159), ..Default::default() };
         let cfg = infer_config(|n| shapes.get(n).map(Vec::as_slice), &json, 0.18215).unwrap();
         assert_eq!(cfg, AutoencoderKlConfig::flux());
+    }
+
+    /// The shapes of a key list of `src/model/*_keys.txt`.
+    fn shapes_of(keys: &str) -> BTreeMap<String, Vec<usize>> {
+        keys.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| {
+                let (name, shape) = l.split_once(' ').unwrap();
+                (name.to_owned(), shape.split(',').map(|d| d.parse().unwrap()).collect())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn infers_wan22_and_qwen_image21_from_their_shapes() {
+        for (keys, conv3d) in
+            [(include_str!("../model/wan22_keys.txt"), true), (include_str!("../model/qwenimage21_keys.txt"), false)]
+        {
+            let shapes = shapes_of(keys);
+            let cfg = infer_wan_residual_config(|n| shapes.get(n).map(Vec::as_slice), None).unwrap();
+            // Wan 2.2's 12 input channels are RGB patched 2x2; Qwen-Image 2.1's 4 are RGBA.
+            let (channels, patch_size) = if conv3d { (12, 2) } else { (4, 1) };
+            let want = WanResidualConfig {
+                base_dim: 8,
+                decoder_base_dim: 6,
+                z_dim: 4,
+                dim_mult: vec![1, 2, 2],
+                num_res_blocks: 1,
+                temperal_downsample: vec![false, true],
+                in_channels: channels,
+                out_channels: channels,
+                patch_size,
+                conv3d,
+            };
+            assert_eq!(cfg, want);
+            cfg.check().unwrap();
+            // The Wan 2.1 inference points to this one.
+            assert!(infer_wan_config(|n| shapes.get(n).map(Vec::as_slice)).unwrap_err().contains("residual"));
+        }
     }
 
     #[test]

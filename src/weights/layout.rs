@@ -27,6 +27,10 @@ pub enum Layout {
     /// The original Wan 2.1 VAE (`Wan2.1_VAE`, ComfyUI's
     /// `wan_2.1_vae.safetensors` and `qwen_image_vae.safetensors`).
     WanOriginal,
+    /// The original Wan 2.2 VAE (`Wan2.2_VAE.pth` converted, ComfyUI's
+    /// `wan2.2_vae.safetensors`): residual blocks nested as
+    /// `downsamples.{i}.downsamples.{j}` and `upsamples.{i}.upsamples.{j}`.
+    Wan22Original,
 }
 
 impl fmt::Display for Layout {
@@ -38,6 +42,7 @@ impl fmt::Display for Layout {
             Layout::Taesd => "TAESD original (madebyollin)",
             Layout::WanDiffusers => "diffusers (Wan/Qwen-Image)",
             Layout::WanOriginal => "Wan 2.1 original",
+            Layout::Wan22Original => "Wan 2.2 original",
         })
     }
 }
@@ -101,6 +106,20 @@ const WAN_RULES: &[(&str, &str)] = &[
     (r"\.shortcut\.", ".conv_shortcut."),
 ];
 
+/// Original Wan 2.2 name -> the Wan 2.1 original's diffusers-bound names,
+/// before [`WAN_RULES`]: each level's nested list of residual blocks (and
+/// its resampling, last) becomes diffusers' `resnets` and `downsampler` /
+/// `upsampler` (diffusers' `convert_wan_vae_to_diffusers` handles Wan 2.1 only).
+const WAN22_RULES: &[(&str, &str)] = &[
+    (
+        r"^encoder\.downsamples\.(\d+)\.downsamples\.(\d+)\.(resample|time_conv)\.",
+        "encoder.down_blocks.$1.downsampler.$3.",
+    ),
+    (r"^encoder\.downsamples\.(\d+)\.downsamples\.(\d+)\.", "encoder.down_blocks.$1.resnets.$2."),
+    (r"^decoder\.upsamples\.(\d+)\.upsamples\.(\d+)\.(resample|time_conv)\.", "decoder.up_blocks.$1.upsampler.$3."),
+    (r"^decoder\.upsamples\.(\d+)\.upsamples\.(\d+)\.", "decoder.up_blocks.$1.resnets.$2."),
+];
+
 /// Legacy diffusers attention name -> current diffusers name.
 const LEGACY_ATTENTION_RULES: &[(&str, &str)] = &[
     (r"\.attentions\.0\.query\.", ".attentions.0.to_q."),
@@ -112,6 +131,7 @@ const LEGACY_ATTENTION_RULES: &[(&str, &str)] = &[
 static LDM: LazyLock<Vec<(Regex, &str)>> = LazyLock::new(|| compile(LDM_RULES));
 static LEGACY: LazyLock<Vec<(Regex, &str)>> = LazyLock::new(|| compile(LEGACY_ATTENTION_RULES));
 static WAN: LazyLock<Vec<(Regex, &str)>> = LazyLock::new(|| compile(WAN_RULES));
+static WAN22: LazyLock<Vec<(Regex, &str)>> = LazyLock::new(|| compile(WAN22_RULES));
 
 fn compile(rules: &[(&str, &'static str)]) -> Vec<(Regex, &'static str)> {
     rules.iter().map(|&(pattern, to)| (Regex::new(pattern).expect("rule patterns are valid regexes"), to)).collect()
@@ -191,6 +211,11 @@ pub fn detect<'a>(keys: impl IntoIterator<Item = &'a str> + Clone) -> Option<Vae
         .clone()
         .into_iter()
         .any(|k| strip_prefix(k, prefix).is_some_and(|k| k.starts_with("encoder.downsamples.")));
+    let wan22_original = wan_original
+        && keys
+            .clone()
+            .into_iter()
+            .any(|k| strip_prefix(k, prefix).is_some_and(|k| WAN22[0].0.is_match(k) || WAN22[1].0.is_match(k)));
     let roots: &[&str] = if wan_original { &WAN_ROOTS } else { &VAE_ROOTS };
     let vae: Vec<(&str, &str)> = keys
         .clone()
@@ -206,7 +231,9 @@ pub fn detect<'a>(keys: impl IntoIterator<Item = &'a str> + Clone) -> Option<Vae
         .max()
         .map_or(0, |m| m + 1);
     let per_level = wan_decoder_per_level(vae.iter().map(|(k, _)| *k));
-    let (layout, rename): (Layout, &dyn Fn(&str) -> String) = if wan_original {
+    let (layout, rename): (Layout, &dyn Fn(&str) -> String) = if wan22_original {
+        (Layout::Wan22Original, &|k| apply(&WAN, &apply(&WAN22, k)))
+    } else if wan_original {
         (Layout::WanOriginal, &|k| apply(&WAN, &wan_decoder_blocks(k, per_level)))
     } else if has(".attentions.0.to_qkv.") || has(".norm1.gamma") {
         (Layout::WanDiffusers, &|k| k.to_owned())
@@ -317,6 +344,47 @@ mod tests {
         assert_eq!(
             found.names["decoder.up_blocks.0.resnets.0.conv1.weight"],
             "first_stage_model.decoder.up.1.block.0.conv1.weight"
+        );
+    }
+
+    #[test]
+    fn wan22_original_names() {
+        let keys = [
+            "encoder.conv1.weight",
+            "encoder.downsamples.0.downsamples.0.residual.0.gamma",
+            "encoder.downsamples.0.downsamples.1.shortcut.weight",
+            "encoder.downsamples.1.downsamples.2.resample.1.weight",
+            "encoder.downsamples.1.downsamples.2.time_conv.bias",
+            "encoder.middle.1.to_qkv.weight",
+            "encoder.head.2.weight",
+            "conv1.weight",
+            "conv2.bias",
+            "decoder.upsamples.2.upsamples.3.resample.1.bias",
+            "decoder.upsamples.0.upsamples.3.time_conv.weight",
+            "decoder.upsamples.1.upsamples.0.residual.6.weight",
+            "decoder.head.0.gamma",
+        ];
+        let found = detect(keys.iter().copied()).expect("a Wan 2.2 VAE");
+        assert_eq!(found.layout, Layout::Wan22Original);
+        let names: Vec<&str> =
+            keys.iter().map(|k| found.names.iter().find(|(_, v)| v.as_str() == *k).unwrap().0.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "encoder.conv_in.weight",
+                "encoder.down_blocks.0.resnets.0.norm1.gamma",
+                "encoder.down_blocks.0.resnets.1.conv_shortcut.weight",
+                "encoder.down_blocks.1.downsampler.resample.1.weight",
+                "encoder.down_blocks.1.downsampler.time_conv.bias",
+                "encoder.mid_block.attentions.0.to_qkv.weight",
+                "encoder.conv_out.weight",
+                "quant_conv.weight",
+                "post_quant_conv.bias",
+                "decoder.up_blocks.2.upsampler.resample.1.bias",
+                "decoder.up_blocks.0.upsampler.time_conv.weight",
+                "decoder.up_blocks.1.resnets.0.conv2.weight",
+                "decoder.norm_out.gamma",
+            ]
         );
     }
 

@@ -17,15 +17,15 @@ use std::path::{Path, PathBuf};
 use burn::tensor::{Device, FloatDType};
 
 pub use file::TensorFile;
-pub use infer::{DiffusersConfig, infer_config, infer_wan_config};
+pub use infer::{DiffusersConfig, PatchSize, infer_config, infer_wan_config, infer_wan_residual_config};
 pub use layout::{Layout, VaeKeys, detect};
 pub use params::{Mismatch, ParamLoader};
 
 use crate::hub::{DIFFUSERS_FILES, Hub, HubError, HubRepo};
 use crate::latent_space::{ChannelStats, WeightsLatent, WeightsScaling};
 use crate::model::{
-    AutoencoderKl, AutoencoderKlConfig, AutoencoderTinyConfig, AutoencoderWan, Family, Model, SD15_SCALING_FACTOR,
-    WanConfig,
+    AutoencoderKl, AutoencoderKlConfig, AutoencoderTinyConfig, AutoencoderWan, AutoencoderWanResidual, Family, Model,
+    SD15_SCALING_FACTOR, WanConfig, WanResidualConfig,
 };
 
 /// Environment variable naming the weights when `--weights` is not given.
@@ -266,6 +266,9 @@ pub fn load(
     let config = match architecture {
         Architecture::Tiny(config) => return tiny::load(&file, &keys, config, (device, dtype), parts),
         Architecture::Wan(config) => return load_wan(&file, &keys, &config, json.as_ref(), (device, dtype), parts),
+        Architecture::WanResidual(config) => {
+            return load_wan_residual(&file, &keys, &config, json.as_ref(), (device, dtype), parts);
+        }
         Architecture::Kl(config) => config,
     };
     let mut loader = ParamLoader::new(&file, &keys.names, device).casting_to(dtype).skipping(parts.unused_prefixes());
@@ -297,7 +300,7 @@ fn batch_norm(
         return None;
     }
     let json = json.and_then(|j| j.kl().ok()).unwrap_or_default();
-    let patch = json.patch_size.as_deref().and_then(|p| p.first().copied()).unwrap_or(2);
+    let patch = json.patch_size.as_ref().and_then(infer::PatchSize::side).unwrap_or(2);
     let eps = json.batch_norm_eps.unwrap_or(1e-4);
     let channels = config.latent_channels * patch * patch;
     let mean = loader.statistics("bn.running_mean", channels)?;
@@ -338,6 +341,39 @@ fn load_wan(
     Ok((Model::Wan(Box::new(model)), WeightsInfo::of(file, keys, None, latent)))
 }
 
+/// Builds a Wan 2.2 / Qwen-Image 2.1 VAE; its latent statistics are those
+/// of its `config.json`, else its family's (by its latent channels: 48, Wan
+/// 2.2; 64, Qwen-Image 2.1).
+fn load_wan_residual(
+    file: &TensorFile,
+    keys: &VaeKeys,
+    config: &WanResidualConfig,
+    json: Option<&ConfigJson>,
+    (device, dtype): (&Device, FloatDType),
+    parts: Parts,
+) -> Result<(Model, WeightsInfo), WeightsError> {
+    let class = if config.conv3d { "AutoencoderKLWan" } else { "AutoencoderKLQwenImage21" };
+    let mut loader =
+        ParamLoader::new(file, &keys.names, device).casting_to(dtype).skipping(parts.unused_prefixes()).building(class);
+    let model = AutoencoderWanResidual::load(&mut loader, config);
+    loader.finish()?;
+    let json = json.map(ConfigJson::kl).transpose()?.unwrap_or_default();
+    let channel_stats = match (json.latents_mean, json.latents_std) {
+        (Some(mean), Some(std)) => Some(ChannelStats { mean, std, patch: 1 }),
+        _ => None,
+    };
+    let family = [Family::Wan22, Family::QwenImage21].into_iter().find(|f| f.latent_channels() == config.z_dim);
+    let latent = WeightsLatent { scaling: WeightsScaling::Default { scaling: 1.0, shift: 0.0 }, family, channel_stats };
+    let mut info = WeightsInfo::of(file, keys, None, latent);
+    if config.image_channels() == 4 {
+        info.notes.push(
+            "the VAE reads and writes RGBA: images are encoded with an opaque alpha, and the decoded alpha is not written"
+                .to_owned(),
+        );
+    }
+    Ok((Model::WanResidual(Box::new(model)), info))
+}
+
 impl WeightsInfo {
     /// The report on the VAE tensors `keys` of `file`, plus those of `other`
     /// for a TAESD whose halves are in two files (`file` being the one whose
@@ -370,6 +406,8 @@ pub enum Architecture {
     Kl(AutoencoderKlConfig),
     Tiny(AutoencoderTinyConfig),
     Wan(WanConfig),
+    /// Wan 2.2 / Qwen-Image 2.1: residual down and up blocks.
+    WanResidual(WanResidualConfig),
 }
 
 /// Finds the VAE among `tensors` and reads its architecture off their shapes
@@ -382,15 +420,24 @@ pub fn read_architecture(
 ) -> Result<(VaeKeys, Architecture), WeightsError> {
     let config_error = |reason: String| WeightsError::Config { path: path.to_owned(), reason };
     let keys = tensors.keys().map(String::as_str);
-    if let Some(keys) = detect(keys.clone()).filter(|k| matches!(k.layout, Layout::WanDiffusers | Layout::WanOriginal))
+    if let Some(keys) = detect(keys.clone())
+        .filter(|k| matches!(k.layout, Layout::WanDiffusers | Layout::WanOriginal | Layout::Wan22Original))
     {
-        if let Some(json) = json {
-            let json = json.kl()?;
-            if json.is_residual == Some(true) {
-                return Err(config_error("a Wan 2.2 VAE (is_residual) is not supported yet".to_owned()));
-            }
-        }
+        let json = json.map(ConfigJson::kl).transpose()?;
         let shape_of = |name: &str| keys.names.get(name).map(|key| tensors[key].shape.as_slice());
+        let residual = shape_of("encoder.down_blocks.0.resnets.0.conv1.weight").is_some();
+        let said_residual = json.as_ref().and_then(|j| j.is_residual);
+        if said_residual == Some(true) && !residual {
+            return Err(config_error(
+                "config.json says is_residual (Wan 2.2), but the weights have Wan 2.1's blocks".to_owned(),
+            ));
+        }
+        if residual {
+            let patch = json.as_ref().and_then(|j| j.patch_size.as_ref()).and_then(PatchSize::side);
+            let config = infer_wan_residual_config(shape_of, patch).map_err(config_error)?;
+            config.check().map_err(config_error)?;
+            return Ok((keys, Architecture::WanResidual(config)));
+        }
         let config = infer_wan_config(shape_of).map_err(config_error)?;
         config.check().map_err(config_error)?;
         return Ok((keys, Architecture::Wan(config)));
@@ -429,7 +476,8 @@ pub fn inspect_bytes(bytes: &[u8], path: &Path) -> Result<(VaeKeys, Architecture
 }
 
 /// diffusers classes whose `config.json` reads as [`DiffusersConfig`].
-const KL_CLASSES: [&str; 4] = ["AutoencoderKL", "AutoencoderKLFlux2", "AutoencoderKLWan", "AutoencoderKLQwenImage"];
+const KL_CLASSES: [&str; 5] =
+    ["AutoencoderKL", "AutoencoderKLFlux2", "AutoencoderKLWan", "AutoencoderKLQwenImage", "AutoencoderKLQwenImage21"];
 
 /// A diffusers `config.json`, read once and taken as the model the weights
 /// turn out to hold.
