@@ -1,8 +1,9 @@
 """The diffusers configs of the family fixtures, shared by tools/make_family_fixtures.py (FLUX.2,
 Qwen-Image / Wan 2.1) and tools/make_wan22_fixtures.py (Wan 2.2, Qwen-Image 2.1), small and full size.
 
-The small models keep the real block structure at narrow widths; the `*_FULL` ones are the real
-sizes. Key order matters: make_wan22_fixtures.py writes WAN22 and QWEN21 into its READMEs as they are.
+The small models are narrow (the Wan-family ones keep the real block structure; FLUX.2's has one
+layer per block instead of two); FLUX2_FULL and QWEN_FULL are the real sizes. Key order matters:
+make_wan22_fixtures.py writes WAN22 and QWEN21 into its READMEs as they are.
 """
 
 from __future__ import annotations
