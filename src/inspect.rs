@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::latent::{Latent, LatentFormat};
 use crate::latent_space::{LatentSpace, LatentSpaceRequest};
-use crate::model::{Family, Model};
+use crate::model::{Family, Model, WanResidualConfig};
 use crate::weights::{self, Parts, WeightsSource};
 
 /// What `vae inspect` says about one file. Serialised, it is the JSON line
@@ -26,7 +26,8 @@ pub enum Report {
 /// A weights file or folder, checked without running the model.
 #[derive(Debug, Clone, Serialize)]
 pub struct WeightsReport {
-    /// The diffusers class: `AutoencoderKL` or `AutoencoderTiny`.
+    /// The diffusers class (`AutoencoderKL`, `AutoencoderKLFlux2`,
+    /// `AutoencoderKLWan`, `AutoencoderKLQwenImage21`, `AutoencoderTiny`).
     pub model: String,
     pub file: String,
     pub layout: String,
@@ -43,9 +44,15 @@ pub struct WeightsReport {
     /// How latents are stored by default, in words (raw, scaled, or
     /// normalised per channel).
     pub latent_space: String,
+    /// The other form the weights read, where it has another shape
+    /// (FLUX.2's normalised latent: 128 channels of 2x2 patches).
+    pub other_latent_form: Option<String>,
     pub latent_channels: usize,
+    /// Image pixels per latent position along a side (8; 16 for Wan 2.2 and
+    /// Qwen-Image 2.1).
+    pub downscale: usize,
     #[serde(flatten)]
-    pub architecture: Architecture,
+    pub architecture: Box<Architecture>,
     pub sha256: String,
     /// What was checked.
     pub check: String,
@@ -58,6 +65,7 @@ pub enum Architecture {
     Kl(KlArchitecture),
     Tiny(TinyArchitecture),
     Wan(WanArchitecture),
+    WanResidual(WanResidualArchitecture),
 }
 
 /// A Wan 2.1 / Qwen-Image VAE's configuration (`AutoencoderKLWan`).
@@ -68,6 +76,56 @@ pub struct WanArchitecture {
     pub num_res_blocks: usize,
     /// Levels that also downsample in time (unused for images).
     pub temperal_downsample: Vec<bool>,
+}
+
+/// A Wan 2.2 / Qwen-Image 2.1 VAE's configuration (`AutoencoderKLWan` with
+/// `is_residual`, `AutoencoderKLQwenImage21`).
+#[derive(Debug, Clone, Serialize)]
+pub struct WanResidualArchitecture {
+    pub base_dim: usize,
+    /// The decoder's own base width.
+    pub decoder_base_dim: usize,
+    pub dim_mult: Vec<usize>,
+    /// Per encoder level (the decoder has one more).
+    pub num_res_blocks: usize,
+    pub temperal_downsample: Vec<bool>,
+    /// Down and up blocks with shortcuts (`AvgDown3D`, `DupUp3D`): always
+    /// true here, as in these families' `config.json`.
+    pub is_residual: bool,
+    /// Channels of the image the VAE reads and writes, in words.
+    pub image: String,
+    /// The image is cut into `patch_size` x `patch_size` patches before the
+    /// encoder (1: none).
+    pub patch_size: usize,
+    /// Channels of the encoder's `conv_in` and the decoder's `conv_out`.
+    pub in_channels: usize,
+    pub out_channels: usize,
+    /// Causal 3D convolutions (one frame uses their last tap) or 2D ones.
+    pub convolutions: String,
+}
+
+impl WanResidualArchitecture {
+    fn of(c: &WanResidualConfig) -> Self {
+        let image = match c.image_channels() {
+            4 => "RGBA (an opaque alpha is added to RGB images; the decoded alpha is not written)".to_owned(),
+            3 => "RGB".to_owned(),
+            n => format!("{n} channels"),
+        };
+        let convolutions = if c.conv3d { "causal 3D (one frame: their last temporal tap)" } else { "2D" };
+        Self {
+            base_dim: c.base_dim,
+            decoder_base_dim: c.decoder_base_dim,
+            dim_mult: c.dim_mult.clone(),
+            num_res_blocks: c.num_res_blocks,
+            temperal_downsample: c.temperal_downsample.clone(),
+            is_residual: true,
+            image,
+            patch_size: c.patch_size,
+            in_channels: c.in_channels,
+            out_channels: c.out_channels,
+            convolutions: convolutions.to_owned(),
+        }
+    }
 }
 
 /// An `AutoencoderKL`'s configuration.
@@ -177,18 +235,7 @@ fn inspect_weights(path: &Path) -> Result<Report> {
             };
             (family.to_owned(), Architecture::Wan(architecture))
         }
-        // The same report: the decoder's widths and the patch follow from it
-        // and the class (`AutoencoderKLWan` is Wan 2.2's, patched 2x2).
-        Model::WanResidual(m) => {
-            let c = &m.config;
-            let architecture = WanArchitecture {
-                base_dim: c.base_dim,
-                dim_mult: c.dim_mult.clone(),
-                num_res_blocks: c.num_res_blocks,
-                temperal_downsample: c.temperal_downsample.clone(),
-            };
-            (family.to_owned(), Architecture::Wan(architecture))
-        }
+        Model::WanResidual(m) => (family.to_owned(), Architecture::WanResidual(WanResidualArchitecture::of(&m.config))),
         Model::Tiny(m) => {
             let c = &m.config;
             let halves = match (c.has_encoder(), c.has_decoder()) {
@@ -210,8 +257,13 @@ fn inspect_weights(path: &Path) -> Result<Report> {
             (family, Architecture::Tiny(architecture))
         }
     };
+    // FLUX.2's VAE is an `AutoencoderKL` with a batch norm of its latent.
+    let class = match (&model, info.latent.family) {
+        (Model::Kl(_), Some(Family::Flux2)) => "AutoencoderKLFlux2",
+        _ => model.class_name(),
+    };
     Ok(Report::Weights(WeightsReport {
-        model: model.class_name().to_owned(),
+        model: class.to_owned(),
         file: info.path.display().to_string(),
         layout: info.layout.to_string(),
         prefix: info.prefix.map(str::to_owned),
@@ -222,8 +274,10 @@ fn inspect_weights(path: &Path) -> Result<Report> {
         scaling_factor,
         shift_factor,
         latent_space: resolved.space.to_string(),
+        other_latent_form: resolved.other.as_ref().map(LatentSpace::to_string),
         latent_channels: model.latent_channels(),
-        architecture,
+        downscale: model.downscale(),
+        architecture: Box::new(architecture),
         sha256: info.sha256,
         check: "every VAE tensor present, with the expected shape and a float dtype".to_owned(),
     }))
@@ -249,14 +303,24 @@ fn inspect_latent(path: &Path) -> Result<Report> {
         LatentFormat::Comfy => "ComfyUI .latent",
         LatentFormat::Npy => "NumPy .npy",
     };
-    // Positions per stored one along a side: 8, or 16 for FLUX.2's patched form.
-    let f = 8 * m.channel_stats.as_ref().map_or(1, |s| s.patch);
+    // Pixels per stored position along a side: the family's (8 unless it
+    // says 16), times FLUX.2's patch in its normalised form. Without a
+    // family (a .npy), the families of its channel count, where they agree.
+    let by_channels: Vec<usize> =
+        Family::ALL.iter().filter(|f| f.latent_channels() == latent.channels).map(|f| f.downscale()).collect();
+    let (down, guessed) = match (m.family, by_channels.first()) {
+        (Some(family), _) => (family.downscale(), false),
+        (None, Some(&d)) if by_channels.iter().all(|&o| o == d) => (d, d != 8),
+        _ => (8, false),
+    };
+    let f = down * m.channel_stats.as_ref().map_or(1, |s| s.patch);
     let (width, height) = (m.width.unwrap_or(f * latent.width), m.height.unwrap_or(f * latent.height));
+    let how = if guessed { format!(", by its {} channels", latent.channels) } else { String::new() };
     Ok(Report::Latent(LatentReport {
         file: path.display().to_string(),
         format: format.to_owned(),
         shape: [1, latent.channels, latent.height, latent.width],
-        decodes_to: format!("{width}x{height} (at {f}x)"),
+        decodes_to: format!("{width}x{height} (at {f}x{how})"),
         family: m.family.map(|f| f.name().to_owned()),
         scaling_factor: m.scaling_factor,
         shift_factor: m.shift_factor,
@@ -289,8 +353,10 @@ impl fmt::Display for Report {
                 out.number("scaling_factor", Some(w.scaling_factor));
                 out.number("shift_factor", Some(w.shift_factor));
                 out.text("latent_space", Some(&w.latent_space));
+                out.text("other_latent_form", w.other_latent_form.as_deref());
                 out.text("latent_channels", Some(&w.latent_channels.to_string()));
-                match &w.architecture {
+                out.text("downscale", Some(&w.downscale.to_string()));
+                match w.architecture.as_ref() {
                     Architecture::Kl(a) => {
                         out.list("block_out_channels", &a.block_out_channels);
                         if let Some(widths) = &a.decoder_block_out_channels {
@@ -313,8 +379,20 @@ impl fmt::Display for Report {
                         out.text("base_dim", Some(&a.base_dim.to_string()));
                         out.list("dim_mult", &a.dim_mult);
                         out.text("num_res_blocks", Some(&a.num_res_blocks.to_string()));
-                        let temporal: Vec<String> = a.temperal_downsample.iter().map(bool::to_string).collect();
-                        out.text("temperal_downsample", Some(&format!("[{}]", temporal.join(","))));
+                        out.flags("temperal_downsample", &a.temperal_downsample);
+                    }
+                    Architecture::WanResidual(a) => {
+                        out.text("base_dim", Some(&a.base_dim.to_string()));
+                        out.text("decoder_base_dim", Some(&a.decoder_base_dim.to_string()));
+                        out.list("dim_mult", &a.dim_mult);
+                        out.text("num_res_blocks", Some(&a.num_res_blocks.to_string()));
+                        out.flags("temperal_downsample", &a.temperal_downsample);
+                        out.text("is_residual", Some(&a.is_residual.to_string()));
+                        out.text("image", Some(&a.image));
+                        out.text("patch_size", Some(&a.patch_size.to_string()));
+                        out.text("in_channels", Some(&a.in_channels.to_string()));
+                        out.text("out_channels", Some(&a.out_channels.to_string()));
+                        out.text("convolutions", Some(&a.convolutions));
                     }
                 }
                 out.text("sha256", Some(&w.sha256));
@@ -359,6 +437,12 @@ impl Lines {
     fn number(&mut self, key: &str, value: Option<f64>) {
         let shown = value.filter(|v| v.is_finite()).and_then(|v| serde_json::to_string(&v).ok());
         self.text(key, shown.as_deref());
+    }
+
+    /// Booleans as JSON writes them: `[false,true]`.
+    fn flags(&mut self, key: &str, values: &[bool]) {
+        let items: Vec<String> = values.iter().map(bool::to_string).collect();
+        self.text(key, Some(&format!("[{}]", items.join(","))));
     }
 
     /// A list as JSON writes it: `[128,256]`.

@@ -274,10 +274,7 @@ pub fn preview(latent: &Latent, family: Family, scale: usize) -> Result<OutputIm
         .collect();
     let (full_w, full_h) = (w * scale, h * scale);
     // Image pixels per drawn latent position.
-    let down = match family {
-        Family::Wan22 | Family::QwenImage21 => 16,
-        _ => 8,
-    };
+    let down = family.downscale();
     let width = latent.meta.width.map_or(full_w, |v| (v * scale).div_ceil(down).clamp(1, full_w));
     let height = latent.meta.height.map_or(full_h, |v| (v * scale).div_ceil(down).clamp(1, full_h));
     let rgb8 =

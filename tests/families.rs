@@ -10,11 +10,14 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use vae::device::DeviceRequest;
-use vae::latent::{Latent, LatentMeta};
+use vae::imageio::{self, DEFAULT_MAX_PIXELS};
+use vae::latent::{Latent, LatentMeta, Posterior};
 use vae::latent_space::{LatentForm, LatentSpaceRequest};
 use vae::model::Family;
+use vae::tiling::Tile;
 use vae::{Vae, VaeOptions};
 
+use common::parity::full_fixtures;
 use common::{assert_fails, fixtures, max_abs_diff, read_tensors, stderr, stdout, vae};
 
 /// The bound the project promises for latents and decoded floats.
@@ -184,38 +187,49 @@ fn wan_layouts(dir: &Path) -> [PathBuf; 3] {
     [families().join("qwen/diffusers"), wan, families().join("qwen/wan21_original.safetensors")]
 }
 
-#[test]
-fn qwen_and_wan_encode_as_diffusers_in_every_layout() {
-    let dir = tempfile::tempdir().unwrap();
-    for weights in wan_layouts(dir.path()) {
+/// `vae encode` of each image with each of `layouts` (the weights of the
+/// fixture `name`, a family normalised per channel), raw and in the default
+/// normalised form, against diffusers. A folder's config.json has the
+/// fixture's own (seeded) statistics; a single file, without one, the family's.
+fn check_encode_per_channel(dir: &Path, name: &str, layouts: &[PathBuf], family: Family) {
+    for weights in layouts {
         let original = weights.extension().is_some();
         for stem in IMAGES {
-            let want = expected("qwen", stem);
-            let raw = encode(dir.path(), &weights, stem, "raw.safetensors", &["--latent-form", "raw"]);
+            let want = expected(name, stem);
+            let raw = encode(dir, weights, stem, "raw.safetensors", &["--latent-form", "raw"]);
             let (shape, mean) = &want["mean"];
             assert_eq!([1, raw.channels, raw.height, raw.width], shape[..]);
-            assert_close(&raw.data, mean, TOLERANCE, &format!("qwen {stem} raw ({})", weights.display()));
-            let normalized = encode(dir.path(), &weights, stem, "n.safetensors", &[]);
-            assert_eq!(normalized.meta.family, Some(Family::Wan21));
+            assert_close(&raw.data, mean, TOLERANCE, &format!("{name} {stem} raw ({})", weights.display()));
+            let normalized = encode(dir, weights, stem, "n.safetensors", &[]);
+            assert_eq!(normalized.meta.family, Some(family));
             let stats = normalized.meta.channel_stats.clone().expect("normalised per channel by default");
             if original {
-                // No config.json: Wan 2.1's own statistics.
-                assert_eq!(stats.mean[0], -0.7571);
+                let (mean, std) = family.channel_stats().expect("the family's own statistics");
+                assert_eq!((&stats.mean[..], &stats.std[..]), (mean, std), "{name}: no config.json");
             } else {
-                // The fixture's config.json has its own (seeded) statistics.
-                assert_close(&normalized.data, &want["normalized"].1, TOLERANCE, &format!("qwen {stem} normalized"));
+                assert_close(&normalized.data, &want["normalized"].1, TOLERANCE, &format!("{name} {stem} normalized"));
             }
         }
     }
 }
 
 #[test]
-fn qwen_and_wan_decode_as_diffusers_in_every_layout() {
+fn qwen_and_wan_encode_as_diffusers_in_every_layout() {
     let dir = tempfile::tempdir().unwrap();
-    for weights in wan_layouts(dir.path()) {
-        let mut vae = open(&weights, None);
+    check_encode_per_channel(dir.path(), "qwen", &wan_layouts(dir.path()), Family::Wan21);
+    // Wan 2.1's own statistics, from diffusers' AutoencoderKLWan defaults.
+    assert_eq!(Family::Wan21.channel_stats().map(|(mean, std)| (mean[0], std[15])), Some((-0.7571, 1.9160)));
+}
+
+/// The decoder of each of `layouts` (the weights of the fixture `name`) on
+/// diffusers' mean, in floats (every plane: Qwen-Image 2.1 decodes RGBA);
+/// then, through the binary, diffusers' normalised latent without metadata,
+/// which the diffusers folder (`layouts[0]`) reads by default.
+fn check_decode_per_channel(dir: &Path, name: &str, layouts: &[PathBuf]) {
+    for weights in layouts {
+        let mut vae = open(weights, None);
         for stem in IMAGES {
-            let want = expected("qwen", stem);
+            let want = expected(name, stem);
             let (shape, mean) = &want["mean"];
             let latent = Latent {
                 channels: shape[1],
@@ -225,40 +239,43 @@ fn qwen_and_wan_decode_as_diffusers_in_every_layout() {
                 meta: LatentMeta { scaling_factor: Some(1.0), shift_factor: Some(0.0), ..Default::default() },
             };
             let decoded = vae.decode_float(&latent).unwrap();
-            assert_close(
-                &decoded,
-                &want["decoded"].1,
-                TOLERANCE,
-                &format!("qwen {stem} decoded ({})", weights.display()),
-            );
+            assert_eq!(decoded.len(), want["decoded"].1.len(), "{name}: the decoder's planes");
+            let what = format!("{name} {stem} decoded ({})", weights.display());
+            assert_close(&decoded, &want["decoded"].1, TOLERANCE, &what);
             assert!(decoded.iter().all(|v| (-1.0..=1.0).contains(v)), "clamped to [-1, 1] as diffusers' _decode");
         }
     }
-    // Through the binary: diffusers' normalised latent, without metadata, is
-    // what the Qwen-Image weights read by default.
-    let weights = families().join("qwen/diffusers");
     for stem in IMAGES {
-        let want = expected("qwen", stem);
+        let want = expected(name, stem);
         let (shape, normalized) = &want["normalized"];
-        write_latent(&dir.path().join("n.npy"), shape, normalized, LatentMeta::default());
-        let (png, _) = decode(dir.path(), &weights, "n.npy", &[]);
-        assert_png_close(&png, "qwen", stem);
+        write_latent(&dir.join("n.npy"), shape, normalized, LatentMeta::default());
+        let (png, _) = decode(dir, &layouts[0], "n.npy", &[]);
+        assert_png_close(&png, name, stem);
     }
+}
+
+#[test]
+fn qwen_and_wan_decode_as_diffusers_in_every_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    check_decode_per_channel(dir.path(), "qwen", &wan_layouts(dir.path()));
+}
+
+/// `weights` encode and decode in bands of 16 rows exactly as whole.
+fn check_bands(dir: &Path, name: &str, weights: &Path) {
+    let stem = IMAGES[1];
+    let whole = encode(dir, weights, stem, "whole.safetensors", &["--tile", "off"]);
+    let banded = encode(dir, weights, stem, "banded.safetensors", &["--tile", "16"]);
+    assert_eq!(whole.data, banded.data, "{name}: encoded in bands of 16 rows");
+    let (a, _) = decode(dir, weights, "whole.safetensors", &["--tile", "off"]);
+    let (b, _) = decode(dir, weights, "whole.safetensors", &["--tile", "16"]);
+    assert_eq!(a, b, "{name}: decoded in bands of 16 rows");
 }
 
 #[test]
 fn bands_are_identical_to_the_whole_pass() {
     let dir = tempfile::tempdir().unwrap();
-    for (family, weights) in
-        [("flux2", families().join("flux2/diffusers")), ("qwen", families().join("qwen/diffusers"))]
-    {
-        let stem = IMAGES[1];
-        let whole = encode(dir.path(), &weights, stem, "whole.safetensors", &["--tile", "off"]);
-        let banded = encode(dir.path(), &weights, stem, "banded.safetensors", &["--tile", "16"]);
-        assert_eq!(whole.data, banded.data, "{family}: encoded in bands of 16 rows");
-        let (a, _) = decode(dir.path(), &weights, "whole.safetensors", &["--tile", "off"]);
-        let (b, _) = decode(dir.path(), &weights, "whole.safetensors", &["--tile", "16"]);
-        assert_eq!(a, b, "{family}: decoded in bands of 16 rows");
+    for name in ["flux2", "qwen"] {
+        check_bands(dir.path(), name, &families().join(name).join("diffusers"));
     }
 }
 
@@ -276,26 +293,29 @@ fn a_latent_of_other_channels_is_refused_naming_both_counts() {
     assert_fails(&out, "z.safetensors", "4 channels but the weights expect 16");
 }
 
+/// With `weights`, the posterior mean of an image (left in m.safetensors)
+/// and a seeded draw twice: the draw repeats and is not the mean.
+fn check_seeded_draws(dir: &Path, name: &str, weights: &Path) {
+    let stem = IMAGES[0];
+    let mean = encode(dir, weights, stem, "m.safetensors", &[]);
+    let a = encode(dir, weights, stem, "a.safetensors", &["--sample", "--seed", "3"]);
+    let b = encode(dir, weights, stem, "b.safetensors", &["--sample", "--seed", "3"]);
+    assert_eq!(a.data, b.data, "{name}: a seeded draw is repeatable");
+    assert_ne!(a.data, mean.data, "{name}: a draw is not the mean");
+}
+
 #[test]
-fn sampling_inspect_and_preview_work_for_the_new_families() {
+fn sampling_and_preview_work_for_flux2_and_wan21() {
     let dir = tempfile::tempdir().unwrap();
-    for (family, weights, name) in [
-        ("flux2", families().join("flux2/ae.safetensors"), "flux2"),
-        ("qwen", families().join("qwen/wan21_original.safetensors"), "wan21"),
+    for (name, weights) in [
+        ("flux2", families().join("flux2/ae.safetensors")),
+        ("qwen", families().join("qwen/wan21_original.safetensors")),
     ] {
-        let stem = IMAGES[0];
-        let mean = encode(dir.path(), &weights, stem, "m.safetensors", &[]);
-        let a = encode(dir.path(), &weights, stem, "a.safetensors", &["--sample", "--seed", "3"]);
-        let b = encode(dir.path(), &weights, stem, "b.safetensors", &["--sample", "--seed", "3"]);
-        assert_eq!(a.data, b.data, "{family}: a seeded draw is repeatable");
-        assert_ne!(a.data, mean.data, "{family}: a draw is not the mean");
-        let out = vae(dir.path(), &["inspect", weights.to_str().unwrap()]);
-        assert!(out.status.success(), "{}", stderr(&out));
-        assert!(stdout(&out).contains(&format!("family: {name}")), "{}", stdout(&out));
+        check_seeded_draws(dir.path(), name, &weights);
         let out = vae(dir.path(), &["preview", "m.safetensors", "-o", "p.png", "--force"]);
-        assert!(out.status.success(), "{family}: {}", stderr(&out));
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
         let png = image::open(dir.path().join("p.png")).unwrap().to_rgb8();
-        assert_eq!(png.dimensions(), (96, 64), "{family}: the image's size");
+        assert_eq!(png.dimensions(), (96, 64), "{name}: the image's size");
     }
 }
 
@@ -368,66 +388,17 @@ fn residual_families() -> [(&'static str, Vec<PathBuf>, Family); 2] {
 fn wan22_and_qwen_image21_encode_as_diffusers_in_every_layout() {
     let dir = tempfile::tempdir().unwrap();
     for (name, layouts, family) in residual_families() {
-        for weights in layouts {
-            let original = weights.extension().is_some();
-            for stem in IMAGES {
-                let want = expected(name, stem);
-                let raw = encode(dir.path(), &weights, stem, "raw.safetensors", &["--latent-form", "raw"]);
-                let (shape, mean) = &want["mean"];
-                assert_eq!([1, raw.channels, raw.height, raw.width], shape[..]);
-                assert_close(&raw.data, mean, TOLERANCE, &format!("{name} {stem} raw ({})", weights.display()));
-                let normalized = encode(dir.path(), &weights, stem, "n.safetensors", &[]);
-                assert_eq!(normalized.meta.family, Some(family));
-                let stats = normalized.meta.channel_stats.clone().expect("normalised per channel by default");
-                if original {
-                    // No config.json: Wan 2.2's own statistics.
-                    assert_eq!((stats.mean[0], stats.std[47]), (-0.2289, 0.7744));
-                } else {
-                    assert_close(
-                        &normalized.data,
-                        &want["normalized"].1,
-                        TOLERANCE,
-                        &format!("{name} {stem} normalized"),
-                    );
-                }
-            }
-        }
+        check_encode_per_channel(dir.path(), name, &layouts, family);
     }
+    // Wan 2.2's own statistics, from ComfyUI's Wan22 latent format.
+    assert_eq!(Family::Wan22.channel_stats().map(|(mean, std)| (mean[0], std[47])), Some((-0.2289, 0.7744)));
 }
 
 #[test]
 fn wan22_and_qwen_image21_decode_as_diffusers_in_every_layout() {
     let dir = tempfile::tempdir().unwrap();
     for (name, layouts, _) in residual_families() {
-        for weights in &layouts {
-            let mut vae = open(weights, None);
-            for stem in IMAGES {
-                let want = expected(name, stem);
-                let (shape, mean) = &want["mean"];
-                let latent = Latent {
-                    channels: shape[1],
-                    height: shape[2],
-                    width: shape[3],
-                    data: mean.clone(),
-                    meta: LatentMeta { scaling_factor: Some(1.0), shift_factor: Some(0.0), ..Default::default() },
-                };
-                let decoded = vae.decode_float(&latent).unwrap();
-                // Qwen-Image 2.1 decodes RGBA: all four planes are compared.
-                assert_eq!(decoded.len(), want["decoded"].1.len(), "{name}: the decoder's planes");
-                let what = format!("{name} {stem} decoded ({})", weights.display());
-                assert_close(&decoded, &want["decoded"].1, TOLERANCE, &what);
-                assert!(decoded.iter().all(|v| (-1.0..=1.0).contains(v)), "clamped to [-1, 1] as diffusers' _decode");
-            }
-        }
-        // Through the binary: diffusers' normalised latent, without metadata,
-        // is what the diffusers folder reads by default.
-        for stem in IMAGES {
-            let want = expected(name, stem);
-            let (shape, normalized) = &want["normalized"];
-            write_latent(&dir.path().join("n.npy"), shape, normalized, LatentMeta::default());
-            let (png, _) = decode(dir.path(), &layouts[0], "n.npy", &[]);
-            assert_png_close(&png, name, stem);
-        }
+        check_decode_per_channel(dir.path(), name, &layouts);
     }
 }
 
@@ -435,31 +406,16 @@ fn wan22_and_qwen_image21_decode_as_diffusers_in_every_layout() {
 fn wan22_and_qwen_image21_bands_are_identical_to_the_whole_pass() {
     let dir = tempfile::tempdir().unwrap();
     for (name, layouts, _) in residual_families() {
-        let weights = &layouts[0];
-        let stem = IMAGES[1];
-        let whole = encode(dir.path(), weights, stem, "whole.safetensors", &["--tile", "off"]);
-        let banded = encode(dir.path(), weights, stem, "banded.safetensors", &["--tile", "16"]);
-        assert_eq!(whole.data, banded.data, "{name}: encoded in bands of 16 rows");
-        let (a, _) = decode(dir.path(), weights, "whole.safetensors", &["--tile", "off"]);
-        let (b, _) = decode(dir.path(), weights, "whole.safetensors", &["--tile", "16"]);
-        assert_eq!(a, b, "{name}: decoded in bands of 16 rows");
+        check_bands(dir.path(), name, &layouts[0]);
     }
 }
 
 #[test]
-fn wan22_and_qwen_image21_sample_inspect_preview_and_refuse_other_channels() {
+fn wan22_and_qwen_image21_sample_preview_and_refuse_other_channels() {
     let dir = tempfile::tempdir().unwrap();
     for (name, layouts, family) in residual_families() {
         let weights = layouts.last().unwrap();
-        let stem = IMAGES[0];
-        let mean = encode(dir.path(), weights, stem, "m.safetensors", &[]);
-        let a = encode(dir.path(), weights, stem, "a.safetensors", &["--sample", "--seed", "3"]);
-        let b = encode(dir.path(), weights, stem, "b.safetensors", &["--sample", "--seed", "3"]);
-        assert_eq!(a.data, b.data, "{name}: a seeded draw is repeatable");
-        assert_ne!(a.data, mean.data, "{name}: a draw is not the mean");
-        let out = vae(dir.path(), &["inspect", weights.to_str().unwrap()]);
-        assert!(out.status.success(), "{}", stderr(&out));
-        assert!(stdout(&out).contains(&format!("family: {}", family.name())), "{}", stdout(&out));
+        check_seeded_draws(dir.path(), name, weights);
         let out = vae(dir.path(), &["preview", "m.safetensors", "-o", "p.png", "--force", "--scale", "16"]);
         if family == Family::Wan22 {
             assert!(out.status.success(), "{name}: {}", stderr(&out));
@@ -473,4 +429,164 @@ fn wan22_and_qwen_image21_sample_inspect_preview_and_refuse_other_channels() {
         let expect = format!("16 channels but the weights expect {}", family.latent_channels());
         assert_fails(&out, "z.safetensors", &expect);
     }
+}
+
+/// `vae inspect --json` of `path`, parsed.
+fn inspect(dir: &Path, path: &Path) -> serde_json::Value {
+    let out = vae(dir, &["inspect", "--json", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}: {}", path.display(), stderr(&out));
+    serde_json::from_str(stdout(&out).trim()).unwrap()
+}
+
+#[test]
+fn inspect_reports_each_family_s_architecture_and_latent_space() {
+    let dir = tempfile::tempdir().unwrap();
+    // (weights, what the report must hold): the fixtures' configs, in
+    // tools/family_configs.py.
+    let cases = [
+        (
+            "flux2/ae.safetensors",
+            serde_json::json!({
+                "model": "AutoencoderKLFlux2", "family": "flux2", "latent_channels": 32, "downscale": 8,
+                "latent_space": "raw (flux2)",
+                "other_latent_form": "normalized per channel (128 channels, 2x2 patches) (flux2)",
+                "block_out_channels": [32, 32, 32, 64], "layers_per_block": 1, "quant_convs": true,
+            }),
+        ),
+        (
+            "flux2/small_decoder",
+            serde_json::json!({
+                "model": "AutoencoderKLFlux2", "decoder_block_out_channels": [32, 32, 32, 32],
+            }),
+        ),
+        (
+            "qwen/wan21_original.safetensors",
+            serde_json::json!({
+                "model": "AutoencoderKLWan", "family": "wan21", "latent_channels": 16, "downscale": 8,
+                "latent_space": "normalized per channel (16 channels) (wan21)",
+                "base_dim": 4, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2,
+                "temperal_downsample": [false, true, true],
+            }),
+        ),
+        (
+            "wan22/wan22_original.safetensors",
+            serde_json::json!({
+                "model": "AutoencoderKLWan", "family": "wan22", "latent_channels": 48, "downscale": 16,
+                "latent_space": "normalized per channel (48 channels) (wan22)",
+                "base_dim": 4, "decoder_base_dim": 5, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2,
+                "temperal_downsample": [false, true, true], "is_residual": true, "image": "RGB",
+                "patch_size": 2, "in_channels": 12, "out_channels": 12,
+                "convolutions": "causal 3D (one frame: their last temporal tap)",
+            }),
+        ),
+        (
+            "wan22/diffusers",
+            serde_json::json!({ "family": "wan22", "patch_size": 2, "layout": "diffusers (Wan/Qwen-Image)" }),
+        ),
+        (
+            "qwenimage21/diffusers",
+            serde_json::json!({
+                "model": "AutoencoderKLQwenImage21", "family": "qwenimage21", "latent_channels": 64,
+                "downscale": 16, "latent_space": "normalized per channel (64 channels) (qwenimage21)",
+                "base_dim": 4, "decoder_base_dim": 5, "dim_mult": [1, 2, 4, 8, 8], "num_res_blocks": 2,
+                "temperal_downsample": [false, true, true, true], "is_residual": true, "patch_size": 1,
+                "in_channels": 4, "out_channels": 4, "convolutions": "2D",
+            }),
+        ),
+    ];
+    for (weights, want) in cases {
+        let report = inspect(dir.path(), &families().join(weights));
+        for (key, value) in want.as_object().unwrap() {
+            assert_eq!(&report[key], value, "{weights}: {key} in {report}");
+        }
+    }
+    let qwen21 = inspect(dir.path(), &families().join("qwenimage21/diffusers"));
+    assert!(qwen21["image"].as_str().unwrap().starts_with("RGBA"), "{qwen21}");
+    // The human form has the same lines.
+    let out = vae(dir.path(), &["inspect", families().join("wan22/diffusers").to_str().unwrap()]);
+    let text = stdout(&out);
+    for line in ["model: AutoencoderKLWan\n", "downscale: 16\n", "decoder_base_dim: 5\n", "patch_size: 2\n"] {
+        assert!(text.contains(line), "{line:?} in {text}");
+    }
+    // A latent of each: the image size it decodes to, at the family's scale
+    // (from its metadata; a .npy has none: from its channel count).
+    for (weights, args, at) in [
+        ("wan22/diffusers", &[][..], "96x64 (at 16x)"),
+        ("qwenimage21/diffusers", &[], "96x64 (at 16x)"),
+        ("flux2/diffusers", &[], "96x64 (at 8x)"),
+        ("flux2/diffusers", &["--latent-form", "normalized"], "96x64 (at 16x)"),
+    ] {
+        encode(dir.path(), &families().join(weights), IMAGES[0], "z.safetensors", args);
+        let report = inspect(dir.path(), &dir.path().join("z.safetensors"));
+        assert_eq!(report["decodes_to"], at, "{weights} {args:?}: {report}");
+    }
+    encode(dir.path(), &families().join("wan22/diffusers"), IMAGES[0], "z.npy", &[]);
+    let report = inspect(dir.path(), &dir.path().join("z.npy"));
+    assert_eq!(report["decodes_to"], "96x64 (at 16x, by its 48 channels)", "{report}");
+}
+
+// ------------------------------------------------------------- real size (opt-in)
+
+/// The crop the real-size models run on (`FULL_IMAGE` of
+/// tools/make_family_fixtures.py).
+const FULL_IMAGE: &str = "kodim03_256x256";
+
+/// The real-size model `weights` (a path under [`full_fixtures`]) against
+/// diffusers' outputs `expected/{name}__FULL_IMAGE.safetensors`: the raw
+/// mean, the default normalised latent where `normalized_by_default` (else
+/// `--latent-form normalized`'s), the decoder in floats and its PNG.
+fn check_full_size(weights: &Path, name: &str, normalized_by_default: bool) {
+    let dir = full_fixtures();
+    let input = imageio::load(&dir.join(format!("images/{FULL_IMAGE}.png")), DEFAULT_MAX_PIXELS).unwrap();
+    let want = read_tensors(&dir.join(format!("expected/{name}__{FULL_IMAGE}.safetensors")));
+    let what = |part: &str| format!("full-size {name} {part} ({})", weights.display());
+    // Whole passes: under the default memory budget, with two real-size
+    // models loaded, bands would keep activations in f16.
+    let open = |form| {
+        let latent_space = LatentSpaceRequest { form, ..Default::default() };
+        let options =
+            VaeOptions { device: DeviceRequest::Cpu, latent_space, tile: Tile::Off, ..VaeOptions::new(weights) };
+        Vae::open(&options).unwrap_or_else(|e| panic!("{}: {e}", weights.display()))
+    };
+    let mut raw = open(Some(LatentForm::Raw));
+    let mean = raw.encode(&input, Posterior::Mean).unwrap();
+    assert_eq!([1, mean.channels, mean.height, mean.width], want["mean"].0[..]);
+    assert_close(&mean.data, &want["mean"].1, TOLERANCE, &what("mean"));
+    let form = if normalized_by_default { None } else { Some(LatentForm::Normalized) };
+    let normalized = open(form).encode(&input, Posterior::Mean).unwrap();
+    assert_close(&normalized.data, &want["normalized"].1, TOLERANCE, &what("normalized"));
+    // diffusers' own mean, decoded.
+    let (shape, values) = &want["mean"];
+    let latent = Latent { data: values.clone(), ..mean };
+    assert_eq!(shape[1..], [latent.channels, latent.height, latent.width]);
+    let decoded = raw.decode_float(&latent).unwrap();
+    assert_close(&decoded, &want["decoded"].1, TOLERANCE, &what("decoded"));
+    let png = raw.decode(&latent).unwrap();
+    let png = image::RgbImage::from_raw(png.width as u32, png.height as u32, png.rgb8).unwrap();
+    let reference = image::open(dir.join(format!("expected/{name}__{FULL_IMAGE}.png"))).unwrap().to_rgb8();
+    let worst = png.as_raw().iter().zip(reference.as_raw()).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+    assert!(worst <= 1, "{}: PNG differs by {worst} levels", what("decoded"));
+}
+
+/// FLUX.2's real size (`AutoencoderKLFlux2` defaults: widths 128, 256, 512,
+/// 512, 2 layers per block, about 84M parameters) with random weights, as a
+/// diffusers folder and as BFL's `ae.safetensors`; needs the fixtures of
+/// `python3 tools/make_family_fixtures.py --full-size` (`$VAE_FULL_FIXTURES`,
+/// else target/fixtures-full). Run:
+/// `cargo test --release --test families -- --ignored`.
+#[test]
+#[ignore = "needs Python-made full-size fixtures; see tests/fixtures/README.md"]
+fn full_size_flux2() {
+    for weights in ["flux2", "flux2_ae.safetensors"] {
+        check_full_size(&full_fixtures().join(weights), "flux2", false);
+    }
+}
+
+/// The Qwen-Image / Wan 2.1 VAE's real size (base_dim 96, about 127M
+/// parameters, the classes' own latent statistics) with random weights;
+/// fixtures and command as [`full_size_flux2`].
+#[test]
+#[ignore = "needs Python-made full-size fixtures; see tests/fixtures/README.md"]
+fn full_size_qwen_and_wan21() {
+    check_full_size(&full_fixtures().join("qwen"), "qwen", true);
 }

@@ -56,6 +56,8 @@ enum Trick {
     Unannounced,
     /// The CDN's next N downloads send half the bytes, then nothing, without closing.
     Stall(Arc<AtomicUsize>),
+    /// A gated repo's file: its resolve URL answers 401 to a request without a token.
+    Gated,
 }
 
 /// A request as the stand-in saw it.
@@ -231,6 +233,10 @@ fn answer(repos: &Repos, base: &str, request: &tiny_http::Request, stopped: &Arc
     };
     if *revision != "main" && *revision != COMMIT {
         return not_found();
+    }
+    let authorized = request.headers().iter().any(|h| h.field.equiv("Authorization"));
+    if matches!(file.trick, Trick::Gated) && !authorized {
+        return tiny_http::Response::from_string("Access to this model is restricted").with_status_code(401).boxed();
     }
     if let Trick::Loop = file.trick {
         let to_itself = format!("/{}", parts.join("/"));
@@ -692,4 +698,100 @@ fn the_token_goes_to_the_endpoint_and_never_to_the_cdn() {
     assert_eq!(std::fs::read(blob).unwrap(), hub_weights());
     hub.stop();
     cdn.stop();
+}
+
+/// A repo's file: `bytes`, kept in LFS when `lfs`, as `trick` says.
+fn file(bytes: Vec<u8>, lfs: bool, trick: Trick) -> File {
+    File { bytes, lfs, served: None, trick }
+}
+
+/// A pipeline repo laid out as the Hub has it: its VAE, a family fixture
+/// (`families/{fixture}`: config.json and weights), in `vae/`, beside
+/// `others` (other models' files, which must never be asked for), all gated
+/// where `gated`.
+fn pipeline_repo(fixture: &str, weights: &str, others: &[&str], gated: bool) -> BTreeMap<String, File> {
+    let trick = || if gated { Trick::Gated } else { Trick::None };
+    let families = fixtures().join("families");
+    let read = |path: &str| std::fs::read(families.join(path)).unwrap();
+    let mut files = BTreeMap::from([
+        ("model_index.json".to_owned(), file(b"{}".to_vec(), false, trick())),
+        ("vae/config.json".to_owned(), file(read(&format!("{fixture}/config.json")), false, trick())),
+        ("vae/diffusion_pytorch_model.safetensors".to_owned(), file(read(weights), true, trick())),
+    ]);
+    for other in others {
+        files.insert((*other).to_owned(), file(format!("not the VAE: {other}").into_bytes(), true, trick()));
+    }
+    files
+}
+
+/// The repos issue 20 names, as huggingface.co lays them out (checked
+/// against their file listings): Qwen-Image's pipeline, FLUX.2-dev (gated:
+/// a token), a Wan 2.1 and the Wan 2.2 Diffusers repo.
+#[test]
+fn the_families_hub_repos_load_their_vae_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    let hf_home = dir.path().join("hf");
+    let img = image::open(fixtures().join("images/kodim03.png")).unwrap().to_rgb8();
+    image::imageops::crop_imm(&img, 200, 100, 32, 32).to_image().save(dir.path().join("in.png")).unwrap();
+    let flux2_others =
+        ["ae.safetensors", "flux2-dev.safetensors", "transformer/diffusion_pytorch_model-00001-of-00007.safetensors"];
+    let qwen_others = [
+        "transformer/diffusion_pytorch_model-00001-of-00009.safetensors",
+        "text_encoder/model-00001-of-00004.safetensors",
+    ];
+    let wan_others =
+        ["transformer/diffusion_pytorch_model.safetensors", "text_encoder/model-00001-of-00005.safetensors"];
+    let mut flux2 =
+        pipeline_repo("flux2/diffusers", "flux2/diffusers/diffusion_pytorch_model.safetensors", &flux2_others, true);
+    // BFL's own file at the root is the same VAE, in their layout.
+    flux2.get_mut("ae.safetensors").unwrap().bytes =
+        std::fs::read(fixtures().join("families/flux2/ae.safetensors")).unwrap();
+    let qwen_weights = "qwen/diffusers/diffusion_pytorch_model.safetensors";
+    let repos = BTreeMap::from([
+        ("Qwen/Qwen-Image", pipeline_repo("qwen/diffusers", qwen_weights, &qwen_others, false)),
+        ("black-forest-labs/FLUX.2-dev", flux2),
+        ("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", pipeline_repo("wan/diffusers", qwen_weights, &wan_others, false)),
+        (
+            "Wan-AI/Wan2.2-TI2V-5B-Diffusers",
+            pipeline_repo("wan22/diffusers", "wan22/diffusers/diffusion_pytorch_model.safetensors", &wan_others, false),
+        ),
+    ]);
+    let hub = FakeHub::start(repos);
+    let home = hf_home.to_str().unwrap();
+    let env = [("HF_HOME", home), ("HF_ENDPOINT", hub.url.as_str())];
+    let with_token = [env[0], env[1], ("HF_TOKEN", "hf_secret")];
+
+    // Gated: without a token, one line that says what to do, and nothing kept.
+    let out = vae(dir.path(), &env, &["fetch", "black-forest-labs/FLUX.2-dev/vae"]);
+    assert_fails(&out, "black-forest-labs/FLUX.2-dev/vae", "denies access (a gated repo: accept its conditions");
+    assert!(stderr(&out).contains("HF_TOKEN"), "{}", stderr(&out));
+    // The pipeline's root is not a VAE folder: the error points to vae/.
+    let out = vae(dir.path(), &with_token, &["fetch", "black-forest-labs/FLUX.2-dev"]);
+    assert_fails(&out, "black-forest-labs/FLUX.2-dev", "its VAE is in vae/: use black-forest-labs/FLUX.2-dev/vae");
+
+    let cases = [
+        ("black-forest-labs/FLUX.2-dev", &with_token[..], "flux2/diffusers", "flux2"),
+        ("Qwen/Qwen-Image", &env[..], "qwen/diffusers", "wan21"),
+        ("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", &env[..], "qwen/diffusers", "wan21"),
+        ("Wan-AI/Wan2.2-TI2V-5B-Diffusers", &env[..], "wan22/diffusers", "wan22"),
+    ];
+    for (i, (repo, env, local, family)) in cases.into_iter().enumerate() {
+        let by_id = encode(dir.path(), env, &format!("{repo}/vae"), &format!("id{i}.safetensors"));
+        let local = fixtures().join("families").join(local);
+        let local = encode(dir.path(), &[], local.to_str().unwrap(), &format!("local{i}.safetensors"));
+        assert_eq!(by_id.data, local.data, "{repo}");
+        assert_eq!(by_id.meta.family.map(|f| f.name()), Some(family), "{repo}");
+        let folder = snapshot(&hf_home, repo).join("vae");
+        assert!(folder.join("config.json").is_file() && folder.join("diffusion_pytorch_model.safetensors").is_file());
+    }
+    // Only the VAEs' files were asked for: no other model's weights.
+    let asked = hub.requests();
+    assert!(
+        asked.iter().all(|r| !r.contains("transformer/")
+            && !r.contains("text_encoder/")
+            && !r.contains("ae.safetensors")
+            && !r.contains("flux2-dev")),
+        "{asked:?}"
+    );
+    hub.stop();
 }

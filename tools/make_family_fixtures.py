@@ -2,14 +2,17 @@
 """Write the FLUX.2 and Qwen-Image / Wan 2.1 parity fixtures for the Rust `vae` crate.
 
     python3 tools/make_family_fixtures.py                  # rewrites tests/fixtures/families/ (committed)
-    python3 tools/make_family_fixtures.py --full-size DIR  # real-size models into DIR (never committed)
+    python3 tools/make_family_fixtures.py --full-size [DIR]  # real-size models and their outputs into DIR
+                                                            # (default target/fixtures-full; never committed)
 
 The house rules of tools/make_fixtures.py apply (and its helpers are imported from it): seeded,
 CPU, two threads, deterministic algorithms; float32 weights, every parameter redrawn so that each
 layer visibly changes the output; expected outputs are diffusers' own forward pass in float64
 (`make_fixtures.REFERENCE_DTYPE`), stored as float32. A rerun with the versions pinned in
-tools/requirements.txt (plus transformers, which the diffusers pipeline modules import) rewrites
-byte-identical files. tests/fixtures/families/README.md (written by this script) describes the files.
+tools/requirements.txt (transformers among them: the diffusers pipeline modules import it) rewrites
+byte-identical files. The configs are in tools/family_configs.py (shared with
+tools/make_wan22_fixtures.py). tests/fixtures/families/README.md (written by this script) describes
+the files.
 
 The models are much narrower than the real ones so that the folder stays small (about 6 MB; at
 FLUX.2 widths 32, 32, 64, 64 one f32 copy of the weights alone is 4.3 MB, and a Qwen-Image VAE at
@@ -23,13 +26,13 @@ base_dim 16 is 14 MB, and both families store their weights twice, in two layout
   num_res_blocks 2, temporal downsampling False, True, True, mid-block attention) at base_dim 4.
   `AutoencoderKLWan` (Wan 2.1) loads the same state dict; only its config.json is stored.
 
-`--full-size DIR` writes (for benchmarks, never into tests/) the real-size models with seeded
-random weights, drawn the same way as the small ones, as diffusers folders (`save_pretrained`
-only, no expected outputs): DIR/flux2/ (AutoencoderKLFlux2 defaults: widths 128, 256, 512, 512,
-2 layers per block, 32 latent channels, 32 groups; about 84M parameters) and DIR/qwen/
-(AutoencoderKLQwenImage defaults: base_dim 96, z_dim 16, dim_mult 1, 2, 4, 4, 2 res blocks, the
-default latents_mean / latents_std; about 127M parameters). It prints each model's float32 outputs
-on one small crop, so that one sees the activations stay O(1) and few decoded values clip.
+`--full-size DIR` writes (for the opt-in real-size tests and benchmarks, never into tests/) the
+real-size models with seeded random weights, drawn the same way as the small ones, as diffusers
+folders: DIR/flux2/ (AutoencoderKLFlux2 defaults: widths 128, 256, 512, 512, 2 layers per block,
+32 latent channels, 32 groups; about 84M parameters; also as BFL's DIR/flux2_ae.safetensors) and
+DIR/qwen/ (AutoencoderKLQwenImage defaults: base_dim 96, z_dim 16, dim_mult 1, 2, 4, 4, 2 res
+blocks, the default latents_mean / latents_std; about 127M parameters), and diffusers' float64
+outputs for both on a 256x256 crop of kodim03 (DIR/images/, DIR/expected/; see make_full_size).
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit import QwenImageEditP
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import make_fixtures as mf  # noqa: E402  (redraw_parameters, diffusers_to_ldm, pre/postprocess, ...)
+from family_configs import FLUX2, FLUX2_FULL, FLUX2_SMALL_DECODER, QWEN_ARCH, QWEN_EXTRA, QWEN_FULL, WAN_EXTRA  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "tests" / "fixtures" / "families"
@@ -72,55 +76,12 @@ IMAGES = {
 }
 
 SEED_FLUX2, SEED_FLUX2_SMALL, SEED_QWEN = 0, 1, 2
+# This script's folders of OUT: tools/make_wan22_fixtures.py writes wan22/ and qwenimage21/ beside them.
+OWN = ("images", "flux2", "qwen", "wan")
 
-FLUX2 = dict(
-    in_channels=3,
-    out_channels=3,
-    down_block_types=["DownEncoderBlock2D"] * 4,
-    up_block_types=["UpDecoderBlock2D"] * 4,
-    # 32 groups, as every real FLUX.2 VAE: BFL's ae.safetensors comes without a
-    # config.json, so a loader must assume them.
-    block_out_channels=[32, 32, 32, 64],
-    decoder_block_out_channels=None,
-    layers_per_block=1,
-    act_fn="silu",
-    latent_channels=32,
-    norm_num_groups=32,
-    sample_size=1024,
-    use_quant_conv=True,
-    use_post_quant_conv=True,
-    mid_block_add_attention=True,
-    batch_norm_eps=1e-4,
-    batch_norm_momentum=0.1,
-    patch_size=[2, 2],
-)
-# The "small decoder" variant: narrower decoder, same encoder.
-FLUX2_SMALL_DECODER = dict(FLUX2, decoder_block_out_channels=[32, 32, 32, 32])
-
-# Shared by the Qwen-Image and Wan 2.1 configs (latents_mean / latents_std are added, seeded).
-QWEN_ARCH = dict(
-    base_dim=4,
-    z_dim=16,
-    dim_mult=[1, 2, 4, 4],
-    num_res_blocks=2,
-    attn_scales=[],
-    temperal_downsample=[False, True, True],
-    dropout=0.0,
-)
-QWEN_EXTRA = dict(input_channels=3)
-WAN_EXTRA = dict(
-    decoder_base_dim=None,
-    is_residual=False,
-    in_channels=3,
-    out_channels=3,
-    patch_size=None,
-    scale_factor_temporal=4,
-    scale_factor_spatial=8,
-)
-
-# The real sizes (--full-size): diffusers' defaults for each class, i.e. the FLUX.2 and Qwen-Image VAEs.
-FLUX2_FULL = dict(FLUX2, block_out_channels=[128, 256, 512, 512], layers_per_block=2, norm_num_groups=32)
-QWEN_FULL = dict(QWEN_ARCH, **QWEN_EXTRA, base_dim=96)  # latents_mean / latents_std: the class defaults
+# The crop the real-size models run on (--full-size): big enough for every level to see more than its
+# borders (16 x 16 at FLUX.2's and Qwen-Image's latent), small enough for a float64 pass on 2 cores.
+FULL_IMAGE = ("kodim03_256x256", ("kodim03", (256, 128, 512, 384)))
 
 # Gain on the Qwen decoder's last conv: keeps the decoded image mostly inside diffusers' [-1, 1]
 # clamp, with a few percent of the values clamped (see the printed summary).
@@ -712,7 +673,7 @@ def write_readme(path: Path, flux2: dict, qwen: dict) -> None:
         for s in stems:
             lines.append(f"- {family} `{s}`: {describe(summary[s]['ref'])}")
     lines += ["", "## Sizes", "", "| file | bytes |", "|---|---|"]
-    listing = [(f, b) for f, b in sizes(OUT) if f != "README.md"]
+    listing = [(f, b) for f, b in sizes(OUT) if f.split("/")[0] in OWN]
     lines += [f"| `{f}` | {b} |" for f, b in listing]
     lines += [f"| total (without this README) | {sum(b for _, b in listing)} |", ""]
     path.write_text("\n".join(lines))
@@ -722,21 +683,31 @@ def write_readme(path: Path, flux2: dict, qwen: dict) -> None:
 
 
 def make_full_size(root: Path) -> None:
-    """Real-size FLUX.2 and Qwen-Image VAEs with seeded random weights, as diffusers folders under
-    root (not committed: about 805 MiB in all). Nothing but the weights and configs is written; a
-    float32 pass on one crop is printed as a sanity check of the weights' scale."""
+    """Real-size FLUX.2 and Qwen-Image VAEs with seeded random weights under root (not committed:
+    about 1.1 GiB in all), and diffusers' outputs on one crop for the opt-in tests of
+    tests/families.rs (`full_size_*`): root/flux2/ and root/qwen/ (diffusers folders),
+    root/flux2_ae.safetensors (BFL's layout of the same FLUX.2 tensors), root/images/FULL_IMAGE.png,
+    root/expected/{flux2,qwen}__FULL_IMAGE.safetensors (`mean`, `logvar`, `normalized`, `decoded`,
+    float32 of the float64 reference, as the small fixtures) and .png. Other files under root (those
+    of make_fixtures.py --full-size) are left alone."""
     start = time.monotonic()
-    shutil.rmtree(root / "flux2", ignore_errors=True)
-    shutil.rmtree(root / "qwen", ignore_errors=True)
-    root.mkdir(parents=True, exist_ok=True)
-    stem, (kodak, box) = next(iter(IMAGES.items()))
-    image = mf.load_rgb(KODAK / f"{kodak}.png").crop(box)
-    x = mf.preprocess(image)
+    for own in ("flux2", "qwen"):
+        shutil.rmtree(root / own, ignore_errors=True)
+    for folder in ("images", "expected"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    stem, (kodak, box) = FULL_IMAGE
+    path = root / "images" / f"{stem}.png"
+    mf.load_rgb(KODAK / f"{kodak}.png").crop(box).save(path)
+    x = mf.preprocess(mf.load_rgb(path))
 
     flux2 = build_flux2(FLUX2_FULL, SEED_FLUX2)
     for k, v in FLUX2_FULL.items():
         assert list(flux2.config[k]) == list(v) if isinstance(v, list) else flux2.config[k] == v, k
     mf.save_pretrained(flux2, root / "flux2")
+    state = state_of(flux2)
+    bfl = flux2_to_bfl(state, len(FLUX2_FULL["block_out_channels"]))
+    check_bfl_with_diffusers(bfl, state, dict(flux2.config))
+    safetensors.torch.save_file(bfl, root / "flux2_ae.safetensors")
     qwen = build_qwen(QWEN_FULL, SEED_QWEN)
     signature = inspect.signature(AutoencoderKLQwenImage.__init__).parameters
     for k in ("latents_mean", "latents_std"):
@@ -745,11 +716,13 @@ def make_full_size(root: Path) -> None:
 
     for name, model, run in (("flux2", flux2, run_flux2), ("qwen", qwen, run_qwen)):
         params = sum(p.numel() for p in model.parameters())
-        with torch.no_grad():
-            out = {k: v.float() for k, v in run(model, x).items()}
-        print(f"  {name:5s} {params / 1e6:.1f}M parameters; f32 on {stem}: {describe(out)}")
+        ref, off = reference(run, model, x)
+        safetensors.torch.save_file(ref, root / "expected" / f"{name}__{stem}.safetensors")
+        mf.postprocess(ref["decoded"]).save(root / "expected" / f"{name}__{stem}.png")
+        print(f"  {name:5s} {params / 1e6:.1f}M parameters; on {stem}: {describe(ref)}")
+        print("        torch f32 off by: " + ", ".join(f"{k} {v:.1e}" for k, v in off.items()))
     for name, size in sizes(root):
-        if name.split("/")[0] in ("flux2", "qwen"):
+        if name.split("/")[0] in ("flux2", "qwen", "flux2_ae.safetensors") or stem in name:
             print(f"  {size / 2**20:9.1f} MiB  {name}")
     print(f"  {time.monotonic() - start:.0f} s")
 
@@ -762,7 +735,10 @@ def main() -> None:
     parser.add_argument(
         "--full-size",
         metavar="OUTDIR",
-        help="write the real-size FLUX.2 and Qwen-Image models into OUTDIR/flux2 and OUTDIR/qwen instead",
+        nargs="?",
+        const=str(REPO / "target" / "fixtures-full"),
+        help="write the real-size FLUX.2 and Qwen-Image models and their expected outputs into OUTDIR "
+        "(default target/fixtures-full, beside make_fixtures.py's) instead",
     )
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -774,13 +750,12 @@ def main() -> None:
         out = Path(args.full_size).resolve()
         tests = (REPO / "tests").resolve()
         if out == tests or tests in out.parents:
-            sys.exit(f"--full-size writes about 805 MiB; not into {tests}")
+            sys.exit(f"--full-size writes about 1.1 GiB; not into {tests}")
         print(f"full-size family models -> {out}")
         make_full_size(out)
         return
     print(f"family fixtures -> {OUT}")
-    # Only this script's own files: tools/make_wan22_fixtures.py writes wan22/ and qwenimage21/ beside them.
-    for own in ("images", "flux2", "qwen", "wan"):
+    for own in OWN:
         shutil.rmtree(OUT / own, ignore_errors=True)
     (OUT / "README.md").unlink(missing_ok=True)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -802,6 +777,8 @@ def main() -> None:
             )
     total = 0
     for name, size in sizes(OUT):
+        if name.split("/")[0] not in OWN:
+            continue
         total += size
         print(f"  {size / 1024:9.1f} KiB  {name}")
     print(f"  {total / 1024:9.1f} KiB  total, {time.monotonic() - start:.0f} s")

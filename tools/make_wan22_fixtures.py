@@ -40,40 +40,12 @@ from diffusers.pipelines.qwenimage21.pipeline_qwenimage21 import QwenImage21Pipe
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import make_family_fixtures as mff  # noqa: E402
 import make_fixtures as mf  # noqa: E402
+from family_configs import QWEN21, WAN22  # noqa: E402
 
 FAMILIES = mff.OUT
 IMAGES = list(mff.IMAGES)
 SEED_WAN22, SEED_QWEN21 = 3, 4
 
-WAN22 = dict(
-    base_dim=4,
-    decoder_base_dim=5,
-    z_dim=48,
-    dim_mult=[1, 2, 4, 4],
-    num_res_blocks=2,
-    attn_scales=[],
-    temperal_downsample=[False, True, True],
-    dropout=0.0,
-    is_residual=True,
-    in_channels=12,
-    out_channels=12,
-    patch_size=2,
-    scale_factor_temporal=4,
-    scale_factor_spatial=16,
-)
-QWEN21 = dict(
-    base_dim=4,
-    decoder_base_dim=5,
-    z_dim=64,
-    dim_mult=[1, 2, 4, 8, 8],
-    num_res_blocks=2,
-    attn_scales=[],
-    temperal_downsample=[False, True, True, True],
-    dropout=0.0,
-    is_residual=True,
-    in_channels=4,
-    out_channels=4,
-)
 # Gain on the decoder's last conv: keeps the decoded image mostly inside diffusers' [-1, 1] clamp
 # (a few percent of the values clamped; see the READMEs).
 DECODER_OUT_GAIN = {"wan22": 0.6, "qwenimage21": 0.6}

@@ -53,7 +53,15 @@ impl Hub {
         let files = choose_files(repo, &info.files)?;
         let mut commit: Option<String> = None;
         for file in &files {
-            let meta = client.metadata(url(format!("{}/resolve/{revision}/{file}", repo.id))?).map_err(request)?;
+            let meta =
+                client.metadata(url(format!("{}/resolve/{revision}/{file}", repo.id))?).map_err(|e| match e {
+                    // The Hub described the repo, so it is there: its files need a
+                    // token (a gated repo, such as black-forest-labs/FLUX.2-dev).
+                    HttpError::Status { status: 401, from_endpoint: true, .. } => {
+                        HubError::Denied { repo: repo.to_string(), endpoint: self.endpoint.clone() }
+                    }
+                    other => request(other),
+                })?;
             // Both name paths in the cache (snapshots/COMMIT, blobs/ETAG): hex only.
             for (what, value) in [("commit", &meta.commit), ("etag", &meta.etag)] {
                 if value.is_empty() || value.len() > 128 || !value.chars().all(|c| c.is_ascii_alphanumeric()) {
@@ -181,7 +189,7 @@ fn choose_files(repo: &HubRepo, listing: &[String]) -> Result<Vec<String>, HubEr
                 !f.contains('/') && [".safetensors", ".bin", ".ckpt", ".pt", ".pth"].iter().any(|e| f.ends_with(e))
             })
             .collect();
-        let found = if here.is_empty() {
+        let mut found = if here.is_empty() {
             String::new()
         } else {
             format!(
@@ -190,6 +198,11 @@ fn choose_files(repo: &HubRepo, listing: &[String]) -> Result<Vec<String>, HubEr
                 here.join(", ")
             )
         };
+        // A pipeline repo (Qwen/Qwen-Image, black-forest-labs/FLUX.2-dev)
+        // named without its VAE's folder.
+        if repo.subfolder.is_empty() && DIFFUSERS_FILES.iter().any(|f| has(&format!("vae/{f}"))) {
+            found.push_str(&format!("; its VAE is in vae/: use {}/vae", repo.id));
+        }
         let folder =
             if repo.subfolder.is_empty() { "the repo's root".to_owned() } else { format!("{}/", repo.subfolder) };
         return Err(HubError::NoWeights { repo: repo.to_string(), folder, found });
@@ -256,5 +269,28 @@ mod tests {
         );
         let err = choose_files(&repo, &listing[..2]).unwrap_err().to_string();
         assert!(err.contains("in vae/; weights files there: diffusion_pytorch_model.bin (pickles"), "{err}");
+    }
+
+    #[test]
+    fn a_pipeline_repo_named_without_its_vae_folder_is_pointed_to_it() {
+        // black-forest-labs/FLUX.2-dev: BFL's ae.safetensors at the root, the diffusers VAE in vae/.
+        let listing: Vec<String> = [
+            "ae.safetensors",
+            "flux2-dev.safetensors",
+            "model_index.json",
+            "vae/config.json",
+            "vae/diffusion_pytorch_model.safetensors",
+        ]
+        .map(String::from)
+        .into();
+        let root = HubRepo::parse("black-forest-labs/FLUX.2-dev", None).unwrap();
+        let err = choose_files(&root, &listing).unwrap_err().to_string();
+        assert!(err.contains("weights files there: ae.safetensors, flux2-dev.safetensors"), "{err}");
+        assert!(err.ends_with("; its VAE is in vae/: use black-forest-labs/FLUX.2-dev/vae"), "{err}");
+        let vae = HubRepo::parse("black-forest-labs/FLUX.2-dev/vae", None).unwrap();
+        assert_eq!(
+            choose_files(&vae, &listing).unwrap(),
+            ["vae/config.json", "vae/diffusion_pytorch_model.safetensors"]
+        );
     }
 }

@@ -185,6 +185,15 @@ impl Family {
         }
     }
 
+    /// Image pixels per position of the VAE's latent along a side (before
+    /// any patching): 16 for Wan 2.2 and Qwen-Image 2.1, 8 for the others.
+    pub fn downscale(self) -> usize {
+        match self {
+            Family::Wan22 | Family::QwenImage21 => 16,
+            _ => 8,
+        }
+    }
+
     /// The family whose channels and scaling these are (SD 1.x and 2.x share
     /// theirs; `sd1` stands for both). Families normalised per channel are
     /// not told by a scale and shift.

@@ -104,11 +104,12 @@ impl UNetMidBlock2d {
     }
 
     /// The Wan / Qwen-Image VAE's `MidBlock`: the same blocks, with RMS
-    /// norms and the Wan attention (always present).
-    pub fn load_wan(p: &mut impl Params, name: &str, channels: usize) -> Self {
-        let first = ResnetBlock2d::load_wan(p, &format!("{name}.resnets.0"), channels, channels);
+    /// norms and the Wan attention (always present); causal 3D convolutions,
+    /// or their 2D form (`conv3d` false: Qwen-Image 2.1).
+    pub fn load_wan(p: &mut impl Params, name: &str, channels: usize, conv3d: bool) -> Self {
+        let first = ResnetBlock2d::load_wan(p, &format!("{name}.resnets.0"), channels, channels, conv3d);
         let attention = Attention::load_wan(p, &format!("{name}.attentions.0"), channels);
-        let second = ResnetBlock2d::load_wan(p, &format!("{name}.resnets.1"), channels, channels);
+        let second = ResnetBlock2d::load_wan(p, &format!("{name}.resnets.1"), channels, channels, conv3d);
         Self { resnets: [first, second], attentions: Some(attention) }
     }
 

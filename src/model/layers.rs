@@ -70,6 +70,16 @@ impl Conv2d {
         Self::from_tensors(weight, bias, c_in, c_out, kernel, 1, [(pad, pad), (pad, pad)])
     }
 
+    /// A Wan-family convolution: the causal 3D form ([`Conv2d::load_causal`])
+    /// where `conv3d`, else the 2D form Qwen-Image 2.1 stores in its place
+    /// (weight `[c_out, c_in, kernel, kernel]`, "same" padding).
+    pub fn load_wan(p: &mut impl Params, name: &str, c_in: usize, c_out: usize, kernel: usize, conv3d: bool) -> Self {
+        match conv3d {
+            true => Self::load_causal(p, name, c_in, c_out, kernel),
+            false => Self::load(p, name, c_in, c_out, kernel),
+        }
+    }
+
     /// [`Conv2d::load_with`] of a `bias=False` convolution (TAESD's
     /// stride-2 and upsampling convolutions): the file holds no `bias`, and
     /// the layer adds zeros.

@@ -21,6 +21,8 @@ mod layers;
 mod resnet;
 mod sampling;
 mod shuffle;
+#[cfg(test)]
+pub(crate) mod testing;
 mod tiny;
 pub mod wan;
 pub mod wan22;

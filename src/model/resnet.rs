@@ -27,16 +27,18 @@ impl ResnetBlock2d {
     }
 
     /// The Wan / Qwen-Image VAE's `ResidualBlock` on one frame: RMS norms
-    /// (`gamma` `[C, 1, 1, 1]`) and causal 3D convolutions
-    /// ([`Conv2d::load_causal`]), the same topology.
-    pub fn load_wan(p: &mut impl Params, name: &str, c_in: usize, c_out: usize) -> Self {
+    /// (`gamma` `[C, 1, 1, 1]`) and causal 3D convolutions, or their 2D form
+    /// ([`Conv2d::load_wan`]), the same topology.
+    pub fn load_wan(p: &mut impl Params, name: &str, c_in: usize, c_out: usize, conv3d: bool) -> Self {
+        let conv = |p: &mut _, part: &str, c_in, c_out, kernel| {
+            Conv2d::load_wan(p, &format!("{name}.{part}"), c_in, c_out, kernel, conv3d)
+        };
         Self {
             norm1: RmsNorm::load(p, &format!("{name}.norm1"), c_in, 4).into(),
-            conv1: Conv2d::load_causal(p, &format!("{name}.conv1"), c_in, c_out, 3),
+            conv1: conv(p, "conv1", c_in, c_out, 3),
             norm2: RmsNorm::load(p, &format!("{name}.norm2"), c_out, 4).into(),
-            conv2: Conv2d::load_causal(p, &format!("{name}.conv2"), c_out, c_out, 3),
-            conv_shortcut: (c_in != c_out)
-                .then(|| Conv2d::load_causal(p, &format!("{name}.conv_shortcut"), c_in, c_out, 1)),
+            conv2: conv(p, "conv2", c_out, c_out, 3),
+            conv_shortcut: (c_in != c_out).then(|| conv(p, "conv_shortcut", c_in, c_out, 1)),
         }
     }
 
@@ -63,6 +65,23 @@ pub fn load_stack(
         .map(|j| {
             let c = if j == 0 { c_in } else { c_out };
             ResnetBlock2d::load(p, &format!("{name}.resnets.{j}"), c, c_out, groups)
+        })
+        .collect()
+}
+
+/// [`load_stack`] of Wan-family residual blocks ([`ResnetBlock2d::load_wan`]).
+pub fn load_wan_stack(
+    p: &mut impl Params,
+    name: &str,
+    c_in: usize,
+    c_out: usize,
+    layers: usize,
+    conv3d: bool,
+) -> Vec<ResnetBlock2d> {
+    (0..layers)
+        .map(|j| {
+            let c = if j == 0 { c_in } else { c_out };
+            ResnetBlock2d::load_wan(p, &format!("{name}.resnets.{j}"), c, c_out, conv3d)
         })
         .collect()
 }

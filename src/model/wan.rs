@@ -37,7 +37,7 @@ use super::decoder::{Decoder, UpDecoderBlock2d};
 use super::encoder::{DownEncoderBlock2d, Encoder, UNetMidBlock2d};
 use super::graph::Graph;
 use super::layers::{Conv2d, RmsNorm};
-use super::resnet::ResnetBlock2d;
+use super::resnet::{self, ResnetBlock2d};
 use super::sampling::{Downsample2d, Upsample2d};
 
 /// The architecture part of `AutoencoderKLWan`'s / `AutoencoderKLQwenImage`'s
@@ -153,10 +153,12 @@ impl AutoencoderWan {
     }
 }
 
-/// The `time_conv` of a temporal resampling, declared unused: `[c_out, c, 3, 1, 1]`
-/// and its bias.
-fn unused_time_conv(p: &mut impl Params, name: &str, c: usize, c_out: usize) {
-    p.unused(&format!("{name}.time_conv.weight"), &[c_out, c, 3, 1, 1]);
+/// The `time_conv` of a temporal resampling of `c` channels to `c_out`,
+/// declared unused: `[c_out, c, 3, 1, 1]` (`[c_out, c, 1, 1]` in the 2D form
+/// of Qwen-Image 2.1), and its bias.
+pub(super) fn unused_time_conv(p: &mut impl Params, name: &str, c: usize, c_out: usize, conv3d: bool) {
+    let shape: &[usize] = if conv3d { &[c_out, c, 3, 1, 1] } else { &[c_out, c, 1, 1] };
+    p.unused(&format!("{name}.time_conv.weight"), shape);
     p.unused(&format!("{name}.time_conv.bias"), &[c_out]);
 }
 
@@ -173,14 +175,14 @@ fn load_encoder(p: &mut impl Params, name: &str, cfg: &WanConfig) -> Encoder {
         let mut resnets = Vec::with_capacity(cfg.num_res_blocks);
         for j in 0..cfg.num_res_blocks {
             let c = if j == 0 { c_in } else { c_out };
-            resnets.push(ResnetBlock2d::load_wan(p, &format!("{name}.down_blocks.{k}"), c, c_out));
+            resnets.push(ResnetBlock2d::load_wan(p, &format!("{name}.down_blocks.{k}"), c, c_out, true));
             k += 1;
         }
         let downsamplers = (i + 1 < levels).then(|| {
             let block = format!("{name}.down_blocks.{k}");
             k += 1;
             if cfg.temporal(i) {
-                unused_time_conv(p, &block, c_out, c_out);
+                unused_time_conv(p, &block, c_out, c_out, true);
             }
             let conv = Conv2d::load_with(p, &format!("{block}.resample.1"), c_out, c_out, 3, 2, [(0, 1), (0, 1)]);
             Downsample2d { conv }
@@ -191,7 +193,7 @@ fn load_encoder(p: &mut impl Params, name: &str, cfg: &WanConfig) -> Encoder {
     Encoder {
         conv_in: Conv2d::load_causal(p, &format!("{name}.conv_in"), 3, dims[0], 3),
         down_blocks,
-        mid_block: UNetMidBlock2d::load_wan(p, &format!("{name}.mid_block"), last),
+        mid_block: UNetMidBlock2d::load_wan(p, &format!("{name}.mid_block"), last, true),
         conv_norm_out: RmsNorm::load(p, &format!("{name}.norm_out"), last, 4).into(),
         conv_out: Conv2d::load_causal(p, &format!("{name}.conv_out"), last, 2 * cfg.z_dim, 3),
     }
@@ -210,17 +212,12 @@ fn load_decoder(p: &mut impl Params, name: &str, cfg: &WanConfig) -> Decoder {
         .map(|i| {
             let block = format!("{name}.up_blocks.{i}");
             let (c_in, c_out) = (if i == 0 { dims[0] } else { dims[i] / 2 }, dims[i + 1]);
-            let resnets = (0..=cfg.num_res_blocks)
-                .map(|j| {
-                    let c = if j == 0 { c_in } else { c_out };
-                    ResnetBlock2d::load_wan(p, &format!("{block}.resnets.{j}"), c, c_out)
-                })
-                .collect();
+            let resnets = resnet::load_wan_stack(p, &block, c_in, c_out, cfg.num_res_blocks + 1, true);
             let upsamplers = (i + 1 < levels).then(|| {
                 let up = format!("{block}.upsamplers.0");
                 // The upsamplings are the downsamplings reversed.
                 if cfg.temporal(levels - 2 - i) {
-                    unused_time_conv(p, &up, c_out, 2 * c_out);
+                    unused_time_conv(p, &up, c_out, 2 * c_out, true);
                 }
                 Upsample2d { conv: Conv2d::load(p, &format!("{up}.resample.1"), c_out, c_out / 2, 3) }
             });
@@ -230,7 +227,7 @@ fn load_decoder(p: &mut impl Params, name: &str, cfg: &WanConfig) -> Decoder {
     let last = dims[levels];
     Decoder {
         conv_in: Conv2d::load_causal(p, &format!("{name}.conv_in"), cfg.z_dim, dims[0], 3),
-        mid_block: UNetMidBlock2d::load_wan(p, &format!("{name}.mid_block"), dims[0]),
+        mid_block: UNetMidBlock2d::load_wan(p, &format!("{name}.mid_block"), dims[0], true),
         up_blocks,
         conv_norm_out: RmsNorm::load(p, &format!("{name}.norm_out"), last, 4).into(),
         conv_out: Conv2d::load_causal(p, &format!("{name}.conv_out"), last, 3, 3),
@@ -239,61 +236,10 @@ fn load_decoder(p: &mut impl Params, name: &str, cfg: &WanConfig) -> Decoder {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
-    use burn::tensor::{Device, TensorData};
-    use rand::{Rng, SeedableRng};
-    use rand_chacha::ChaCha8Rng;
-
     use super::*;
+    use crate::model::testing::{RandomParams, key_shapes, random_tensor, values};
     use crate::model::{Model, Op, Resample};
     use crate::tiling::{self, Plan, Rows, Storage, TileOptions};
-
-    /// Seeded random parameters of any name, recording what was asked.
-    struct RandomParams {
-        rng: ChaCha8Rng,
-        device: Device,
-        /// Name to shape, of every tensor asked for.
-        used: BTreeMap<String, Vec<usize>>,
-        /// The same, of every tensor declared unused.
-        unused: BTreeMap<String, Vec<usize>>,
-        /// Hands out empty stand-ins, as a loader does for a part it skips.
-        empty: bool,
-    }
-
-    impl RandomParams {
-        fn new(seed: u64) -> Self {
-            let (used, unused) = (BTreeMap::new(), BTreeMap::new());
-            Self { rng: ChaCha8Rng::seed_from_u64(seed), device: Device::flex(), used, unused, empty: false }
-        }
-    }
-
-    impl Params for RandomParams {
-        fn tensor<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Tensor<D> {
-            assert!(self.used.insert(name.to_owned(), shape.to_vec()).is_none(), "{name} asked for twice");
-            if self.empty {
-                return Tensor::empty([0; D], &self.device);
-            }
-            let n = shape.iter().product();
-            let values: Vec<f32> = if name.ends_with(".gamma") {
-                (0..n).map(|_| 1.0 + self.rng.random_range(-0.2..0.2)).collect()
-            } else if name.ends_with(".bias") {
-                (0..n).map(|_| self.rng.random_range(-0.1..0.1)).collect()
-            } else {
-                // About unit gain over the inputs one frame sees: one
-                // temporal tap of a 3D kernel.
-                let taps = if D == 5 { shape[2] } else { 1 };
-                let fan_in = shape[1..].iter().product::<usize>() / taps;
-                let scale = (3.0 / fan_in as f32).sqrt();
-                (0..n).map(|_| self.rng.random_range(-scale..scale)).collect()
-            };
-            Tensor::from_data(TensorData::new(values, shape), &self.device)
-        }
-
-        fn unused(&mut self, name: &str, shape: &[usize]) {
-            assert!(self.unused.insert(name.to_owned(), shape.to_vec()).is_none(), "{name} declared twice");
-        }
-    }
 
     fn tiny_config() -> WanConfig {
         WanConfig {
@@ -305,28 +251,11 @@ mod tests {
         }
     }
 
-    fn random_tensor(shape: [usize; 4], seed: u64) -> Tensor<4> {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let values: Vec<f32> = (0..shape.iter().product()).map(|_| rng.random_range(-1.0..1.0)).collect();
-        Tensor::from_data(TensorData::new(values, shape), &Device::flex())
-    }
-
-    fn values(x: Tensor<4>) -> Vec<f32> {
-        x.into_data().try_into_vec::<f32>().expect("f32 activations")
-    }
-
     #[test]
     fn asks_for_every_tensor_of_the_diffusers_model() {
         let mut p = RandomParams::new(1);
         AutoencoderWan::load(&mut p, &tiny_config());
-        let spec: BTreeMap<String, Vec<usize>> = include_str!("wan_keys.txt")
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .map(|l| {
-                let (name, shape) = l.split_once(' ').expect("name and shape");
-                (name.to_owned(), shape.split(',').map(|d| d.parse().expect("a dimension")).collect())
-            })
-            .collect();
+        let spec = key_shapes(include_str!("wan_keys.txt"));
         let mut asked = p.used.clone();
         asked.extend(p.unused.clone());
         assert_eq!(asked.len(), p.used.len() + p.unused.len(), "a tensor both used and unused");
@@ -350,7 +279,7 @@ mod tests {
         // Wan 2.1 / Qwen-Image (shapes from diffusers): 186 tensors used,
         // the 8 of four time_convs not. Empty stand-ins, as a loader hands
         // out for a skipped part: loading them does not panic.
-        let mut p = RandomParams { empty: true, ..RandomParams::new(2) };
+        let mut p = RandomParams::stand_ins();
         let model = AutoencoderWan::load(&mut p, &WanConfig::wan21());
         assert_eq!((p.used.len(), p.unused.len()), (186, 8));
         assert_eq!(p.used["decoder.up_blocks.1.resnets.0.conv1.weight"], [384, 192, 3, 3, 3]);

@@ -26,13 +26,13 @@ use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::Params;
-use super::attention::Attention;
 use super::autoencoder::DiagonalGaussian;
 use super::encoder::UNetMidBlock2d;
 use super::graph::{Buffer, Builder, ConvOp, Graph, Resample};
 use super::layers::{Conv2d, Norm, RmsNorm};
 use super::resnet::{self, ResnetBlock2d};
 use super::shuffle::Shuffle;
+use super::wan::unused_time_conv;
 
 /// The architecture part of the `config.json` of `AutoencoderKLWan` (with
 /// `is_residual`) and `AutoencoderKLQwenImage21` (their names).
@@ -92,6 +92,25 @@ impl WanResidualConfig {
             out_channels: 4,
             patch_size: 1,
             conv3d: false,
+        }
+    }
+
+    /// The small models of `wan22_keys.txt` (3D convolutions, patched 2x2)
+    /// and `qwenimage21_keys.txt` (2D, RGBA): the tests' configs.
+    #[cfg(test)]
+    pub(crate) fn tiny(conv3d: bool) -> Self {
+        let (channels, patch_size) = if conv3d { (12, 2) } else { (4, 1) };
+        Self {
+            base_dim: 8,
+            decoder_base_dim: 6,
+            z_dim: 4,
+            dim_mult: vec![1, 2, 2],
+            num_res_blocks: 1,
+            temperal_downsample: vec![false, true],
+            in_channels: channels,
+            out_channels: channels,
+            patch_size,
+            conv3d,
         }
     }
 
@@ -303,8 +322,8 @@ impl AutoencoderWanResidual {
         Self {
             encoder: load_encoder(p, "encoder", config),
             decoder: load_decoder(p, "decoder", config),
-            quant_conv: conv(p, "quant_conv", 2 * z, 2 * z, 1, c3),
-            post_quant_conv: conv(p, "post_quant_conv", z, z, 1, c3),
+            quant_conv: Conv2d::load_wan(p, "quant_conv", 2 * z, 2 * z, 1, c3),
+            post_quant_conv: Conv2d::load_wan(p, "post_quant_conv", z, z, 1, c3),
             config: config.clone(),
         }
     }
@@ -337,44 +356,6 @@ impl AutoencoderWanResidual {
     }
 }
 
-/// A causal 3D convolution applied to one frame (`conv3d`), or the 2D
-/// convolution Qwen-Image 2.1 stores in its place: "same" padding.
-fn conv(p: &mut impl Params, name: &str, c_in: usize, c_out: usize, kernel: usize, conv3d: bool) -> Conv2d {
-    match conv3d {
-        true => Conv2d::load_causal(p, name, c_in, c_out, kernel),
-        false => Conv2d::load(p, name, c_in, c_out, kernel),
-    }
-}
-
-/// `WanResidualBlock`: RMS norms, SiLU, two 3x3 convolutions, a 1x1
-/// shortcut where the width changes.
-fn resnet_block(p: &mut impl Params, name: &str, c_in: usize, c_out: usize, conv3d: bool) -> ResnetBlock2d {
-    ResnetBlock2d {
-        norm1: RmsNorm::load(p, &format!("{name}.norm1"), c_in, 4).into(),
-        conv1: conv(p, &format!("{name}.conv1"), c_in, c_out, 3, conv3d),
-        norm2: RmsNorm::load(p, &format!("{name}.norm2"), c_out, 4).into(),
-        conv2: conv(p, &format!("{name}.conv2"), c_out, c_out, 3, conv3d),
-        conv_shortcut: (c_in != c_out).then(|| conv(p, &format!("{name}.conv_shortcut"), c_in, c_out, 1, conv3d)),
-    }
-}
-
-/// `WanMidBlock`: a residual block, the attention, a residual block.
-fn mid_block(p: &mut impl Params, name: &str, channels: usize, conv3d: bool) -> UNetMidBlock2d {
-    let first = resnet_block(p, &format!("{name}.resnets.0"), channels, channels, conv3d);
-    let attention = Attention::load_wan(p, &format!("{name}.attentions.0"), channels);
-    let second = resnet_block(p, &format!("{name}.resnets.1"), channels, channels, conv3d);
-    UNetMidBlock2d { resnets: [first, second], attentions: Some(attention) }
-}
-
-/// The `time_conv` of a temporal resampling of `c` channels to `c_out`,
-/// declared unused: `[c_out, c, 3, 1, 1]` in Wan 2.2, `[c_out, c, 1, 1]` in
-/// Qwen-Image 2.1 (its 2D form), and its bias.
-fn unused_time_conv(p: &mut impl Params, name: &str, c: usize, c_out: usize, conv3d: bool) {
-    let shape: &[usize] = if conv3d { &[c_out, c, 3, 1, 1] } else { &[c_out, c, 1, 1] };
-    p.unused(&format!("{name}.time_conv.weight"), shape);
-    p.unused(&format!("{name}.time_conv.bias"), &[c_out]);
-}
-
 fn load_encoder(p: &mut impl Params, name: &str, cfg: &WanResidualConfig) -> ResidualEncoder {
     let dims = cfg.encoder_dims();
     let levels = cfg.dim_mult.len();
@@ -383,9 +364,7 @@ fn load_encoder(p: &mut impl Params, name: &str, cfg: &WanResidualConfig) -> Res
         .map(|i| {
             let block = format!("{name}.down_blocks.{i}");
             let (c_in, c_out) = (dims[i], dims[i + 1]);
-            let resnets = (0..cfg.num_res_blocks)
-                .map(|j| resnet_block(p, &format!("{block}.resnets.{j}"), if j == 0 { c_in } else { c_out }, c_out, c3))
-                .collect();
+            let resnets = resnet::load_wan_stack(p, &block, c_in, c_out, cfg.num_res_blocks, c3);
             let downsampler = (i + 1 < levels).then(|| {
                 let down = format!("{block}.downsampler");
                 if cfg.temporal(i) {
@@ -399,11 +378,11 @@ fn load_encoder(p: &mut impl Params, name: &str, cfg: &WanResidualConfig) -> Res
     let last = dims[levels];
     ResidualEncoder {
         patchify: cfg.patch().map(|(patchify, _)| patchify),
-        conv_in: conv(p, &format!("{name}.conv_in"), cfg.in_channels, dims[0], 3, c3),
+        conv_in: Conv2d::load_wan(p, &format!("{name}.conv_in"), cfg.in_channels, dims[0], 3, c3),
         down_blocks,
-        mid_block: mid_block(p, &format!("{name}.mid_block"), last, c3),
+        mid_block: UNetMidBlock2d::load_wan(p, &format!("{name}.mid_block"), last, c3),
         norm_out: RmsNorm::load(p, &format!("{name}.norm_out"), last, 4).into(),
-        conv_out: conv(p, &format!("{name}.conv_out"), last, 2 * cfg.z_dim, 3, c3),
+        conv_out: Conv2d::load_wan(p, &format!("{name}.conv_out"), last, 2 * cfg.z_dim, 3, c3),
     }
 }
 
@@ -411,15 +390,13 @@ fn load_decoder(p: &mut impl Params, name: &str, cfg: &WanResidualConfig) -> Res
     let dims = cfg.decoder_dims();
     let levels = cfg.dim_mult.len();
     let c3 = cfg.conv3d;
-    let conv_in = conv(p, &format!("{name}.conv_in"), cfg.z_dim, dims[0], 3, c3);
-    let mid_block = mid_block(p, &format!("{name}.mid_block"), dims[0], c3);
+    let conv_in = Conv2d::load_wan(p, &format!("{name}.conv_in"), cfg.z_dim, dims[0], 3, c3);
+    let mid_block = UNetMidBlock2d::load_wan(p, &format!("{name}.mid_block"), dims[0], c3);
     let up_blocks = (0..levels)
         .map(|i| {
             let block = format!("{name}.up_blocks.{i}");
             let (c_in, c_out) = (dims[i], dims[i + 1]);
-            let resnets = (0..=cfg.num_res_blocks)
-                .map(|j| resnet_block(p, &format!("{block}.resnets.{j}"), if j == 0 { c_in } else { c_out }, c_out, c3))
-                .collect();
+            let resnets = resnet::load_wan_stack(p, &block, c_in, c_out, cfg.num_res_blocks + 1, c3);
             let upsampler = (i + 1 < levels).then(|| {
                 let up = format!("{block}.upsampler");
                 // The upsamplings are the downsamplings reversed.
@@ -437,99 +414,27 @@ fn load_decoder(p: &mut impl Params, name: &str, cfg: &WanResidualConfig) -> Res
         mid_block,
         up_blocks,
         norm_out: RmsNorm::load(p, &format!("{name}.norm_out"), last, 4).into(),
-        conv_out: conv(p, &format!("{name}.conv_out"), last, cfg.out_channels, 3, c3),
+        conv_out: Conv2d::load_wan(p, &format!("{name}.conv_out"), last, cfg.out_channels, 3, c3),
         unpatchify: cfg.patch().map(|(_, unpatchify)| unpatchify),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
-    use burn::tensor::{Device, TensorData};
-    use rand::{Rng, SeedableRng};
-    use rand_chacha::ChaCha8Rng;
-
     use super::*;
+    use crate::model::testing::{RandomParams, key_shapes, random_tensor, values};
     use crate::model::{Model, Op};
     use crate::tiling::{self, Plan, Rows, Storage, TileOptions};
-
-    /// Seeded random parameters of any name, recording what was asked.
-    struct RandomParams {
-        rng: ChaCha8Rng,
-        used: BTreeMap<String, Vec<usize>>,
-        unused: BTreeMap<String, Vec<usize>>,
-        /// Hands out empty stand-ins, as a loader does for a part it skips.
-        empty: bool,
-    }
-
-    impl RandomParams {
-        fn new(seed: u64) -> Self {
-            Self { rng: ChaCha8Rng::seed_from_u64(seed), used: BTreeMap::new(), unused: BTreeMap::new(), empty: false }
-        }
-    }
-
-    impl Params for RandomParams {
-        fn tensor<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Tensor<D> {
-            assert!(self.used.insert(name.to_owned(), shape.to_vec()).is_none(), "{name} asked for twice");
-            if self.empty {
-                return Tensor::empty([0; D], &Device::flex());
-            }
-            let n = shape.iter().product();
-            let values: Vec<f32> = if name.ends_with(".gamma") {
-                (0..n).map(|_| 1.0 + self.rng.random_range(-0.2..0.2)).collect()
-            } else if name.ends_with(".bias") {
-                (0..n).map(|_| self.rng.random_range(-0.1..0.1)).collect()
-            } else {
-                // About unit gain over the inputs one frame sees.
-                let taps = if D == 5 { shape[2] } else { 1 };
-                let scale = (3.0 / (shape[1..].iter().product::<usize>() / taps) as f32).sqrt();
-                (0..n).map(|_| self.rng.random_range(-scale..scale)).collect()
-            };
-            Tensor::from_data(TensorData::new(values, shape), &Device::flex())
-        }
-
-        fn unused(&mut self, name: &str, shape: &[usize]) {
-            assert!(self.unused.insert(name.to_owned(), shape.to_vec()).is_none(), "{name} declared twice");
-        }
-    }
-
-    /// The configs of `wan22_keys.txt` and `qwenimage21_keys.txt`.
-    fn tiny(conv3d: bool) -> WanResidualConfig {
-        let (channels, patch_size) = if conv3d { (12, 2) } else { (4, 1) };
-        WanResidualConfig {
-            base_dim: 8,
-            decoder_base_dim: 6,
-            z_dim: 4,
-            dim_mult: vec![1, 2, 2],
-            num_res_blocks: 1,
-            temperal_downsample: vec![false, true],
-            in_channels: channels,
-            out_channels: channels,
-            patch_size,
-            conv3d,
-        }
-    }
-
-    fn spec(text: &str) -> BTreeMap<String, Vec<usize>> {
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .map(|l| {
-                let (name, shape) = l.split_once(' ').expect("name and shape");
-                (name.to_owned(), shape.split(',').map(|d| d.parse().expect("a dimension")).collect())
-            })
-            .collect()
-    }
 
     #[test]
     fn asks_for_every_tensor_of_the_diffusers_models() {
         for (conv3d, keys) in [(true, include_str!("wan22_keys.txt")), (false, include_str!("qwenimage21_keys.txt"))] {
             let mut p = RandomParams::new(1);
-            AutoencoderWanResidual::load(&mut p, &tiny(conv3d));
+            AutoencoderWanResidual::load(&mut p, &WanResidualConfig::tiny(conv3d));
             let mut asked = p.used.clone();
             asked.extend(p.unused.clone());
             assert_eq!(asked.len(), p.used.len() + p.unused.len(), "a tensor both used and unused");
-            assert_eq!(asked, spec(keys), "conv3d {conv3d}");
+            assert_eq!(asked, key_shapes(keys), "conv3d {conv3d}");
             let unused: Vec<&str> = p.unused.keys().map(String::as_str).collect();
             assert_eq!(
                 unused,
@@ -550,13 +455,13 @@ mod tests {
             (WanResidualConfig::qwen_image21(), 64, 4, "AutoencoderKLQwenImage21"),
         ] {
             config.check().unwrap();
-            let mut p = RandomParams { empty: true, ..RandomParams::new(2) };
+            let mut p = RandomParams::stand_ins();
             let model = Model::WanResidual(Box::new(AutoencoderWanResidual::load(&mut p, &config)));
             assert_eq!((model.downscale(), model.upscale(), model.latent_channels()), (16, 16, latent));
             assert_eq!((model.image_channels(), model.class_name()), (image, class));
             assert!(model.clamps_output());
         }
-        let mut p = RandomParams { empty: true, ..RandomParams::new(2) };
+        let mut p = RandomParams::stand_ins();
         AutoencoderWanResidual::load(&mut p, &WanResidualConfig::wan22());
         // diffusers' Wan 2.2 (shapes from its state dict): encoder widths 160..640, decoder
         // 1024..256, 48 channels, 12 in and out; 196 tensors, the 8 of four time_convs unused.
@@ -569,20 +474,10 @@ mod tests {
         assert_eq!(p.unused["decoder.up_blocks.0.upsampler.time_conv.weight"], [2048, 1024, 3, 1, 1]);
     }
 
-    fn random_tensor(shape: [usize; 4], seed: u64) -> Tensor<4> {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let values: Vec<f32> = (0..shape.iter().product()).map(|_| rng.random_range(-1.0..1.0)).collect();
-        Tensor::from_data(TensorData::new(values, shape), &Device::flex())
-    }
-
-    fn values(x: Tensor<4>) -> Vec<f32> {
-        x.into_data().try_into_vec::<f32>().expect("f32 activations")
-    }
-
     #[test]
     fn runs_banded_exactly_as_whole() {
         for conv3d in [true, false] {
-            let config = tiny(conv3d);
+            let config = WanResidualConfig::tiny(conv3d);
             let model = AutoencoderWanResidual::load(&mut RandomParams::new(3), &config);
             let (h, w, f, c) = (48, 32, config.downscale(), config.image_channels());
             let image = || random_tensor([1, c, h, w], 4);
