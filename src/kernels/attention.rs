@@ -30,10 +30,9 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], n: usize, c: usize, scale: f32
     assert!(q.len() == n * c && k.len() == n * c && v.len() == n * c);
     let rows = query_rows(n);
     let mut out = vec![0.0f32; n * c];
-    out.par_chunks_mut(rows * c).zip(q.par_chunks(rows * c)).for_each_init(
-        Scratch::default,
-        |scratch, (o, q)| attend_block(q, k, v, c, scale, o, scratch),
-    );
+    out.par_chunks_mut(rows * c)
+        .zip(q.par_chunks(rows * c))
+        .for_each_init(Scratch::default, |scratch, (o, q)| attend_block(q, k, v, c, scale, o, scratch));
     out
 }
 
@@ -55,11 +54,7 @@ pub struct Scratch {
 
 impl Default for Scratch {
     fn default() -> Self {
-        Self {
-            scores: vec![0.0; QUERY_BLOCK * KEY_BLOCK],
-            max: vec![0.0; QUERY_BLOCK],
-            sum: vec![0.0; QUERY_BLOCK],
-        }
+        Self { scores: vec![0.0; QUERY_BLOCK * KEY_BLOCK], max: vec![0.0; QUERY_BLOCK], sum: vec![0.0; QUERY_BLOCK] }
     }
 }
 
@@ -274,6 +269,7 @@ impl SharedMut {
 
 // SAFETY: each block writes only its own columns (see `self_attention`).
 unsafe impl Send for SharedMut {}
+// SAFETY: as for `Send`.
 unsafe impl Sync for SharedMut {}
 
 /// `tokens^T weight^T + bias`: the projection `[n, d_out]` of channels-first
@@ -382,7 +378,8 @@ mod tests {
         for (n, c) in [(5, 3), (QUERY_BLOCK + 70, 6)] {
             let tokens = values(c * n, 11, 2.0);
             let x = values(c * n, 12, 2.0);
-            let params: Vec<Vec<f32>> = (0..8).map(|i| values(if i % 2 == 0 { c * c } else { c }, 20 + i, 1.0)).collect();
+            let params: Vec<Vec<f32>> =
+                (0..8).map(|i| values(if i % 2 == 0 { c * c } else { c }, 20 + i, 1.0)).collect();
             let linear = |i: usize| Linear { weight: &params[2 * i], bias: &params[2 * i + 1] };
             let p = Projections { q: linear(0), k: linear(1), v: linear(2), out: linear(3) };
             // y [n, c] = tokens^T W^T + b, in f64 then rounded as the kernel's inputs.
@@ -406,7 +403,10 @@ mod tests {
                     let dot: f64 = (0..c).map(|j| attended[i * c + j] * p.out.weight[o * c + j] as f64).sum();
                     let want = x[o * n + i] as f64 + dot + p.out.bias[o] as f64;
                     let g = got[o * n + i] as f64;
-                    assert!((g - want).abs() < 1e-5 * (1.0 + want.abs()), "n {n}: channel {o} position {i}: {g} vs {want}");
+                    assert!(
+                        (g - want).abs() < 1e-5 * (1.0 + want.abs()),
+                        "n {n}: channel {o} position {i}: {g} vs {want}"
+                    );
                 }
             }
         }
