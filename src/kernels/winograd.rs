@@ -111,18 +111,6 @@ pub fn conv3x3(
     out
 }
 
-/// Whether the transforms may run as AVX-512 code (same arithmetic in the
-/// same order, so the same results, 16 floats at a time).
-#[cfg(target_arch = "x86_64")]
-fn avx512() -> bool {
-    std::arch::is_x86_feature_detected!("avx512f")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn avx512() -> bool {
-    false
-}
-
 /// Which of the 16 products vanish: with a 2x-upsampled input, transformed
 /// row and column 2 of every patch are zero (`d2 - d1` of two equal pixels).
 fn vanishing(up: usize) -> impl Fn(usize) -> bool {
@@ -141,7 +129,6 @@ impl Source<'_> {
     /// Padded row `p` (image row `p - 1`) of channel `c`, split into its even
     /// and odd padded columns (`even[k]` is image column `2k - 1`, `odd[k]`
     /// is `2k`), each `half` long, zero outside the image.
-    #[inline(always)]
     fn split_row(&self, c: usize, p: usize, even: &mut [f32], odd: &mut [f32]) {
         let (h, w) = (self.h0 * self.up, self.w0 * self.up);
         if p == 0 || p > h {
@@ -217,12 +204,7 @@ impl Chunk {
         let nt = (self.ty1 - self.ty0) * tx;
         scratch.v.resize(16 * ci * nt, 0.0);
         scratch.m.resize(16 * co * nt, 0.0);
-        let avx512 = avx512();
-        match avx512 {
-            // SAFETY: the CPU has AVX-512F.
-            true => unsafe { self.transform_input_avx512(src, ci, scratch) },
-            false => self.transform_input(src, ci, scratch),
-        }
+        self.transform_input(src, ci, scratch);
         let zero = vanishing(src.up);
         for k in (0..16).filter(|&k| !zero(k)) {
             let m = &mut scratch.m[k * co * nt..][..co * nt];
@@ -254,44 +236,12 @@ impl Chunk {
                 );
             }
         }
-        match avx512 {
-            // SAFETY: forwarded from the caller, and the CPU has AVX-512F.
-            true => unsafe { self.transform_output_avx512(co, bias, zero, scratch, dst) },
-            // SAFETY: forwarded from the caller.
-            false => unsafe { self.transform_output(co, bias, zero, scratch, dst) },
-        }
-    }
-
-    /// [`Chunk::transform_input`] compiled for AVX-512: the crate is built
-    /// for baseline x86-64, whose loops are 4 floats wide.
-    ///
-    /// # Safety
-    /// The CPU has AVX-512F.
-    #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
-    unsafe fn transform_input_avx512(&self, src: &Source, ci: usize, scratch: &mut Scratch) {
-        self.transform_input(src, ci, scratch)
-    }
-
-    /// [`Chunk::transform_output`] compiled for AVX-512.
-    ///
-    /// # Safety
-    /// As for [`Chunk::run`], and the CPU has AVX-512F.
-    #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
-    unsafe fn transform_output_avx512(
-        &self,
-        co: usize,
-        bias: &[f32],
-        zero: impl Fn(usize) -> bool,
-        scratch: &mut Scratch,
-        dst: &SharedOut,
-    ) {
         // SAFETY: forwarded from the caller.
-        unsafe { self.transform_output(co, bias, zero, scratch, dst) }
+        unsafe { self.transform_output(co, bias, zero, scratch, dst) };
     }
 
     /// `V = B^T d B` for every tile and channel, where
     /// `B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`.
-    #[inline(always)]
     fn transform_input(&self, src: &Source, ci: usize, scratch: &mut Scratch) {
         let (tx, nt) = (self.tiles_x, (self.ty1 - self.ty0) * self.tiles_x);
         let half = tx + 1;
@@ -341,7 +291,6 @@ impl Chunk {
     ///
     /// # Safety
     /// As for [`Chunk::run`].
-    #[inline(always)]
     unsafe fn transform_output(
         &self,
         co: usize,
