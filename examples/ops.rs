@@ -1,20 +1,67 @@
 //! Op-level timing of the decoder's 3x3 convolution shapes: this crate's
 //! Winograd F(2x2, 3x3) kernel against its direct one-GEMM-per-tap kernel
-//! (and burn-flex's conv2d with `--flex`), same process, same inputs.
+//! (and burn-flex's conv2d with `--flex`), same process, same inputs. With
+//! `--attention`, the mid block's attention kernel (`c = 512`) at growing
+//! numbers of positions instead: time, GFLOP/s and the heap it allocates.
 //!
 //!     cargo run --release --example ops [-- --flex] [-- --size 1024]
+//!     cargo run --release --example ops -- --attention [4096 16384 65536]
 #![allow(clippy::print_stdout, reason = "the table on stdout is the program's output")]
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor, TensorData};
+use vae::kernels::attention;
 use vae::kernels::conv::{self, ConvWeights, Geometry};
 
-fn time<T>(f: impl Fn() -> T) -> f64 {
-    f(); // warm-up
-    let runs = 3;
+/// The system allocator, counting the bytes live and their high-water mark.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is forwarded to the system allocator unchanged.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+        PEAK.fetch_max(live, Ordering::Relaxed);
+        // SAFETY: the caller's contract, passed on.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: the caller's contract, passed on.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// This process's user + system CPU seconds (Linux; 0 elsewhere), so that
+/// a benchmark on a shared machine can report its rate per CPU-second.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name (which may hold spaces) in parentheses.
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0 // utime, stime in clock ticks (USER_HZ = 100)
+}
+
+fn time<T>(f: impl FnMut() -> T) -> f64 {
+    time_runs(f, 3)
+}
+
+/// Mean seconds of `runs` calls after one warm-up call (none when `runs` is 1).
+fn time_runs<T>(mut f: impl FnMut() -> T, runs: usize) -> f64 {
+    if runs > 1 {
+        f();
+    }
     let start = Instant::now();
     for _ in 0..runs {
         std::hint::black_box(f());
@@ -22,8 +69,83 @@ fn time<T>(f: impl Fn() -> T) -> f64 {
     start.elapsed().as_secs_f64() / runs as f64
 }
 
+/// `attention::attention` on random `[n, 512]` inputs for each `n`: time,
+/// GFLOP/s (the two products, `4 n^2 c`), and the heap allocated during the
+/// call beyond its inputs (the output included).
+fn bench_attention(sizes: &[usize]) {
+    let c = 512;
+    println!(
+        "| positions n | ms | GFLOP/s | CPU s per call | GFLOP per CPU-s | heap during the call (MiB) | output (MiB) |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    // The rate to compare with: one GEMM of the scores' shape, [4096, c] x [c, 4096].
+    let m = 4096;
+    let a: Vec<f32> = (0..m * c).map(|i| (i % 97) as f32 / 97.0).collect();
+    let mut dst = vec![0.0f32; m * m];
+    let cpu = cpu_seconds();
+    let t = time(|| {
+        // SAFETY: a is [m, c], read as [m, c] and transposed as [c, m]; dst is [m, m].
+        unsafe {
+            gemm::gemm(
+                m,
+                m,
+                c,
+                dst.as_mut_ptr(),
+                1,
+                m as isize,
+                false,
+                a.as_ptr(),
+                1,
+                c as isize,
+                a.as_ptr(),
+                c as isize,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(rayon::current_num_threads()),
+            )
+        }
+    });
+    let cpu = (cpu_seconds() - cpu) / 4.0;
+    let gflop = 2.0 * (m * m * c) as f64 / 1e9;
+    println!(
+        "| GEMM [{m}, {c}] x [{c}, {m}] | {:.0} | {:.0} | {cpu:.2} | {:.0} | - | - |",
+        t * 1e3,
+        gflop / t,
+        gflop / cpu
+    );
+    for &n in sizes {
+        let val = |i: usize, salt: usize| ((i * 7919 + salt * 104_729) % 1000) as f32 / 500.0 - 1.0;
+        let [q, k, v] = [1, 2, 3].map(|salt| (0..n * c).map(|i| val(i, salt)).collect::<Vec<f32>>());
+        let scale = 1.0 / (c as f32).sqrt();
+        let runs = if n <= 4096 { 3 } else { 1 };
+        let before = LIVE.load(Ordering::Relaxed);
+        PEAK.store(before, Ordering::Relaxed);
+        let cpu = cpu_seconds();
+        let t = time_runs(|| attention::attention(&q, &k, &v, n, c, scale), runs);
+        let cpu = (cpu_seconds() - cpu) / (runs + usize::from(runs > 1)) as f64;
+        let heap = (PEAK.load(Ordering::Relaxed) - before) as f64 / (1 << 20) as f64;
+        let gflop = 4.0 * (n * n * c) as f64 / 1e9;
+        let output = (n * c * 4) as f64 / (1 << 20) as f64;
+        println!(
+            "| {n} | {:.0} | {:.0} | {cpu:.2} | {:.0} | {heap:.1} | {output:.1} |",
+            t * 1e3,
+            gflop / t,
+            gflop / cpu
+        );
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--attention") {
+        let sizes: Vec<usize> = args[i + 1..].iter().map_while(|a| a.parse().ok()).collect();
+        bench_attention(if sizes.is_empty() { &[4096, 16384, 65536] } else { &sizes });
+        return;
+    }
     let with_flex = args.iter().any(|a| a == "--flex");
     let size: usize =
         args.iter().position(|a| a == "--size").and_then(|i| args.get(i + 1)?.parse().ok()).unwrap_or(512);

@@ -92,24 +92,26 @@ impl Attention {
         out + x
     }
 
-    /// [`Attention::forward`] through the CPU kernels: the projections and both
-    /// attention products as GEMMs, the softmax as one exp sweep per block.
+    /// [`Attention::forward`] through the CPU kernels, which add the
+    /// attention into the input's own memory, streaming over keys a block of
+    /// queries at a time: the step holds the input, its normalised copy, `k`
+    /// and `v`.
     fn forward_cpu(&self, x: Tensor<4>) -> Tensor<4> {
         let ([b, c, h, w], device) = (x.dims(), x.device());
         let n = h * w;
-        let tokens = self.norm.forward(x.clone()).reshape([b, c, n]).swap_dims(1, 2); // [B, N, C]
-        let tokens = kernels::values(tokens);
+        let tokens = kernels::values(self.norm.forward(x.clone())); // [B, C, N]
+        let mut out = kernels::values(x);
         let params = |l: &Linear| (kernels::values(l.weight.clone()), kernels::values(l.bias.clone()));
-        let [q, k, v, out] = [&self.to_q, &self.to_k, &self.to_v, &self.to_out].map(params);
-        let scale = (c as f32).sqrt().recip();
-        let mut result = Vec::with_capacity(b * n * c);
-        for t in tokens.chunks_exact(n * c) {
-            let project = |(w, bias): &(Vec<f32>, Vec<f32>)| kernels::attention::linear(t, n, w, bias);
-            let attended = kernels::attention::attention(&project(&q), &project(&k), &project(&v), n, c, scale);
-            result.extend(kernels::attention::linear(&attended, n, &out.0, &out.1));
+        let [q, k, v, o] = [&self.to_q, &self.to_k, &self.to_v, &self.to_out].map(params);
+        fn linear((weight, bias): &(Vec<f32>, Vec<f32>)) -> kernels::attention::Linear<'_> {
+            kernels::attention::Linear { weight, bias }
         }
-        // [B, N, C] -> [B, C, H, W], plus the residual.
-        kernels::tensor(result, [b, n, c], &device).swap_dims(1, 2).reshape([b, c, h, w]) + x
+        let projections =
+            kernels::attention::Projections { q: linear(&q), k: linear(&k), v: linear(&v), out: linear(&o) };
+        for (x, t) in out.chunks_exact_mut(n * c).zip(tokens.chunks_exact(n * c)) {
+            kernels::attention::self_attention(x, t, n, c, projections);
+        }
+        kernels::tensor(out, [b, c, h, w], &device)
     }
 
     /// `softmax(q k^T / sqrt(C)) v` for one image's tokens: `[H*W, C] -> [H*W, C]`.

@@ -79,9 +79,9 @@ pub fn peak(graph: &Graph, (c, h, w): (usize, usize, usize), storage: Storage, r
                 let per_row = band_bytes_per_row((c_in, w_in), (conv.c_out(), w), c_res, resample);
                 ((conv.c_out(), h, w), per_row * rows.for_pass(per_row, h) as u64)
             }
-            // Attention holds about seven copies of its input (read, normalised,
-            // q, k, v, output, projection) and a block of scores.
-            Op::Attention(_) => ((c_in, h_in, w_in), 28 * (c_in * h_in * w_in) as u64 + 64 * (1 << 20)),
+            // Attention holds four f32 copies of its input (read, which becomes
+            // the output; normalised; k; v) and a few MiB of blocks per thread.
+            Op::Attention(_) => ((c_in, h_in, w_in), 16 * (c_in * h_in * w_in) as u64 + 64 * (1 << 20)),
             Op::Shuffle(ShuffleOp { shuffle, plus }) => {
                 let (h, w) = shuffle.output_size(h_in, w_in);
                 let per_row = shuffle_bytes_per_row(c_in, w_in, shuffle.c_out(), w, plus.is_some(), shuffle.down());
