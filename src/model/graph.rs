@@ -524,7 +524,7 @@ mod tests {
         let plan = Plan::Banded { storage: Storage::F16, rows: Rows::Budget(0), estimate: 0, spill: Some(full) };
         let err = tiling::run(&graph, x(), &plan).unwrap_err().to_string();
         assert!(err.starts_with(&format!("{}: activations spilled to disk need", tmp.path().display())), "{err}");
-        assert!(err.contains("GiB free"), "{err}");
+        assert!(err.contains("GiB there") && err.contains("free (--tmp-dir"), "{err}");
     }
 
     #[test]

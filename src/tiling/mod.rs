@@ -16,8 +16,8 @@
 //! The mid-block attention runs over all positions at once, at the lowest
 //! resolution, as untiled.
 //!
-//! Stored activations grow with the image (a 4096x4096 decode holds about
-//! 17 GB of them even in f16): those that do not fit the budget spill to
+//! Stored activations grow with the image (a 4096x4096 decode holds 12 GiB
+//! of them at once even in f16): those that do not fit the budget spill to
 //! unnamed files in a temporary folder ([`Spill`]), so the memory a run
 //! needs no longer grows with the image, only the disk.
 
@@ -84,8 +84,8 @@ impl Default for TileOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum TilingError {
     #[error(
-        "{}: activations spilled to disk need {:.2} GiB there, {:.2} GiB free (--tmp-dir, or a larger --max-memory)",
-        dir.display(), gib(*needed), gib(*free)
+        "{}: activations spilled to disk need {} there, {} free (--tmp-dir, or a larger --max-memory)",
+        dir.display(), size(*needed), size(*free)
     )]
     NoSpace { dir: PathBuf, needed: u64, free: u64 },
     #[error("{}: activations spilled to disk (--tmp-dir): {cause}", dir.display())]
@@ -136,6 +136,14 @@ const GIB: u64 = 1 << 30;
 /// Bytes in GiB, for messages.
 pub fn gib(bytes: u64) -> f64 {
     bytes as f64 / GIB as f64
+}
+
+/// Bytes in GiB, or in MiB below one GiB, for messages.
+fn size(bytes: u64) -> String {
+    match bytes >= GIB {
+        true => format!("{:.2} GiB", gib(bytes)),
+        false => format!("{:.1} MiB", bytes as f64 / MIB as f64),
+    }
 }
 const MIB: u64 = 1 << 20;
 
@@ -234,8 +242,8 @@ impl fmt::Display for Plan {
                 }
                 write!(f, ", activations stored in {storage}")?;
                 if let Some(Spill { dir, above, disk }) = spill {
-                    let (above, disk) = (above / MIB, gib(*disk));
-                    write!(f, ", those over {above} MiB on disk in {} ({disk:.2} GiB)", dir.display())?;
+                    let (above, disk) = (size(*above), size(*disk));
+                    write!(f, ", those over {above} on disk in {} ({disk})", dir.display())?;
                 }
                 write!(f, ", estimated peak {:.2} GiB", gib(*estimate))
             }
@@ -277,14 +285,22 @@ impl TileOptions {
                 .then(|| Rows::Budget((budget - stored).clamp(MIN_BAND_BYTES, MAX_BAND_BYTES)))
         };
         // The fewest spilled: every size of activation, largest first, is
-        // tried as the line above which they spill, ending with all of them.
+        // tried as the line above which they spill, until the estimate with
+        // the smallest bands (and the attention's whole arrays) fits; when
+        // none does, all of them spill.
         let spilled = || {
             let mut sizes = program::stored_bytes(graph, shape, Storage::F16);
             sizes.push(0);
             sizes.sort_unstable_by(|a, b| b.cmp(a));
             sizes.dedup();
-            let fitting = sizes.iter().find_map(|&above| fits(Storage::F16, above).map(|rows| (above, rows)));
-            fitting.unwrap_or((0, Rows::Budget(MIN_BAND_BYTES)))
+            let least = |above| resident + peak(Storage::F16, Rows::Budget(MIN_BAND_BYTES), above).banded();
+            match sizes.into_iter().find(|&above| least(above) <= budget) {
+                Some(above) => {
+                    let stored = resident + peak(Storage::F16, Rows::Budget(0), above).stored;
+                    (above, Rows::Budget((budget - stored).clamp(MIN_BAND_BYTES, MAX_BAND_BYTES)))
+                }
+                None => (0, Rows::Budget(MIN_BAND_BYTES)),
+            }
         };
         let all = u64::MAX;
         match self.tile {
