@@ -204,7 +204,7 @@ struct Stored<'a> {
 
 impl Stored<'_> {
     /// A zeroed `[c, h, w]` output.
-    fn new(self, (c, h, w): (usize, usize, usize)) -> io::Result<Activation> {
+    fn zeroed(self, (c, h, w): (usize, usize, usize)) -> io::Result<Activation> {
         Activation::new(c, h, w, self.storage, place(self.spill, Activation::bytes((c, h, w), self.storage)))
     }
 }
@@ -266,7 +266,7 @@ fn run_step(
     let ConvOp { norm, conv, resample, residual } = match step.op {
         Op::Attention(attention) => {
             let whole = kernels::tensor(x.read_rows(0, h_in)?, [1, c_in, h_in, w_in], device);
-            let mut out = stored.new((c_in, h_in, w_in))?;
+            let mut out = stored.zeroed((c_in, h_in, w_in))?;
             out.write_rows(0, h_in, &kernels::values(attention.forward(whole)), h_in, 0)?;
             return Ok(out);
         }
@@ -277,7 +277,7 @@ fn run_step(
     let (sums, plane) = (x.sums().to_vec(), x.plane());
     let mut out = match reuse {
         true => buffers[input].take().expect("checked above").cleared_sums(),
-        false => stored.new((c_out, h_out, w_out))?,
+        false => stored.zeroed((c_out, h_out, w_out))?,
     };
     let mut pending: Option<Band> = None;
     let c_res = residual.and_then(|r| buffers[r.buffer.index()].as_ref()).map_or(0, |r| r.channels);
@@ -337,7 +337,7 @@ fn run_shuffle(
 ) -> io::Result<Activation> {
     let (c_in, h_in, w_in) = (x.channels, x.height, x.width);
     let ((h_out, w_out), c_out) = (shuffle.output_size(h_in, w_in), shuffle.c_out());
-    let mut out = stored.new((c_out, h_out, w_out))?;
+    let mut out = stored.zeroed((c_out, h_out, w_out))?;
     let band = rows.for_pass(shuffle_bytes_per_row(c_in, w_in, c_out, w_out, plus.is_some(), shuffle.down()), h_out);
     for o0 in (0..h_out).step_by(band) {
         let o1 = (o0 + band).min(h_out);
