@@ -27,7 +27,7 @@ use crate::imageio::{DEFAULT_MAX_PIXELS, InputImage, OutputImage};
 use crate::latent::{Latent, LatentMeta, Posterior};
 use crate::latent_space::{LatentForm, LatentSpace, LatentSpaceError, LatentSpaceRequest};
 use crate::model::{AutoencoderTiny, DiagonalGaussian, Model};
-use crate::tiling::{self, Plan, Tile, TileOptions, default_max_memory};
+use crate::tiling::{self, Plan, Tile, TileOptions, TilingError, default_max_memory};
 use crate::weights::{self, Parts, WeightsError, WeightsInfo, WeightsSource};
 
 /// Characters of the weights' SHA-256 recorded in latent metadata.
@@ -50,6 +50,9 @@ pub struct VaeOptions {
     pub tile: Tile,
     /// Peak memory to stay under; `None`: [`default_max_memory`].
     pub max_memory: Option<u64>,
+    /// Where activations that do not fit `max_memory` spill, in files that
+    /// have no name there; `None`: [`std::env::temp_dir`].
+    pub tmp_dir: Option<PathBuf>,
     pub batch: BatchSize,
     /// The halves to load (decoding needs no encoder).
     pub parts: Parts,
@@ -77,6 +80,7 @@ impl Default for VaeOptions {
             latent_space: LatentSpaceRequest::default(),
             tile: Tile::Auto,
             max_memory: None,
+            tmp_dir: None,
             batch: BatchSize::Auto,
             parts: Parts::Both,
             max_pixels: DEFAULT_MAX_PIXELS,
@@ -145,6 +149,8 @@ pub enum VaeError {
     Reload(WeightsError),
     #[error("{0}")]
     NotFinite(NotFinite),
+    #[error(transparent)]
+    Tiling(#[from] TilingError),
 }
 
 /// A result that held NaN or Inf even in f32 (the retry cannot help): the
@@ -224,7 +230,11 @@ impl Vae {
             latent_space: resolved.space,
             other_space: resolved.other,
             notes,
-            tiling: TileOptions { tile, max_memory },
+            tiling: TileOptions {
+                tile,
+                max_memory,
+                tmp_dir: options.tmp_dir.clone().unwrap_or_else(std::env::temp_dir),
+            },
             batch: options.batch,
             max_pixels: options.max_pixels,
             device: chosen,
@@ -279,9 +289,9 @@ impl Vae {
         self.retried_from
     }
 
-    /// When runs go in bands, and the memory they budget for.
-    pub fn tiling(&self) -> TileOptions {
-        self.tiling
+    /// When runs go in bands, the memory they budget for, and where they spill.
+    pub fn tiling(&self) -> &TileOptions {
+        &self.tiling
     }
 
     /// Encodes an image to a scaled latent: `(z - shift) * scaling_factor`,
@@ -312,8 +322,8 @@ impl Vae {
         }
         let latents = self.with_f32_retry(
             |vae| vae.run_encoder(images, posteriors),
-            |latents| latents.iter().all(|l| all_finite(&l.data)),
-        )?;
+            |latents| latents.as_ref().map_or(true, |latents| latents.iter().all(|l| all_finite(&l.data))),
+        )??;
         for latent in &latents {
             let (scaling, shift) = self.latent_space.channel(0);
             if let Some(err) = NotFinite::of("the latent", &latent.data, (scaling, shift)) {
@@ -359,8 +369,10 @@ impl Vae {
         for latent in latents {
             self.check_latent(latent)?;
         }
-        let planar =
-            self.with_f32_retry(|vae| vae.run_decoder(latents), |planar| planar.iter().all(|p| all_finite(p)))?;
+        let planar = self.with_f32_retry(
+            |vae| vae.run_decoder(latents),
+            |planar| planar.as_ref().map_or(true, |planar| planar.iter().all(|p| all_finite(p))),
+        )??;
         for (latent, planar) in latents.iter().zip(&planar) {
             if let Some(err) = NotFinite::of("the decoded image", planar, self.file_scaling(latent)) {
                 return Err(VaeError::NotFinite(err));
@@ -508,11 +520,12 @@ impl Vae {
     }
 
     /// The encoder on `images` (of one size), unchecked.
-    fn run_encoder(&self, images: &[&InputImage], posteriors: &[Posterior]) -> Vec<Latent> {
-        let Some(first) = images.first() else { return Vec::new() };
+    fn run_encoder(&self, images: &[&InputImage], posteriors: &[Posterior]) -> Result<Vec<Latent>, TilingError> {
+        let Some(first) = images.first() else { return Ok(Vec::new()) };
         let plan = self.encode_plan(first);
         if images.len() > 1 && matches!(plan, Plan::Banded { .. }) {
-            return images.iter().zip(posteriors).flat_map(|(image, p)| self.run_encoder(&[image], &[*p])).collect();
+            let each = images.iter().zip(posteriors).map(|(image, p)| self.run_encoder(&[image], &[*p]));
+            return Ok(each.collect::<Result<Vec<_>, _>>()?.into_iter().flatten().collect());
         }
         let x = images.iter().map(|image| self.image_tensor(image)).collect();
         let x = Tensor::cat(x, 0).cast(self.dtype);
@@ -528,7 +541,7 @@ impl Vae {
                 (scaled, vec![Posterior::Mean; images.len()], true)
             }
             (_, Some(graph)) => {
-                let moments = tiling::run(&graph, x, plan);
+                let moments = tiling::run(&graph, x, &plan)?;
                 let dist = DiagonalGaussian::from_moments(moments.cast(FloatDType::F32));
                 let z = if posteriors.iter().all(|p| *p == Posterior::Mean) {
                     dist.mean
@@ -569,7 +582,7 @@ impl Vae {
             };
             Latent { channels, height, width, data, meta }
         });
-        latents.collect()
+        Ok(latents.collect())
     }
 
     /// `image` as the encoder reads it, padded to [`Vae::input_multiple`]: RGB,
@@ -600,11 +613,12 @@ impl Vae {
     /// The decoder on `latents` (of one shape, each checked), unchecked
     /// results: each read in its own form and scaling. Wan's decoder output
     /// is clamped to [-1, 1], as diffusers' `_decode` does.
-    fn run_decoder(&self, latents: &[&Latent]) -> Vec<Vec<f32>> {
-        let Some(first) = latents.first() else { return Vec::new() };
+    fn run_decoder(&self, latents: &[&Latent]) -> Result<Vec<Vec<f32>>, TilingError> {
+        let Some(first) = latents.first() else { return Ok(Vec::new()) };
         let plan = self.decode_plan(first);
         if latents.len() > 1 && matches!(plan, Plan::Banded { .. }) {
-            return latents.iter().flat_map(|latent| self.run_decoder(&[latent])).collect();
+            let each = latents.iter().map(|latent| self.run_decoder(&[latent]));
+            return Ok(each.collect::<Result<Vec<_>, _>>()?.into_iter().flatten().collect());
         }
         let device = &self.device.device;
         let image = match (&self.model, self.model.decoder_graph()) {
@@ -625,14 +639,14 @@ impl Vae {
                     Tensor::<4>::from_data(TensorData::new(z, [1, c, h, w]), device)
                 });
                 let z = Tensor::cat(z.collect(), 0).cast(self.dtype);
-                let image = tiling::run(&graph, z, plan);
+                let image = tiling::run(&graph, z, &plan)?;
                 if self.model.clamps_output() { image.clamp(-1.0, 1.0) } else { image }
             }
             (_, None) => unreachable!("every model but TAESD is described as a graph"),
         };
         let [_, c, h, w] = image.dims();
         let image = image.cast(FloatDType::F32).into_data().try_into_vec::<f32>().expect("cast to f32 above");
-        image.chunks_exact(c * h * w).map(<[f32]>::to_vec).collect()
+        Ok(image.chunks_exact(c * h * w).map(<[f32]>::to_vec).collect())
     }
 
     /// TAESD's input for `latent`: the big VAE's latent scaled as this

@@ -258,15 +258,37 @@ fn bands_give_the_untiled_png_and_say_so() {
 }
 
 #[test]
-fn a_tiny_memory_budget_stores_f16_and_warns() {
+fn a_tiny_memory_budget_spills_f16_to_disk_and_warns() {
     let dir = tempfile::tempdir().unwrap();
     photo(dir.path(), "in.png", 128, 96);
+    std::fs::create_dir(dir.path().join("spill")).unwrap();
     let w = tiny_sd();
-    let out = vae(dir.path(), &["roundtrip", "in.png", "--max-memory", "1K", "--weights", &w]);
+    let out = vae(dir.path(), &["roundtrip", "in.png", "--max-memory", "1K", "--tmp-dir", "spill", "--weights", &w]);
     assert!(out.status.success(), "{}", stderr(&out));
     let err = stderr(&out);
-    assert!(err.contains("activations stored in f16"), "{err}");
+    assert!(err.contains("activations stored in f16, those over 0.0 MiB on disk in spill ("), "{err}");
     assert!(err.contains("warning: needs about") && err.contains("over --max-memory"), "{err}");
+    // Unnamed files: nothing to clean up.
+    assert!(listing(&dir.path().join("spill")).is_empty());
+}
+
+#[test]
+fn a_spill_folder_that_cannot_take_them_is_one_error_and_no_output() {
+    let dir = tempfile::tempdir().unwrap();
+    photo(dir.path(), "in.png", 64, 48);
+    let w = tiny_sd();
+    let out = vae(dir.path(), &["encode", "in.png", "-o", "z.safetensors", "--weights", &w]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // A folder that does not exist, and a file where the folder should be.
+    std::fs::write(dir.path().join("file"), b"").unwrap();
+    for (tmp, problem) in [("missing", "No such file or directory"), ("file", "Not a directory")] {
+        let args =
+            ["decode", "z.safetensors", "-o", "out.png", "--max-memory", "1K", "--tmp-dir", tmp, "--weights", &w];
+        let out = vae(dir.path(), &args);
+        assert_fails(&out, &format!("{tmp}: activations spilled to disk"), problem);
+        assert!(!dir.path().join("out.png").exists());
+    }
+    assert_eq!(listing(dir.path()), ["file", "in.png", "z.safetensors"]);
 }
 
 #[test]

@@ -1,16 +1,17 @@
 //! Banded (bounded-memory) encode and decode give the untiled result: the
 //! same diffusers fixtures as tests/parity.rs, at the same tolerance with f32
 //! storage, for band heights that do and don't divide the image, a band of a
-//! single latent row, and one band for the whole image.
+//! single latent row, and one band for the whole image. Activations spilled
+//! to disk give the bands' results in memory, bit for bit.
 
 mod common;
 
 use vae::Vae;
 use vae::imageio::{self, DEFAULT_MAX_PIXELS};
 use vae::latent::Posterior;
-use vae::tiling::{Plan, Storage, Tile};
+use vae::tiling::{self, Plan, Rows, Storage, Tile};
 
-use common::parity::{TOLERANCE, load_with, scaled_latent};
+use common::parity::{TOLERANCE, kl, load_with, scaled_latent};
 use common::{fixtures, max_abs_diff, read_tensors};
 
 /// f16 storage rounds each stored activation (relative 2^-11); ~40 layers
@@ -76,4 +77,39 @@ fn auto_bands_only_over_budget() {
     assert!(matches!(tiled("tiny_sd", Tile::Auto, u64::MAX).encode_plan(&input), Plan::Whole { .. }));
     assert!(matches!(tiled("tiny_sd", Tile::Auto, 1).encode_plan(&input), Plan::Banded { .. }));
     assert!(matches!(tiled("tiny_sd", Tile::Off, 1).encode_plan(&input), Plan::Whole { .. }));
+}
+
+#[test]
+fn spilled_bands_are_the_bands_in_memory() {
+    // A budget too small for any activation in memory: all of them spill.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut vae = load_with("tiny_sd", |options| {
+        (options.max_memory, options.tmp_dir) = (Some(1), Some(tmp.path().to_owned()));
+    });
+    let want = read_tensors(&fixtures().join("expected/tiny_sd__kodim03.safetensors"));
+    let (shape, mean) = &want["mean"];
+    let latent = scaled_latent(&vae, shape, mean);
+    let plan = vae.decode_plan(&latent);
+    let Plan::Banded { storage: Storage::F16, spill: Some(spill), .. } = &plan else { panic!("{plan:?}") };
+    assert_eq!((spill.above, spill.dir.as_path()), (0, tmp.path()));
+    // Through the front door: as close to diffusers as f16 bands in memory.
+    let decoded = vae.decode_float(&latent).unwrap();
+    let err = max_abs_diff(&decoded, &want["decoded"].1);
+    assert!(err <= F16_TOLERANCE, "spilled decode off diffusers by {err:e}");
+    // The decoder's graph on the same input, with the same bands and
+    // storage, with and without the disk: the same bits.
+    let graph = kl(&vae).decoder_graph();
+    let device = burn::tensor::Device::flex();
+    let z = || vae::kernels::tensor(mean.clone(), [1, shape[1], shape[2], shape[3]], &device);
+    let rows = Rows::Image { rows: 24, image_height: 8 * shape[2] };
+    for storage in [Storage::F32, Storage::F16] {
+        let run = |spill| {
+            let plan = Plan::Banded { storage, rows, estimate: 0, spill };
+            vae::kernels::values(tiling::run(&graph, z(), &plan).unwrap())
+        };
+        let (in_memory, on_disk) = (run(None), run(Some(spill.clone())));
+        let differ = in_memory.iter().zip(&on_disk).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+        assert_eq!(differ, 0, "{storage:?}: spilled bands differ from bands in memory");
+    }
+    assert!(std::fs::read_dir(tmp.path()).unwrap().next().is_none(), "files left in the spill folder");
 }

@@ -162,9 +162,6 @@ struct DatasetEncodeArgs {
     /// The latent members' format.
     #[arg(long, value_name = "FORMAT", value_enum, default_value_t = MemberFormat::Safetensors)]
     format: MemberFormat,
-    /// Local folder for shards on their way from or to a store. Default: the system's.
-    #[arg(long, value_name = "DIR")]
-    tmp_dir: Option<PathBuf>,
     /// Redo shards whose output exists.
     #[arg(long)]
     force: bool,
@@ -224,6 +221,11 @@ struct ModelArgs {
     /// Default: half of the available memory, at most 1.5 GiB.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_memory: Option<u64>,
+    /// Folder for activations that do not fit --max-memory (in files that
+    /// have no name there, gone when vae ends however it ends), and for
+    /// dataset shards on their way from or to a store. Default: $TMPDIR, else /tmp.
+    #[arg(long, value_name = "DIR")]
+    tmp_dir: Option<PathBuf>,
     /// Inputs of one size computed together, in one pass of the model
     /// (encode, decode, dataset encode): auto is up to 8 on a GPU (at most
     /// 4 megapixels a pass), 1 on the CPU, where a batch is no faster. On
@@ -778,7 +780,7 @@ fn dataset_encode(ctx: &mut Session, args: DatasetEncodeArgs) -> Result<ExitCode
         format: args.format.into(),
         posterior: posterior(&args.input),
         max_pixels: args.input.max_pixels,
-        tmp_dir: args.tmp_dir.clone().unwrap_or_else(std::env::temp_dir),
+        tmp_dir: args.model.tmp_dir.clone().unwrap_or_else(std::env::temp_dir),
         force: args.force,
         quiet: ctx.quiet,
         json: args.json,

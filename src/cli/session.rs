@@ -98,6 +98,7 @@ impl Session {
             },
             tile: args.tile,
             max_memory: args.max_memory,
+            tmp_dir: args.tmp_dir.clone(),
             batch: args.batch_size,
             parts,
             max_pixels,

@@ -328,7 +328,7 @@ mod tests {
     use super::*;
     use crate::model::layers::Linear;
     use crate::model::{GroupNorm, ResnetBlock2d, VAE_NORM_EPS};
-    use crate::tiling::{self, Plan, Rows, Storage, TileOptions};
+    use crate::tiling::{self, Plan, Rows, Spill, Storage, TileOptions};
 
     /// Made up: three normed convolutions with the block's input added once,
     /// at the end (two ResNets sharing one residual), so that the input stays
@@ -482,8 +482,13 @@ mod tests {
         // Bands of 8 rows (4 at half resolution), of 10 (bands that don't
         // divide the image), and one band for the whole.
         for rows in [8, 10, 64] {
-            let plan = Plan::Banded { storage: Storage::F32, rows: Rows::Image { rows, image_height: h }, estimate: 0 };
-            let banded = values(tiling::run(&graph, x(), plan));
+            let plan = Plan::Banded {
+                storage: Storage::F32,
+                rows: Rows::Image { rows, image_height: h },
+                estimate: 0,
+                spill: None,
+            };
+            let banded = values(tiling::run(&graph, x(), &plan).unwrap());
             let err = whole.iter().zip(&banded).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
             // Bands start on even rows, so each convolution computes the
             // whole pass's Winograd tiles, and the GroupNorm coefficients
@@ -492,11 +497,34 @@ mod tests {
             assert_eq!(differ, 0, "{rows}-row bands differ from the whole pass (max abs difference {err:e})");
         }
         // The planner sees the block's steps too: untiled when memory allows,
-        // banded under a budget smaller than the whole pass's estimate.
+        // banded under a budget smaller than the whole pass's estimate, with
+        // every activation spilled to disk under one too small for any.
         let unbounded = TileOptions { max_memory: u64::MAX, ..TileOptions::default() };
         assert!(matches!(unbounded.plan(&graph, (3, h, w), h, 0), Plan::Whole { estimate } if estimate > 0));
-        let tight = TileOptions { max_memory: 1, ..TileOptions::default() };
-        assert!(matches!(tight.plan(&graph, (3, h, w), h, 0), Plan::Banded { .. }));
+        let tmp = tempfile::tempdir().unwrap();
+        let tight = TileOptions { max_memory: 1, tmp_dir: tmp.path().to_owned(), ..TileOptions::default() };
+        let plan = tight.plan(&graph, (3, h, w), h, 0);
+        let Plan::Banded { storage: Storage::F16, spill: Some(spill), .. } = &plan else { panic!("{plan:?}") };
+        assert_eq!((spill.above, spill.dir.as_path()), (0, tmp.path()));
+        assert!(spill.disk >= (16 * h * w * 2) as u64, "{spill:?}");
+        // Spilled activations hold the same values as those in memory, in
+        // both storages: the results are identical, and leave no file behind.
+        for storage in [Storage::F32, Storage::F16] {
+            let rows = Rows::Image { rows: 10, image_height: h };
+            let in_memory = Plan::Banded { storage, rows, estimate: 0, spill: None };
+            let on_disk = Plan::Banded { storage, rows, estimate: 0, spill: Some(spill.clone()) };
+            let in_memory = values(tiling::run(&graph, x(), &in_memory).unwrap());
+            let on_disk = values(tiling::run(&graph, x(), &on_disk).unwrap());
+            let differ = in_memory.iter().zip(&on_disk).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+            assert_eq!(differ, 0, "{storage:?}: spilled bands differ from bands in memory");
+        }
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+        // A folder without the room is refused before the run starts.
+        let full = Spill { disk: u64::MAX, ..spill.clone() };
+        let plan = Plan::Banded { storage: Storage::F16, rows: Rows::Budget(0), estimate: 0, spill: Some(full) };
+        let err = tiling::run(&graph, x(), &plan).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("{}: activations spilled to disk need", tmp.path().display())), "{err}");
+        assert!(err.contains("GiB there") && err.contains("free (--tmp-dir"), "{err}");
     }
 
     #[test]

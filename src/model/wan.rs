@@ -320,9 +320,13 @@ mod tests {
             // Bands of 8 image rows (2 at the latent's), of 12 (bands that
             // do not divide the image), and one band for the whole.
             for rows in [8, 12, 64] {
-                let plan =
-                    Plan::Banded { storage: Storage::F32, rows: Rows::Image { rows, image_height: h }, estimate: 0 };
-                let banded = values(tiling::run(graph, x(), plan));
+                let plan = Plan::Banded {
+                    storage: Storage::F32,
+                    rows: Rows::Image { rows, image_height: h },
+                    estimate: 0,
+                    spill: None,
+                };
+                let banded = values(tiling::run(graph, x(), &plan).unwrap());
                 let differ = whole.iter().zip(&banded).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
                 assert_eq!(differ, 0, "{what}: {rows}-row bands differ from the whole pass");
             }

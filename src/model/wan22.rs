@@ -502,8 +502,9 @@ mod tests {
                         storage: Storage::F32,
                         rows: Rows::Image { rows, image_height: h },
                         estimate: 0,
+                        spill: None,
                     };
-                    let banded = values(tiling::run(graph, x(), plan));
+                    let banded = values(tiling::run(graph, x(), &plan).unwrap());
                     let differ = whole.iter().zip(&banded).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
                     assert_eq!(differ, 0, "{what} (conv3d {conv3d}): {rows}-row bands differ from the whole pass");
                 }

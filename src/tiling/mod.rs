@@ -15,11 +15,20 @@
 //! up to f16 rounding of stored activations when that storage is chosen.
 //! The mid-block attention runs over all positions at once, at the lowest
 //! resolution, as untiled.
+//!
+//! Stored activations grow with the image (a 4096x4096 decode holds 12 GiB
+//! of them at once even in f16): those that do not fit the budget spill to
+//! unnamed files in a temporary folder ([`Spill`]), so the memory a run
+//! needs no longer grows with the image, only the disk.
 
 mod program;
 mod store;
 
+use std::ffi::CString;
 use std::fmt;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use burn::tensor::{Device, Tensor};
@@ -27,7 +36,7 @@ use burn::tensor::{Device, Tensor};
 use crate::kernels;
 use crate::model::Graph;
 pub use program::Peak;
-pub use store::{Activation, Storage};
+pub use store::{Activation, Place, Storage};
 
 /// `--tile`: when to run in bands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,17 +65,70 @@ impl FromStr for Tile {
 }
 
 /// Bounded-memory settings of a run.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct TileOptions {
     pub tile: Tile,
     /// Peak resident memory to stay under, in bytes (the whole process).
     pub max_memory: u64,
+    /// Where activations that do not fit `max_memory` go (`--tmp-dir`).
+    pub tmp_dir: PathBuf,
 }
 
 impl Default for TileOptions {
     fn default() -> Self {
-        Self { tile: Tile::Auto, max_memory: default_max_memory() }
+        Self { tile: Tile::Auto, max_memory: default_max_memory(), tmp_dir: std::env::temp_dir() }
     }
+}
+
+/// Why a banded run failed: the disk it spills to, or the memory it maps.
+#[derive(Debug, thiserror::Error)]
+pub enum TilingError {
+    #[error(
+        "{}: activations spilled to disk need {} there, {} free (--tmp-dir, or a larger --max-memory)",
+        dir.display(), size(*needed), size(*free)
+    )]
+    NoSpace { dir: PathBuf, needed: u64, free: u64 },
+    #[error("{}: activations spilled to disk (--tmp-dir): {cause}", dir.display())]
+    Disk { dir: PathBuf, cause: io::Error },
+    #[error("cannot map memory for an activation: {0}")]
+    Memory(io::Error),
+}
+
+/// Activations a banded run keeps on disk.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spill {
+    /// The folder of their files, which have no name there (nothing is left
+    /// behind, whatever ends the run).
+    pub dir: PathBuf,
+    /// Activations of more bytes than this are spilled.
+    pub above: u64,
+    /// Bytes on disk at the peak.
+    pub disk: u64,
+}
+
+impl Spill {
+    /// Refuses a run whose activations would not fit the folder's free space.
+    fn check_space(&self) -> Result<(), TilingError> {
+        let disk = |cause| TilingError::Disk { dir: self.dir.clone(), cause };
+        let free = free_space(&self.dir).map_err(disk)?;
+        match free >= self.disk {
+            true => Ok(()),
+            false => Err(TilingError::NoSpace { dir: self.dir.clone(), needed: self.disk, free }),
+        }
+    }
+}
+
+/// Bytes that an unprivileged process may still write under `dir`.
+fn free_space(dir: &Path) -> io::Result<u64> {
+    let path = CString::new(dir.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: statvfs is plain data, for which zero bytes are a value.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a NUL-terminated string and `stat` a writable statvfs.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    #[allow(clippy::unnecessary_cast, clippy::useless_conversion)] // u32 or u64 by platform
+    Ok(u64::from(stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
 }
 
 const GIB: u64 = 1 << 30;
@@ -74,6 +136,14 @@ const GIB: u64 = 1 << 30;
 /// Bytes in GiB, for messages.
 pub fn gib(bytes: u64) -> f64 {
     bytes as f64 / GIB as f64
+}
+
+/// Bytes in GiB, or in MiB below one GiB, for messages.
+fn size(bytes: u64) -> String {
+    match bytes >= GIB {
+        true => format!("{:.2} GiB", gib(bytes)),
+        false => format!("{:.1} MiB", bytes as f64 / MIB as f64),
+    }
 }
 const MIB: u64 = 1 << 20;
 
@@ -126,12 +196,12 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 /// How one encode or decode runs.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Plan {
     /// The plain forward pass.
     Whole { estimate: u64 },
-    /// Passes over whole activations, in bands.
-    Banded { storage: Storage, rows: Rows, estimate: u64 },
+    /// Passes over whole activations, in bands; `estimate` is the memory.
+    Banded { storage: Storage, rows: Rows, estimate: u64, spill: Option<Spill> },
 }
 
 /// Rows per band.
@@ -159,9 +229,9 @@ impl Rows {
 
 impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            Plan::Whole { estimate } => write!(f, "untiled, estimated peak {:.2} GiB", gib(estimate)),
-            Plan::Banded { storage, rows, estimate } => {
+        match self {
+            Plan::Whole { estimate } => write!(f, "untiled, estimated peak {:.2} GiB", gib(*estimate)),
+            Plan::Banded { storage, rows, estimate, spill } => {
                 let storage = match storage {
                     Storage::F32 => "f32",
                     Storage::F16 => "f16",
@@ -170,7 +240,12 @@ impl fmt::Display for Plan {
                     Rows::Image { rows, .. } => write!(f, "bands of {rows} image rows")?,
                     Rows::Budget(bytes) => write!(f, "bands of {} MiB", bytes / MIB)?,
                 }
-                write!(f, ", activations stored in {storage}, estimated peak {:.2} GiB", gib(estimate))
+                write!(f, ", activations stored in {storage}")?;
+                if let Some(Spill { dir, above, disk }) = spill {
+                    let (above, disk) = (size(*above), size(*disk));
+                    write!(f, ", those over {above} on disk in {} ({disk})", dir.display())?;
+                }
+                write!(f, ", estimated peak {:.2} GiB", gib(*estimate))
             }
         }
     }
@@ -188,48 +263,88 @@ impl TileOptions {
     /// Chooses how to run `graph` (a model's encoder or decoder) on an input
     /// of `shape` (`[C, H, W]`) whose image has `image_height` rows, given
     /// `resident` bytes already in use (weights and the process itself).
+    ///
+    /// Stored activations stay in memory, in f32 when they fit, else in
+    /// f16; when even f16 does not fit, the largest spill to disk (in f16),
+    /// as many as it takes to leave the in-memory ones and a band's
+    /// temporaries within the budget.
     pub fn plan(&self, graph: &Graph, shape: (usize, usize, usize), image_height: usize, resident: u64) -> Plan {
-        let peak = |storage, rows| program::peak(graph, shape, storage, rows);
+        let peak = |storage, rows, above| program::peak(graph, shape, storage, rows, above);
         // Untiled, everything lives on the heap, which reuses freed blocks.
-        let whole = resident + peak(Storage::F32, Rows::Budget(u64::MAX)).together;
-        let banded = |storage: Storage, rows: Rows| Plan::Banded {
-            storage,
-            rows,
-            estimate: resident + peak(storage, rows).banded(),
+        let whole = resident + peak(Storage::F32, Rows::Budget(u64::MAX), u64::MAX).together;
+        let banded = |storage: Storage, rows: Rows, above: u64| {
+            let peak = peak(storage, rows, above);
+            let spill = (peak.disk > 0).then(|| Spill { dir: self.tmp_dir.clone(), above, disk: peak.disk });
+            Plan::Banded { storage, rows, estimate: resident + peak.banded(), spill }
         };
         let budget = self.max_memory;
-        let fits = |storage| {
-            let stored = resident + peak(storage, Rows::Budget(0)).stored;
+        // Band temporaries' share when activations over `above` bytes spill.
+        let fits = |storage, above| {
+            let stored = resident + peak(storage, Rows::Budget(0), above).stored;
             (stored + MIN_BAND_BYTES <= budget)
                 .then(|| Rows::Budget((budget - stored).clamp(MIN_BAND_BYTES, MAX_BAND_BYTES)))
         };
+        // The fewest spilled: every size of activation, largest first, is
+        // tried as the line above which they spill, until the estimate with
+        // the smallest bands (and the attention's whole arrays) fits; when
+        // none does, all of them spill.
+        let spilled = || {
+            let mut sizes = program::stored_bytes(graph, shape, Storage::F16);
+            sizes.push(0);
+            sizes.sort_unstable_by(|a, b| b.cmp(a));
+            sizes.dedup();
+            let least = |above| resident + peak(Storage::F16, Rows::Budget(MIN_BAND_BYTES), above).banded();
+            match sizes.into_iter().find(|&above| least(above) <= budget) {
+                Some(above) => {
+                    let stored = resident + peak(Storage::F16, Rows::Budget(0), above).stored;
+                    (above, Rows::Budget((budget - stored).clamp(MIN_BAND_BYTES, MAX_BAND_BYTES)))
+                }
+                None => (0, Rows::Budget(MIN_BAND_BYTES)),
+            }
+        };
+        let all = u64::MAX;
         match self.tile {
             Tile::Off => Plan::Whole { estimate: whole },
             Tile::Auto if whole <= budget => Plan::Whole { estimate: whole },
-            Tile::Auto => match (fits(Storage::F32), fits(Storage::F16)) {
-                (Some(rows), _) => banded(Storage::F32, rows),
-                (None, Some(rows)) => banded(Storage::F16, rows),
-                (None, None) => banded(Storage::F16, Rows::Budget(MIN_BAND_BYTES)),
+            Tile::Auto => match (fits(Storage::F32, all), fits(Storage::F16, all)) {
+                (Some(rows), _) => banded(Storage::F32, rows, all),
+                (None, Some(rows)) => banded(Storage::F16, rows, all),
+                (None, None) => {
+                    let (above, rows) = spilled();
+                    banded(Storage::F16, rows, above)
+                }
             },
             Tile::Rows(rows) => {
                 let rows = Rows::Image { rows, image_height };
-                let storage = if fits(Storage::F32).is_some() { Storage::F32 } else { Storage::F16 };
-                banded(storage, rows)
+                match (fits(Storage::F32, all), fits(Storage::F16, all)) {
+                    (Some(_), _) => banded(Storage::F32, rows, all),
+                    (None, Some(_)) => banded(Storage::F16, rows, all),
+                    (None, None) => banded(Storage::F16, rows, spilled().0),
+                }
             }
         }
     }
 }
 
 /// Runs `graph` on `x` (`[B, C, H, W]`) as `plan` says: the plain forward
-/// pass ([`Graph::forward`]) or, for one input (`B = 1`), in bands.
-pub fn run(graph: &Graph, x: Tensor<4>, plan: Plan) -> Tensor<4> {
+/// pass ([`Graph::forward`]) or, for one input (`B = 1`), in bands. A plan
+/// that spills is refused before it starts when its folder has too little
+/// free space.
+pub fn run(graph: &Graph, x: Tensor<4>, plan: &Plan) -> Result<Tensor<4>, TilingError> {
     match plan {
-        Plan::Whole { .. } => graph.forward(x),
-        Plan::Banded { storage, rows, .. } => {
+        Plan::Whole { .. } => Ok(graph.forward(x)),
+        Plan::Banded { storage, rows, spill, .. } => {
+            if let Some(spill) = spill {
+                spill.check_space()?;
+            }
             let device: Device = x.device();
-            let out = program::run(graph, program::activation(x), storage, rows, &device);
+            let out = program::run(graph, x, *storage, *rows, spill.as_ref(), &device)?;
             let shape = [1, out.channels, out.height, out.width];
-            kernels::tensor(out.into_values(), shape, &device)
+            let values = out.into_values().map_err(|cause| match spill {
+                Some(spill) => TilingError::Disk { dir: spill.dir.clone(), cause },
+                None => TilingError::Memory(cause),
+            })?;
+            Ok(kernels::tensor(values, shape, &device))
         }
     }
 }

@@ -13,12 +13,17 @@
 //! of its output reads its own input rows. The result is the untiled
 //! forward pass, computed with a bounded working set. Nothing here knows the
 //! model's blocks: only the three kinds of step.
+//!
+//! Each activation is stored in memory or, when the plan spills those of its
+//! size ([`Spill`]), on disk: the same values either way.
+
+use std::io;
 
 use burn::tensor::{Device, Tensor};
 use rayon::prelude::*;
 
-use super::Rows;
-use super::store::{Activation, Storage};
+use super::store::{Activation, Place, Storage};
+use super::{Rows, Spill, TilingError};
 use crate::kernels;
 use crate::model::{ConvOp, Graph, Op, Resample, Residual, ShuffleOp, Step};
 
@@ -56,18 +61,62 @@ fn in_place(graph: &Graph, i: usize, last: &[usize], c_in: usize) -> bool {
     same_size && !own_residual && input != 0 && step.output != graph.output() && last[input] == i
 }
 
+/// How step `i` of `graph` stores its output: the graph's output, and
+/// attention's (a whole array at the lowest resolution), in f32.
+fn storage_of(graph: &Graph, i: usize, storage: Storage) -> Storage {
+    let step = &graph.steps()[i];
+    match step.output == graph.output() || matches!(step.op, Op::Attention(_)) {
+        true => Storage::F32,
+        false => storage,
+    }
+}
+
+/// Where an activation of `bytes` goes.
+fn place(spill: Option<&Spill>, bytes: u64) -> Place<'_> {
+    match spill {
+        Some(spill) if bytes > spill.above => Place::Disk(&spill.dir),
+        _ => Place::Memory,
+    }
+}
+
+/// Bytes of each buffer of a banded run of `graph` on an input of `shape`
+/// (the input in f32), with intermediate activations stored as `storage`.
+pub fn stored_bytes(graph: &Graph, shape: (usize, usize, usize), storage: Storage) -> Vec<u64> {
+    let mut shapes = vec![(0, 0, 0); graph.buffers()];
+    let mut bytes = vec![0; graph.buffers()];
+    shapes[0] = shape;
+    bytes[0] = Activation::bytes(shape, Storage::F32);
+    for (i, step) in graph.steps().iter().enumerate() {
+        let (c_in, h_in, w_in) = shapes[step.input.index()];
+        let out = match step.op {
+            Op::Conv(ConvOp { conv, resample, .. }) => {
+                let (h, w) = resample.output_size(h_in, w_in);
+                (conv.c_out(), h, w)
+            }
+            Op::Attention(_) => (c_in, h_in, w_in),
+            Op::Shuffle(ShuffleOp { shuffle, .. }) => {
+                let (h, w) = shuffle.output_size(h_in, w_in);
+                (shuffle.c_out(), h, w)
+            }
+        };
+        shapes[step.output.index()] = out;
+        bytes[step.output.index()] = Activation::bytes(out, storage_of(graph, i, storage));
+    }
+    bytes
+}
+
 /// Estimated peak bytes of a banded run of `graph` on an input of `[c, h, w]`,
-/// with intermediate activations stored as `storage` (input and output in f32).
-pub fn peak(graph: &Graph, (c, h, w): (usize, usize, usize), storage: Storage, rows: Rows) -> Peak {
+/// with intermediate activations stored as `storage` (input and output in f32)
+/// and those of more than `spill_above` bytes on disk.
+pub fn peak(graph: &Graph, (c, h, w): (usize, usize, usize), storage: Storage, rows: Rows, spill_above: u64) -> Peak {
     let last = graph.last_reads();
-    let output = graph.output().index();
     let mut shapes = vec![(0, 0, 0); graph.buffers()];
     shapes[0] = (c, h, w);
-    let bytes = |buf: usize, (c, h, w): (usize, usize, usize)| {
-        let per = if buf == 0 || buf == output { 4 } else { storage.bytes() };
-        (c * h * w) as u64 * per
-    };
-    let mut live = bytes(0, shapes[0]);
+    let bytes = stored_bytes(graph, (c, h, w), storage);
+    // Live bytes in memory and on disk.
+    let mut live = [0u64; 2];
+    let at = |buf: usize| usize::from(bytes[buf] > spill_above);
+    live[at(0)] += bytes[0];
     let mut peak = Peak::default();
     for (i, step) in graph.steps().iter().enumerate() {
         let (input, out) = (step.input.index(), step.output.index());
@@ -92,34 +141,50 @@ pub fn peak(graph: &Graph, (c, h, w): (usize, usize, usize), storage: Storage, r
         // In place, the output takes over the input's bytes.
         let in_place = in_place(graph, i, &last, c_in);
         if !in_place {
-            live += bytes(out, shape);
+            live[at(out)] += bytes[out];
         }
-        peak.stored = peak.stored.max(live);
+        peak.stored = peak.stored.max(live[0]);
+        peak.disk = peak.disk.max(live[1]);
         peak.temporaries = peak.temporaries.max(temporaries);
-        peak.together = peak.together.max(live + temporaries);
+        peak.together = peak.together.max(live[0] + temporaries);
         // A step may add its own input: that buffer is freed once.
         let residual = step.residual().map(|r| r.index()).filter(|&r| r != input);
         let freed = [(!in_place).then_some(input), residual];
         for buf in freed.into_iter().flatten() {
             if last[buf] == i {
-                live -= bytes(buf, shapes[buf]);
+                live[at(buf)] -= bytes[buf];
             }
         }
     }
     peak
 }
 
-/// Runs the steps of `graph` on `input`, storing intermediate buffers as `storage`.
-pub fn run(graph: &Graph, input: Activation, storage: Storage, rows: Rows, device: &Device) -> Activation {
+/// Runs the steps of `graph` on `x` (`[1, C, H, W]`), storing intermediate
+/// buffers as `storage`, those over `spill`'s size on disk; returns the output.
+pub fn run(
+    graph: &Graph,
+    x: Tensor<4>,
+    storage: Storage,
+    rows: Rows,
+    spill: Option<&Spill>,
+    device: &Device,
+) -> Result<Activation, TilingError> {
+    let failed = |cause: io::Error| match spill {
+        Some(spill) => TilingError::Disk { dir: spill.dir.clone(), cause },
+        None => TilingError::Memory(cause),
+    };
     let last = graph.last_reads();
     let mut buffers: Vec<Option<Activation>> = (0..graph.buffers()).map(|_| None).collect();
-    buffers[0] = Some(input);
+    let [_, c, h, w] = x.dims();
+    let input = kernels::values(x);
+    let at = place(spill, Activation::bytes((c, h, w), Storage::F32));
+    buffers[0] = Some(Activation::from_values(&input, c, h, w, at).map_err(failed)?);
+    drop(input);
     for (i, step) in graph.steps().iter().enumerate() {
-        let is_output = step.output == graph.output();
-        let storage = if is_output { Storage::F32 } else { storage };
+        let storage = storage_of(graph, i, storage);
         let c_in = buffers[step.input.index()].as_ref().map_or(0, |x| x.channels);
         let reuse = in_place(graph, i, &last, c_in);
-        let out = run_step(step, &mut buffers, storage, reuse, rows, device);
+        let out = run_step(step, &mut buffers, Stored { storage, spill }, reuse, rows, device).map_err(failed)?;
         buffers[step.output.index()] = Some(out);
         for buf in step.reads() {
             if last[buf.index()] == i {
@@ -127,14 +192,30 @@ pub fn run(graph: &Graph, input: Activation, storage: Storage, rows: Rows, devic
             }
         }
     }
-    buffers[graph.output().index()].take().expect("the last step writes the output")
+    Ok(buffers[graph.output().index()].take().expect("the last step writes the output"))
+}
+
+/// How a step stores its output: as `storage`, on disk when `spill` says.
+#[derive(Clone, Copy)]
+struct Stored<'a> {
+    storage: Storage,
+    spill: Option<&'a Spill>,
+}
+
+impl Stored<'_> {
+    /// A zeroed `[c, h, w]` output.
+    fn zeroed(self, (c, h, w): (usize, usize, usize)) -> io::Result<Activation> {
+        Activation::new(c, h, w, self.storage, place(self.spill, Activation::bytes((c, h, w), self.storage)))
+    }
 }
 
 /// Memory a run needs at its peak.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Peak {
-    /// Stored activations, at the step that holds the most.
+    /// Stored activations in memory, at the step that holds the most.
     pub stored: u64,
+    /// Stored activations on disk, at the step that holds the most.
+    pub disk: u64,
     /// Band temporaries, at the step that needs the most.
     pub temporaries: u64,
     /// Both, at the step where their sum is largest.
@@ -174,27 +255,29 @@ fn band_bytes_per_row(
 fn run_step(
     step: &Step,
     buffers: &mut [Option<Activation>],
-    storage: Storage,
+    stored: Stored,
     reuse: bool,
     rows: Rows,
     device: &Device,
-) -> Activation {
+) -> io::Result<Activation> {
     let input = step.input.index();
     let x = buffers[input].as_ref().expect("a step reads a live buffer");
     let (c_in, h_in, w_in) = (x.channels, x.height, x.width);
     let ConvOp { norm, conv, resample, residual } = match step.op {
         Op::Attention(attention) => {
-            let whole = kernels::tensor(x.read_rows(0, h_in), [1, c_in, h_in, w_in], device);
-            return Activation::from_values(kernels::values(attention.forward(whole)), c_in, h_in, w_in);
+            let whole = kernels::tensor(x.read_rows(0, h_in)?, [1, c_in, h_in, w_in], device);
+            let mut out = stored.zeroed((c_in, h_in, w_in))?;
+            out.write_rows(0, h_in, &kernels::values(attention.forward(whole)), h_in, 0)?;
+            return Ok(out);
         }
-        Op::Shuffle(op) => return run_shuffle(x, op, buffers, storage, rows, device),
+        Op::Shuffle(op) => return run_shuffle(x, op, buffers, stored, rows, device),
         Op::Conv(op) => op,
     };
     let ((h_out, w_out), c_out) = (resample.output_size(h_in, w_in), conv.c_out());
     let (sums, plane) = (x.sums().to_vec(), x.plane());
     let mut out = match reuse {
         true => buffers[input].take().expect("checked above").cleared_sums(),
-        false => Activation::new(c_out, h_out, w_out, storage),
+        false => stored.zeroed((c_out, h_out, w_out))?,
     };
     let mut pending: Option<Band> = None;
     let c_res = residual.and_then(|r| buffers[r.buffer.index()].as_ref()).map_or(0, |r| r.channels);
@@ -203,7 +286,7 @@ fn run_step(
         let o1 = (o0 + band).min(h_out);
         let (i0, i1, first) = input_rows(resample, o0, o1, h_in, conv.pad_top());
         let x = if reuse { &out } else { buffers[input].as_ref().expect("a step reads a live buffer") };
-        let mut band_in = kernels::tensor(x.read_rows(i0, i1), [1, c_in, i1 - i0, w_in], device);
+        let mut band_in = kernels::tensor(x.read_rows(i0, i1)?, [1, c_in, i1 - i0, w_in], device);
         if let Some(norm) = norm {
             band_in = norm.forward_silu_with(band_in, &sums, plane);
         }
@@ -215,7 +298,7 @@ fn run_step(
         let mut y = kernels::values(y);
         if let Some(Residual { buffer, shortcut }) = residual {
             let r = buffers[buffer.index()].as_ref().expect("a residual is a live buffer");
-            let mut res = r.read_rows(o0, o1);
+            let mut res = r.read_rows(o0, o1)?;
             if let Some(shortcut) = shortcut {
                 let t = kernels::tensor(res, [1, r.channels, o1 - o0, w_out], device);
                 res = kernels::values(shortcut.forward(t));
@@ -224,14 +307,14 @@ fn run_step(
         }
         let done = Band { row: o0, rows: o1 - o0, values: y, src_rows: y_rows, skip: o0 - first };
         match reuse {
-            true => pending.replace(done).into_iter().for_each(|b| b.write(&mut out)),
-            false => done.write(&mut out),
+            true => pending.replace(done).map_or(Ok(()), |b| b.write(&mut out))?,
+            false => done.write(&mut out)?,
         }
     }
     if let Some(b) = pending {
-        b.write(&mut out);
+        b.write(&mut out)?;
     }
-    out
+    Ok(out)
 }
 
 /// Bytes of temporaries per output row of a shuffle: the input rows read
@@ -248,27 +331,27 @@ fn run_shuffle(
     x: &Activation,
     ShuffleOp { shuffle, plus }: ShuffleOp,
     buffers: &[Option<Activation>],
-    storage: Storage,
+    stored: Stored,
     rows: Rows,
     device: &Device,
-) -> Activation {
+) -> io::Result<Activation> {
     let (c_in, h_in, w_in) = (x.channels, x.height, x.width);
     let ((h_out, w_out), c_out) = (shuffle.output_size(h_in, w_in), shuffle.c_out());
-    let mut out = Activation::new(c_out, h_out, w_out, storage);
+    let mut out = stored.zeroed((c_out, h_out, w_out))?;
     let band = rows.for_pass(shuffle_bytes_per_row(c_in, w_in, c_out, w_out, plus.is_some(), shuffle.down()), h_out);
     for o0 in (0..h_out).step_by(band) {
         let o1 = (o0 + band).min(h_out);
         let (i0, i1, first) = shuffle.input_rows(o0, o1, h_in);
-        let y = shuffle.forward(kernels::tensor(x.read_rows(i0, i1), [1, c_in, i1 - i0, w_in], device));
+        let y = shuffle.forward(kernels::tensor(x.read_rows(i0, i1)?, [1, c_in, i1 - i0, w_in], device));
         let y_rows = y.dims()[2];
         let mut y = kernels::values(y);
         if let Some(buffer) = plus {
             let r = buffers[buffer.index()].as_ref().expect("a residual is a live buffer");
-            add_rows(&mut y, &r.read_rows(o0, o1), y_rows, o0 - first, (o1 - o0) * w_out);
+            add_rows(&mut y, &r.read_rows(o0, o1)?, y_rows, o0 - first, (o1 - o0) * w_out);
         }
-        Band { row: o0, rows: o1 - o0, values: y, src_rows: y_rows, skip: o0 - first }.write(&mut out);
+        Band { row: o0, rows: o1 - o0, values: y, src_rows: y_rows, skip: o0 - first }.write(&mut out)?;
     }
-    out
+    Ok(out)
 }
 
 /// Computed rows waiting to be stored: rows `[row, row + rows)` are rows
@@ -282,8 +365,8 @@ struct Band {
 }
 
 impl Band {
-    fn write(self, out: &mut Activation) {
-        out.write_rows(self.row, self.rows, &self.values, self.src_rows, self.skip);
+    fn write(self, out: &mut Activation) -> io::Result<()> {
+        out.write_rows(self.row, self.rows, &self.values, self.src_rows, self.skip)
     }
 }
 
@@ -297,10 +380,4 @@ fn add_rows(y: &mut [f32], res: &[f32], y_rows: usize, skip: usize, band_plane: 
             *d += r;
         }
     });
-}
-
-/// Image `[3, H, W]` or latent `[C, h, w]` as a whole f32 activation.
-pub fn activation(x: Tensor<4>) -> Activation {
-    let [_, c, h, w] = x.dims();
-    Activation::from_values(kernels::values(x), c, h, w)
 }

@@ -1,6 +1,20 @@
 //! Whole activations kept between the passes of a banded run: one `[C, H, W]`
-//! array per live buffer, in f32 or f16, with each channel's sums of the
-//! values written (the GroupNorm statistics the next pass needs).
+//! array per live buffer, in f32 or f16, in memory or spilled to disk, with
+//! each channel's sums of the values written (the GroupNorm statistics the
+//! next pass needs).
+//!
+//! A spilled activation is an unnamed temporary file (`O_TMPFILE` where the
+//! file system has it), so nothing is left behind on exit, Ctrl-C or a crash.
+//! Bands move through it with `pread`/`pwrite` rather than a shared mapping:
+//! a mapping's touched pages would count as resident memory until dropped
+//! by hand, and a write into a mapping on a full disk is a SIGBUS, where
+//! `pwrite` returns an error. Its whole size is reserved when it is created
+//! (`posix_fallocate`), so a full disk shows there, before any work.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
@@ -26,6 +40,14 @@ impl Storage {
     }
 }
 
+/// Where a stored activation lives.
+#[derive(Debug, Clone, Copy)]
+pub enum Place<'a> {
+    Memory,
+    /// An unnamed file in this folder.
+    Disk(&'a Path),
+}
+
 /// A `[C, H, W]` activation written in bands of rows.
 pub struct Activation {
     pub channels: usize,
@@ -37,8 +59,39 @@ pub struct Activation {
 }
 
 enum Data {
-    F32(Mapped<f32>),
-    F16(Mapped<f16>),
+    F32(Values<f32>),
+    F16(Values<f16>),
+}
+
+/// The values of an activation, `[C, H, W]` in one array.
+enum Values<T> {
+    Memory(Mapped<T>),
+    Disk(Spilled<T>),
+}
+
+/// Plain numbers, for which every bit pattern is a value and zero bytes are
+/// zero, stored from and read back into f32.
+trait Plain: Copy + Send + Sync + Default {
+    fn from_f32s(src: &[f32], dst: &mut [Self]);
+    fn to_f32s(src: &[Self], dst: &mut [f32]);
+}
+
+impl Plain for f32 {
+    fn from_f32s(src: &[f32], dst: &mut [Self]) {
+        dst.copy_from_slice(src);
+    }
+    fn to_f32s(src: &[Self], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
+    }
+}
+
+impl Plain for f16 {
+    fn from_f32s(src: &[f32], dst: &mut [Self]) {
+        dst.convert_from_f32_slice(src);
+    }
+    fn to_f32s(src: &[Self], dst: &mut [f32]) {
+        src.convert_to_f32_slice(dst);
+    }
 }
 
 /// A zeroed array in its own anonymous memory map, returned to the system
@@ -51,25 +104,11 @@ struct Mapped<T> {
     _values: std::marker::PhantomData<T>,
 }
 
-/// Plain numbers, for which every bit pattern is a value and zero bytes are zero.
-trait Plain: Copy {}
-impl Plain for f32 {}
-impl Plain for f16 {}
-
 impl<T: Plain> Mapped<T> {
-    fn zeroed(len: usize) -> Self {
+    fn zeroed(len: usize) -> io::Result<Self> {
         let bytes = (len * std::mem::size_of::<T>()).max(1);
-        let map = memmap2::MmapOptions::new()
-            .len(bytes)
-            .map_anon()
-            .unwrap_or_else(|e| panic!("cannot map {bytes} bytes for an activation: {e}"));
-        Self { map, len, _values: std::marker::PhantomData }
-    }
-
-    fn from_slice(values: &[T]) -> Self {
-        let mut m = Self::zeroed(values.len());
-        m.copy_from_slice(values);
-        m
+        let map = memmap2::MmapOptions::new().len(bytes).map_anon()?;
+        Ok(Self { map, len, _values: std::marker::PhantomData })
     }
 }
 
@@ -89,21 +128,140 @@ impl<T: Plain> std::ops::DerefMut for Mapped<T> {
     }
 }
 
+/// A zeroed array of `len` values in an unnamed file, its space reserved.
+struct Spilled<T> {
+    file: File,
+    /// Its folder, for a wider copy.
+    dir: PathBuf,
+    _values: std::marker::PhantomData<T>,
+}
+
+impl<T: Plain> Spilled<T> {
+    fn zeroed(len: usize, dir: &Path) -> io::Result<Self> {
+        let file = tempfile::tempfile_in(dir)?;
+        reserve(&file, (len * std::mem::size_of::<T>()) as u64)?;
+        Ok(Self { file, dir: dir.to_owned(), _values: std::marker::PhantomData })
+    }
+
+    /// Values `[start, start + dst.len())`, as f32.
+    fn read(&self, start: usize, dst: &mut [f32]) -> io::Result<()> {
+        let mut values = vec![T::default(); dst.len()];
+        self.file.read_exact_at(as_bytes_mut(&mut values), Self::offset(start))?;
+        T::to_f32s(&values, dst);
+        Ok(())
+    }
+
+    /// Stores `src` as values `[start, start + src.len())`.
+    fn write(&self, start: usize, src: &[f32]) -> io::Result<()> {
+        let mut values = vec![T::default(); src.len()];
+        T::from_f32s(src, &mut values);
+        self.file.write_all_at(as_bytes_mut(&mut values), Self::offset(start))
+    }
+
+    fn offset(start: usize) -> u64 {
+        (start * std::mem::size_of::<T>()) as u64
+    }
+}
+
+/// The bytes of plain values.
+fn as_bytes_mut<T: Plain>(values: &mut [T]) -> &mut [u8] {
+    // SAFETY: T is plain data (any bytes are a value), the slice covers
+    // exactly the values' memory, and u8 has no alignment requirement.
+    unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast(), std::mem::size_of_val(values)) }
+}
+
+/// Makes `file` `bytes` long with its blocks allocated, so that a full disk
+/// is an error now (ENOSPC) rather than partway through a run.
+#[cfg(target_os = "linux")]
+fn reserve(file: &File, bytes: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let len = libc::off_t::try_from(bytes).map_err(|_| io::Error::from(io::ErrorKind::FileTooLarge))?;
+    // SAFETY: the descriptor is open for writing for the duration of the call.
+    match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len.max(1)) } {
+        0 => Ok(()),
+        errno => Err(io::Error::from_raw_os_error(errno)),
+    }
+}
+
+/// Elsewhere a sparse file: a full disk shows when a band is written.
+#[cfg(not(target_os = "linux"))]
+fn reserve(file: &File, bytes: u64) -> io::Result<()> {
+    file.set_len(bytes)
+}
+
+impl<T: Plain> Values<T> {
+    fn zeroed(len: usize, place: Place) -> io::Result<Self> {
+        Ok(match place {
+            Place::Memory => Values::Memory(Mapped::zeroed(len)?),
+            Place::Disk(dir) => Values::Disk(Spilled::zeroed(len, dir)?),
+        })
+    }
+
+    /// Values `[start, start + dst.len())` of each `plane`-long channel, into
+    /// the channel's `dst.len() / channels` chunk of `dst`, as f32.
+    fn read(&self, plane: usize, start: usize, dst: &mut [f32], channels: usize) -> io::Result<()> {
+        let n = dst.len() / channels.max(1);
+        let at = |c: usize| c * plane + start;
+        match self {
+            Values::Memory(v) => {
+                dst.par_chunks_mut(n.max(1)).enumerate().for_each(|(c, d)| T::to_f32s(&v[at(c)..at(c) + n], d));
+                Ok(())
+            }
+            Values::Disk(f) => dst.par_chunks_mut(n.max(1)).enumerate().try_for_each(|(c, d)| f.read(at(c), d)),
+        }
+    }
+
+    /// Stores `part(c)` at value `start` of each `plane`-long channel `c`.
+    fn write<'s>(
+        &mut self,
+        plane: usize,
+        start: usize,
+        channels: usize,
+        part: impl Fn(usize) -> &'s [f32] + Sync,
+    ) -> io::Result<()> {
+        match self {
+            Values::Memory(v) => {
+                v.par_chunks_mut(plane.max(1)).take(channels).enumerate().for_each(|(c, d)| {
+                    let src = part(c);
+                    T::from_f32s(src, &mut d[start..start + src.len()]);
+                });
+                Ok(())
+            }
+            Values::Disk(f) => (0..channels).into_par_iter().try_for_each(|c| f.write(c * plane + start, part(c))),
+        }
+    }
+}
+
+impl Data {
+    fn read(&self, plane: usize, start: usize, dst: &mut [f32], channels: usize) -> io::Result<()> {
+        match self {
+            Data::F32(v) => v.read(plane, start, dst, channels),
+            Data::F16(v) => v.read(plane, start, dst, channels),
+        }
+    }
+}
+
 impl Activation {
-    pub fn new(channels: usize, height: usize, width: usize, storage: Storage) -> Self {
+    pub fn new(channels: usize, height: usize, width: usize, storage: Storage, place: Place) -> io::Result<Self> {
         let n = channels * height * width;
         let data = match storage {
-            Storage::F32 => Data::F32(Mapped::zeroed(n)),
-            Storage::F16 => Data::F16(Mapped::zeroed(n)),
+            Storage::F32 => Data::F32(Values::zeroed(n, place)?),
+            Storage::F16 => Data::F16(Values::zeroed(n, place)?),
         };
-        Self { channels, height, width, data, sums: vec![[0.0; 2]; channels] }
+        Ok(Self { channels, height, width, data, sums: vec![[0.0; 2]; channels] })
     }
 
     /// A whole `[C, H, W]` array, kept in f32.
-    pub fn from_values(values: Vec<f32>, channels: usize, height: usize, width: usize) -> Self {
+    pub fn from_values(values: &[f32], channels: usize, height: usize, width: usize, place: Place) -> io::Result<Self> {
         assert_eq!(values.len(), channels * height * width, "activation shape");
-        let sums = channel_sums(&values, height * width);
-        Self { channels, height, width, data: Data::F32(Mapped::from_slice(&values)), sums }
+        let mut a = Self::new(channels, height, width, Storage::F32, place)?;
+        a.write_rows(0, height, values, height, 0)?;
+        Ok(a)
+    }
+
+    /// Bytes of `[c, h, w]` values stored as `storage`.
+    pub fn bytes((c, h, w): (usize, usize, usize), storage: Storage) -> u64 {
+        (c * h * w) as u64 * storage.bytes()
     }
 
     /// The same buffer, to be overwritten: its sums start again from zero.
@@ -121,57 +279,74 @@ impl Activation {
         self.height * self.width
     }
 
+    /// Whether the values are in a file.
+    pub fn spilled(&self) -> bool {
+        matches!(self.data, Data::F32(Values::Disk(_)) | Data::F16(Values::Disk(_)))
+    }
+
     /// Rows `[r0, r1)` of every channel, as `[C, r1 - r0, W]` f32 values.
-    pub fn read_rows(&self, r0: usize, r1: usize) -> Vec<f32> {
-        let (w, plane, rows) = (self.width, self.plane(), r1 - r0);
-        let mut out = vec![0.0f32; self.channels * rows * w];
-        let src = |c: usize| c * plane + r0 * w..c * plane + r1 * w;
-        match &self.data {
-            Data::F32(v) => out.par_chunks_mut(rows * w).enumerate().for_each(|(c, d)| d.copy_from_slice(&v[src(c)])),
-            Data::F16(v) => {
-                out.par_chunks_mut(rows * w).enumerate().for_each(|(c, d)| v[src(c)].convert_to_f32_slice(d))
-            }
-        }
-        out
+    pub fn read_rows(&self, r0: usize, r1: usize) -> io::Result<Vec<f32>> {
+        let mut out = vec![0.0f32; self.channels * (r1 - r0) * self.width];
+        self.data.read(self.plane(), r0 * self.width, &mut out, self.channels)?;
+        Ok(out)
     }
 
     /// Writes rows `[r0, r0 + rows)` from `values`, a `[C, src_rows, W]` array
     /// whose row `skip` is row `r0`, and adds them to the channel sums.
-    pub fn write_rows(&mut self, r0: usize, rows: usize, values: &[f32], src_rows: usize, skip: usize) {
-        let (w, plane) = (self.width, self.plane());
+    pub fn write_rows(
+        &mut self,
+        r0: usize,
+        rows: usize,
+        values: &[f32],
+        src_rows: usize,
+        skip: usize,
+    ) -> io::Result<()> {
+        let (w, plane, channels) = (self.width, self.plane(), self.channels);
         let part = |c: usize| &values[(c * src_rows + skip) * w..(c * src_rows + skip + rows) * w];
         if let Data::F16(v) = &self.data
-            && (0..self.channels).any(|c| part(c).iter().any(|x| x.is_finite() && !f16::from_f32(*x).is_finite()))
+            && (0..channels).any(|c| part(c).iter().any(|x| x.is_finite() && !f16::from_f32(*x).is_finite()))
         {
-            let mut wide = Mapped::zeroed(v.len());
-            v.convert_to_f32_slice(&mut wide);
-            self.data = Data::F32(wide);
+            self.data = Data::F32(self.widened(v)?);
         }
         let band_sums: Vec<[f64; 2]> =
-            (0..self.channels).into_par_iter().map(|c| channel_sums(part(c), rows * w)[0]).collect();
+            (0..channels).into_par_iter().map(|c| channel_sums(part(c), rows * w)[0]).collect();
         for (total, band) in self.sums.iter_mut().zip(band_sums) {
             total[0] += band[0];
             total[1] += band[1];
         }
-        let band = r0 * w..(r0 + rows) * w;
         match &mut self.data {
-            Data::F32(v) => {
-                v.par_chunks_mut(plane).enumerate().for_each(|(c, d)| d[band.clone()].copy_from_slice(part(c)))
-            }
-            Data::F16(v) => {
-                v.par_chunks_mut(plane).enumerate().for_each(|(c, d)| d[band.clone()].convert_from_f32_slice(part(c)))
-            }
+            Data::F32(v) => v.write(plane, r0 * w, channels, part),
+            Data::F16(v) => v.write(plane, r0 * w, channels, part),
         }
     }
 
-    /// The values as f32, `[C, H, W]`.
-    pub fn into_values(self) -> Vec<f32> {
-        match self.data {
-            Data::F32(v) => v.to_vec(),
-            Data::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
+    /// `v`'s values in f32, where `v` is: a band of rows at a time.
+    fn widened(&self, v: &Values<f16>) -> io::Result<Values<f32>> {
+        let (plane, channels, w) = (self.plane(), self.channels, self.width);
+        let place = match v {
+            Values::Memory(_) => Place::Memory,
+            Values::Disk(f) => Place::Disk(&f.dir),
+        };
+        let mut wide = Values::zeroed(channels * plane, place)?;
+        let band = (WIDEN_VALUES / (channels * w).max(1)).max(1);
+        for r0 in (0..self.height).step_by(band) {
+            let r1 = (r0 + band).min(self.height);
+            let mut rows = vec![0.0f32; channels * (r1 - r0) * w];
+            v.read(plane, r0 * w, &mut rows, channels)?;
+            let n = (r1 - r0) * w;
+            wide.write(plane, r0 * w, channels, |c| &rows[c * n..(c + 1) * n])?;
         }
+        Ok(wide)
+    }
+
+    /// The values as f32, `[C, H, W]`.
+    pub fn into_values(self) -> io::Result<Vec<f32>> {
+        self.read_rows(0, self.height)
     }
 }
+
+/// Values per band when an f16 buffer is copied into f32.
+const WIDEN_VALUES: usize = 1 << 24;
 
 #[cfg(test)]
 mod tests {
@@ -181,30 +356,49 @@ mod tests {
     fn bands_round_trip_and_sum() {
         let (c, h, w) = (3, 5, 4);
         let values: Vec<f32> = (0..c * h * w).map(|i| i as f32 * 0.5 - 7.0).collect();
-        for storage in [Storage::F32, Storage::F16] {
-            let mut a = Activation::new(c, h, w, storage);
-            // Bands of 2 rows taken from a band buffer with one halo row above.
-            for r0 in (0..h).step_by(2) {
-                let rows = 2.min(h - r0);
-                let first = r0.saturating_sub(1);
-                let src_rows = (r0 + rows) - first;
-                let src: Vec<f32> = (0..c)
-                    .flat_map(|ch| values[(ch * h + first) * w..(ch * h + first + src_rows) * w].to_vec())
-                    .collect();
-                a.write_rows(r0, rows, &src, src_rows, r0 - first);
+        let dir = tempfile::tempdir().unwrap();
+        for place in [Place::Memory, Place::Disk(dir.path())] {
+            for storage in [Storage::F32, Storage::F16] {
+                let mut a = Activation::new(c, h, w, storage, place).unwrap();
+                assert_eq!(a.spilled(), matches!(place, Place::Disk(_)));
+                // Bands of 2 rows taken from a band buffer with one halo row above.
+                for r0 in (0..h).step_by(2) {
+                    let rows = 2.min(h - r0);
+                    let first = r0.saturating_sub(1);
+                    let src_rows = (r0 + rows) - first;
+                    let src: Vec<f32> = (0..c)
+                        .flat_map(|ch| values[(ch * h + first) * w..(ch * h + first + src_rows) * w].to_vec())
+                        .collect();
+                    a.write_rows(r0, rows, &src, src_rows, r0 - first).unwrap();
+                }
+                let whole = Activation::from_values(&values, c, h, w, Place::Memory).unwrap();
+                assert_eq!(a.sums(), whole.sums());
+                assert_eq!(a.read_rows(1, 4).unwrap(), whole.read_rows(1, 4).unwrap());
+                assert_eq!(a.into_values().unwrap(), values);
             }
-            let whole = Activation::from_values(values.clone(), c, h, w);
-            assert_eq!(a.sums(), whole.sums());
-            assert_eq!(a.read_rows(1, 4), whole.read_rows(1, 4));
-            assert_eq!(a.into_values(), values);
         }
+        // Unnamed files: nothing is left in the folder, even while they are open.
+        let open = Activation::new(c, h, w, Storage::F32, Place::Disk(dir.path())).unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        drop(open);
     }
 
     #[test]
     fn f16_storage_switches_to_f32_on_overflow() {
-        let mut a = Activation::new(1, 2, 2, Storage::F16);
-        a.write_rows(0, 1, &[1.5, 2.0], 1, 0);
-        a.write_rows(1, 1, &[1e6, -3.0], 1, 0);
-        assert_eq!(a.into_values(), vec![1.5, 2.0, 1e6, -3.0]);
+        let dir = tempfile::tempdir().unwrap();
+        for place in [Place::Memory, Place::Disk(dir.path())] {
+            let mut a = Activation::new(1, 2, 2, Storage::F16, place).unwrap();
+            a.write_rows(0, 1, &[1.5, 2.0], 1, 0).unwrap();
+            a.write_rows(1, 1, &[1e6, -3.0], 1, 0).unwrap();
+            assert_eq!(a.spilled(), matches!(place, Place::Disk(_)));
+            assert_eq!(a.into_values().unwrap(), vec![1.5, 2.0, 1e6, -3.0]);
+        }
+    }
+
+    #[test]
+    fn a_missing_folder_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing");
+        assert!(Activation::new(1, 2, 2, Storage::F32, Place::Disk(&missing)).is_err());
     }
 }
