@@ -130,8 +130,25 @@ fn gemms() {
             // SAFETY: row-major a [m, k], b [k, n], c [m, n].
             unsafe {
                 gemm::gemm(
-                    m, n, k, c.as_mut_ptr(), 1, n as isize, false, a.as_ptr(), 1, k as isize, b.as_ptr(), 1,
-                    n as isize, 0.0, 1.0, false, false, false, par,
+                    m,
+                    n,
+                    k,
+                    c.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    false,
+                    a.as_ptr(),
+                    1,
+                    k as isize,
+                    b.as_ptr(),
+                    1,
+                    n as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    par,
                 );
             }
         });

@@ -76,7 +76,9 @@ pub enum DeviceError {
     NotBuilt(&'static str),
     #[error("no usable GPU: {0}")]
     NoGpu(String),
-    #[error("--precision {0} runs on a GPU only (the CPU computes in f32 or bf16); use --device gpu, or --precision f32")]
+    #[error(
+        "--precision {0} runs on a GPU only (the CPU computes in f32 or bf16); use --device gpu, or --precision f32"
+    )]
     ReducedOnCpu(&'static str),
     #[error("--precision bf16 on the CPU needs {0}, which this CPU lacks; use --precision f32 (or --device gpu)")]
     CpuLacks(&'static str),

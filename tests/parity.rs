@@ -136,7 +136,9 @@ fn bf16_products_on_the_cpu_stay_close_to_f32() {
             for (what, (max, mean)) in
                 [("latent", errors(&got.data, &want.data)), ("decoded", errors(&decoded_got, &decoded_want))]
             {
-                eprintln!("{weights}/{image}: {what} bf16 vs f32 error relative to the scale: max {max:.1e}, mean {mean:.1e}");
+                eprintln!(
+                    "{weights}/{image}: {what} bf16 vs f32 error relative to the scale: max {max:.1e}, mean {mean:.1e}"
+                );
                 assert!(max <= MAX_TOLERANCE && mean <= MEAN_TOLERANCE, "{weights}/{image}: {what} {max:e} {mean:e}");
                 // Different, as products of bf16 are: the f32 path was not taken.
                 assert!(mean > 0.0, "{weights}/{image}: bf16 gave f32's {what}");

@@ -9,11 +9,18 @@
 //! blocks of [`MR`] rows, `k` pair by pair; `B` (the activations) is any
 //! strided f32 [`Matrix`], rounded and packed by [`matmul`] a strip at a time.
 //!
-//! AMX-BF16 (tile multiplies, Sapphire Rapids and later) would be faster
-//! still, but its intrinsics are not stable in Rust 1.95 and no CPU here has
-//! it to test on: CPUs without AVX512_BF16 refuse `--precision bf16`
-//! ([`support`]). Elsewhere (other architectures, and in tests) [`matmul`]
-//! falls back to a scalar loop of the same arithmetic.
+//! Speed: one `vdpbf16ps` does 32 multiply-adds where an f32 FMA does 16,
+//! but on the Xeon this was written on (family 6 model 207, AVX512_BF16
+//! without AMX) it issues about once per 4 to 5 cycles against the FMA's
+//! one or two per cycle (measured: 0.65 G `vdpbf16ps`/s against 2.8 G
+//! `vfmadd231ps`/s on one core), so these products run at about half of
+//! gemm's f32 rate there (`examples/ops.rs --gemm`): the microkernel is
+//! bound by that instruction alone. AMX-BF16 (tile multiplies, Sapphire
+//! Rapids and later) is the unit that would make bf16 faster than f32, but
+//! its intrinsics are not stable in Rust 1.95 and no CPU here has it to test
+//! on: it is not used. CPUs without AVX512_BF16 refuse `--precision bf16`
+//! ([`support`]); on other architectures (and such CPUs, in tests)
+//! [`matmul`] falls back to a scalar loop of the same arithmetic.
 
 use half::bf16;
 use rayon::prelude::*;
@@ -174,7 +181,14 @@ fn pair_row(lo: &[f32], hi: Option<&[f32]>, out: &mut [u32]) {
 pub fn matmul(c: &mut [f32], ldc: usize, a: &PackedA, b: Matrix, accumulate: bool, parallel: bool) {
     let (m, n, k2) = (a.m, b.cols, a.k2());
     assert_eq!(a.k, b.rows, "inner dimensions");
-    assert!(b.in_bounds(), "B is {} long, not {} x {n} with strides {}, {}", b.data.len(), b.rows, b.row_stride, b.col_stride);
+    assert!(
+        b.in_bounds(),
+        "B is {} long, not {} x {n} with strides {}, {}",
+        b.data.len(),
+        b.rows,
+        b.row_stride,
+        b.col_stride
+    );
     if m == 0 || n == 0 {
         return;
     }
@@ -309,7 +323,9 @@ mod avx512 {
             for (r, row) in acc.iter_mut().enumerate() {
                 // SAFETY: `a` holds kc rows of MR pairs (asserted by the
                 // caller); 16 equal u32 are 32 bf16.
-                let av = unsafe { std::mem::transmute::<__m512, __m512bh>(_mm512_set1_ps(*a.add(kk * MR + r).cast::<f32>())) };
+                let av = unsafe {
+                    std::mem::transmute::<__m512, __m512bh>(_mm512_set1_ps(*a.add(kk * MR + r).cast::<f32>()))
+                };
                 for (x, &bv) in row.iter_mut().zip(&bv) {
                     *x = _mm512_dpbf16_ps(*x, av, bv);
                 }
@@ -391,14 +407,17 @@ mod tests {
     /// more than one pass over `k` (`k > 2 * KC`).
     #[test]
     fn matches_f64_on_the_rounded_factors_at_every_edge() {
-        for &(m, k, n) in &[(1, 1, 1), (13, 7, 17), (15, 33, 31), (29, 2 * 2 * KC + 3, 70), (MR, 64, NR), (40, 520, 100)]
+        for &(m, k, n) in
+            &[(1, 1, 1), (13, 7, 17), (15, 33, 31), (29, 2 * 2 * KC + 3, 70), (MR, 64, NR), (40, 520, 100)]
         {
             let (a, b) = (random(m * k, 3), random(k * n, 5));
             let want = reference(&a, &b, (m, k, n));
             let packed = PackedA::from_rows(&a, m, k);
             // B with rows wider than n, and B transposed (read down its columns).
             let stride = n + 5;
-            let wide: Vec<f32> = (0..k * stride).map(|i| if i % stride < n { b[i / stride * n + i % stride] } else { f32::NAN }).collect();
+            let wide: Vec<f32> = (0..k * stride)
+                .map(|i| if i % stride < n { b[i / stride * n + i % stride] } else { f32::NAN })
+                .collect();
             let transposed: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
             let views = [
                 Matrix::rows(&wide, (k, n), stride),

@@ -53,7 +53,9 @@ impl ConvWeights {
             (false, Arithmetic::F32) => Algorithm::Taps(taps(weight, c_out, c_in, kernel)),
             (false, Arithmetic::Bf16) => {
                 let taps = taps(weight, c_out, c_in, kernel);
-                Algorithm::TapsBf16(taps.chunks_exact(c_out * c_in).map(|t| PackedA::from_rows(t, c_out, c_in)).collect())
+                Algorithm::TapsBf16(
+                    taps.chunks_exact(c_out * c_in).map(|t| PackedA::from_rows(t, c_out, c_in)).collect(),
+                )
             }
         };
         Self { algorithm, bias: bias.to_vec(), c_out, c_in, kernel, geometry }

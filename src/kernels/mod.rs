@@ -2,6 +2,7 @@
 //! (about 98% of the FLOPs) and GroupNorm + SiLU (most of the rest of the
 //! time). The model calls them through [`crate::model`]'s layers when its
 //! tensors live on the CPU device; other devices use burn's own operations.
+//! A model loaded in bf16 multiplies in bf16 ([`bf16`], [`Arithmetic`]).
 
 pub mod attention;
 pub mod bf16;
