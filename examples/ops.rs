@@ -3,8 +3,9 @@
 //! (and burn-flex's conv2d with `--flex`, and Winograd with bf16 products
 //! with `--bf16`), same process, same inputs. `--gemm`: the bf16 product
 //! (`kernels::bf16`) against gemm's f32 one on the shapes the model gives them.
+//! `--rates`: how many `vdpbf16ps` and `vfmadd231ps` one core issues per second.
 //!
-//!     cargo run --release --example ops [-- --flex] [-- --bf16] [-- --size 1024] [-- --gemm]
+//!     cargo run --release --example ops [-- --flex] [-- --bf16] [-- --size 1024] [-- --gemm] [-- --rates]
 #![allow(clippy::print_stdout, reason = "the table on stdout is the program's output")]
 
 use std::time::Instant;
@@ -32,6 +33,10 @@ fn main() {
     let with_bf16 = args.iter().any(|a| a == "--bf16");
     if args.iter().any(|a| a == "--gemm") {
         return gemms();
+    }
+    #[cfg(target_arch = "x86_64")]
+    if args.iter().any(|a| a == "--rates") {
+        return rates::print();
     }
     let size: usize =
         args.iter().position(|a| a == "--size").and_then(|i| args.get(i + 1)?.parse().ok()).unwrap_or(512);
@@ -158,5 +163,68 @@ fn gemms() {
         let flop = 2.0 * (m * k * n) as f64 / 1e9;
         let used = if parallel { threads } else { 1 };
         println!("| {m} x {k} x {n} | {used} | {:.0} | {:.0} | {:.2}x |", flop / t32, flop / t16, t32 / t16);
+    }
+}
+
+/// Instruction rates on one core: `ACC` independent accumulators, so that
+/// latency does not limit them.
+#[cfg(target_arch = "x86_64")]
+mod rates {
+    use std::arch::x86_64::*;
+    use std::time::Instant;
+
+    const ACC: usize = 24;
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    fn dpbf16(iters: usize) -> f32 {
+        let mut acc = [_mm512_setzero_ps(); ACC];
+        // SAFETY: 16 equal u32 are 32 bf16 (1.0 and 0.5).
+        let (a, b) = unsafe {
+            (
+                std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(0x3F80_3F80)),
+                std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(0x3F00_3F00)),
+            )
+        };
+        for _ in 0..iters {
+            for x in acc.iter_mut() {
+                *x = _mm512_dpbf16_ps(*x, std::hint::black_box(a), b);
+            }
+        }
+        acc.iter().map(|&x| _mm512_reduce_add_ps(x)).sum()
+    }
+
+    #[target_feature(enable = "avx512f")]
+    fn fma(iters: usize) -> f32 {
+        let mut acc = [_mm512_setzero_ps(); ACC];
+        let (a, b) = (_mm512_set1_ps(1.0), _mm512_set1_ps(0.5));
+        for _ in 0..iters {
+            for x in acc.iter_mut() {
+                *x = _mm512_fmadd_ps(std::hint::black_box(a), b, *x);
+            }
+        }
+        acc.iter().map(|&x| _mm512_reduce_add_ps(x)).sum()
+    }
+
+    pub fn print() {
+        if !(is_x86_feature_detected!("avx512bf16") && is_x86_feature_detected!("avx512bw")) {
+            println!("this CPU lacks AVX512_BF16");
+            return;
+        }
+        let iters = 20_000_000;
+        for _ in 0..3 {
+            let start = Instant::now();
+            // SAFETY: the features were detected above.
+            std::hint::black_box(unsafe { dpbf16(iters) });
+            let dp = (iters * ACC) as f64 / start.elapsed().as_secs_f64() / 1e9;
+            let start = Instant::now();
+            // SAFETY: as above (AVX512F comes with AVX512_BF16).
+            std::hint::black_box(unsafe { fma(iters) });
+            let fma = (iters * ACC) as f64 / start.elapsed().as_secs_f64() / 1e9;
+            println!(
+                "vdpbf16ps {dp:.2} G/s ({:.0} GFLOP/s), vfmadd231ps {fma:.2} G/s ({:.0} GFLOP/s)",
+                dp * 64.0,
+                fma * 32.0
+            );
+        }
     }
 }

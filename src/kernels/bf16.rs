@@ -13,7 +13,7 @@
 //! but on the Xeon this was written on (family 6 model 207, AVX512_BF16
 //! without AMX) it issues about once per 4 to 5 cycles against the FMA's
 //! one or two per cycle (measured: 0.65 G `vdpbf16ps`/s against 2.8 G
-//! `vfmadd231ps`/s on one core), so these products run at about half of
+//! `vfmadd231ps`/s on one core, `examples/ops.rs --rates`), so these products run at about half of
 //! gemm's f32 rate there (`examples/ops.rs --gemm`): the microkernel is
 //! bound by that instruction alone. AMX-BF16 (tile multiplies, Sapphire
 //! Rapids and later) is the unit that would make bf16 faster than f32, but
