@@ -1,6 +1,7 @@
 """Whole-process benchmark: `vae` against PyTorch + diffusers on the same machine, same run.
 
     python3 bench/bench.py --weights DIFFUSERS_DIR [--sizes 512 1024] [--runs 3] [--threads 2] [--label NAME]
+                           [--precision f32|bf16]
 
 DIFFUSERS_DIR is any VAE folder both tools load: AutoencoderKL (SD, SDXL, SD3, FLUX.1),
 AutoencoderTiny, AutoencoderKLFlux2 (FLUX.2), AutoencoderKLQwenImage / AutoencoderKLWan
@@ -11,6 +12,8 @@ row name the model (--label, default the config's `_class_name`); the latent sha
 tools wrote are printed and compared. Reported per job: median wall time, peak RSS (from
 wait4, i.e. the kernel's own high-water mark of that process), and the ratio vae / PyTorch
 (below 1 means vae is faster or lighter). `vae`'s own stage times (--timings) are printed too.
+--precision bf16 runs both in bf16: `vae --precision bf16` (on the CPU: bf16 products, f32
+activations) and PyTorch with bfloat16 weights and activations, channels-last.
 Not a test: timings on a shared machine are noisy; compare ratios from one run.
 """
 
@@ -86,6 +89,7 @@ def main() -> None:
     ap.add_argument("--vae", default=str(ROOT / "target/release/vae"))
     ap.add_argument("--image", default=str(ROOT / "tests/fixtures/images/kodim03.png"))
     ap.add_argument("--label", help="model name for the header and the table (default: config.json's _class_name)")
+    ap.add_argument("--precision", choices=["f32", "bf16"], default="f32", help="both tools' precision")
     args = ap.parse_args()
 
     cls = model_class(args.weights)
@@ -96,7 +100,7 @@ def main() -> None:
             # diffusers' preprocess would crop it down to a multiple, so the tools would not do the same job.
             sys.exit(f"--sizes: {size} is not a multiple of {factor} ({cls}: {factor}x per latent pixel)")
     print(f"# {label}: {cls} from {args.weights}, {factor}x downscale; sizes {args.sizes}, "
-          f"median of {args.runs} runs, {args.threads} threads", flush=True)
+          f"median of {args.runs} runs, {args.threads} threads, {args.precision}", flush=True)
 
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), RAYON_NUM_THREADS=str(args.threads))
     tmp = Path(tempfile.mkdtemp(prefix="vae-bench-"))
@@ -105,14 +109,15 @@ def main() -> None:
         image = tmp / f"in{size}.png"
         Image.open(args.image).convert("RGB").resize((size, size), Image.LANCZOS).save(image)
         latent_rs, latent_py = tmp / f"rs{size}.safetensors", tmp / f"py{size}.safetensors"
+        precision = ["--precision", args.precision]
         jobs = {
             "encode": (
-                [args.vae, "encode", str(image), "-o", str(latent_rs), "--force", "--timings", "-w", args.weights],
-                [sys.executable, str(ROOT / "bench/torch_vae.py"), "encode", args.weights, str(image), str(latent_py)],
+                [args.vae, "encode", str(image), "-o", str(latent_rs), "--force", "--timings", "-w", args.weights, *precision],
+                [sys.executable, str(ROOT / "bench/torch_vae.py"), "encode", args.weights, str(image), str(latent_py), *precision],
             ),
             "decode": (
-                [args.vae, "decode", str(latent_rs), "-o", str(tmp / "rs.png"), "--force", "--timings", "-w", args.weights],
-                [sys.executable, str(ROOT / "bench/torch_vae.py"), "decode", args.weights, str(latent_py), str(tmp / "py.png")],
+                [args.vae, "decode", str(latent_rs), "-o", str(tmp / "rs.png"), "--force", "--timings", "-w", args.weights, *precision],
+                [sys.executable, str(ROOT / "bench/torch_vae.py"), "decode", args.weights, str(latent_py), str(tmp / "py.png"), *precision],
             ),
         }
         for job, (rs_cmd, py_cmd) in jobs.items():
@@ -132,7 +137,7 @@ def main() -> None:
                 same = "same" if rs_shape == py_shape else "DIFFERENT: the two jobs are not alike"
                 print(f"    latent: vae {rs_shape}, torch {py_shape} ({same})", flush=True)
 
-    print(f"\n{label} ({cls}), median of {args.runs} runs, {args.threads} threads:\n")
+    print(f"\n{label} ({cls}), median of {args.runs} runs, {args.threads} threads, {args.precision}:\n")
     print("| model | job | vae time | PyTorch time | ratio | vae peak RSS | PyTorch peak RSS | ratio |")
     print("|---|---|---|---|---|---|---|---|")
     for name, rs_t, py_t, rs_m, py_m, _ in rows:

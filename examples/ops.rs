@@ -1,10 +1,13 @@
 //! Op-level timing of the decoder's 3x3 convolution shapes: this crate's
 //! Winograd F(2x2, 3x3) kernel against its direct one-GEMM-per-tap kernel
-//! (and burn-flex's conv2d with `--flex`), same process, same inputs. With
-//! `--attention`, the mid block's attention kernel (`c = 512`) at growing
+//! (and burn-flex's conv2d with `--flex`, and Winograd with bf16 products
+//! with `--bf16`), same process, same inputs. `--gemm`: the bf16 product
+//! (`kernels::bf16`) against gemm's f32 one on the shapes the model gives them.
+//! `--rates`: how many `vdpbf16ps` and `vfmadd231ps` one core issues per second.
+//! With `--attention`, the mid block's attention kernel (`c = 512`) at growing
 //! numbers of positions instead: time, GFLOP/s and the heap it allocates.
 //!
-//!     cargo run --release --example ops [-- --flex] [-- --size 1024]
+//!     cargo run --release --example ops [-- --flex] [-- --bf16] [-- --size 1024] [-- --gemm] [-- --rates]
 //!     cargo run --release --example ops -- --attention [4096 16384 65536]
 #![allow(clippy::print_stdout, reason = "the table on stdout is the program's output")]
 
@@ -15,7 +18,9 @@ use std::time::Instant;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor, TensorData};
+use vae::kernels::Arithmetic;
 use vae::kernels::attention;
+use vae::kernels::bf16::{self, Matrix, PackedA};
 use vae::kernels::conv::{self, ConvWeights, Geometry};
 
 /// The system allocator, counting the bytes live and their high-water mark.
@@ -147,6 +152,14 @@ fn main() {
         return;
     }
     let with_flex = args.iter().any(|a| a == "--flex");
+    let with_bf16 = args.iter().any(|a| a == "--bf16");
+    if args.iter().any(|a| a == "--gemm") {
+        return gemms();
+    }
+    #[cfg(target_arch = "x86_64")]
+    if args.iter().any(|a| a == "--rates") {
+        return rates::print();
+    }
     let size: usize =
         args.iter().position(|a| a == "--size").and_then(|i| args.get(i + 1)?.parse().ok()).unwrap_or(512);
     let device = Device::flex();
@@ -171,9 +184,9 @@ fn main() {
         (512, 8, s, false),
     ];
     println!(
-        "| conv ci->co @ HxW | direct ms | winograd ms | direct GFLOP/s | winograd (direct-equivalent) GFLOP/s | speed-up | max rel. diff | flex ms |"
+        "| conv ci->co @ HxW | direct ms | winograd ms | direct GFLOP/s | winograd (direct-equivalent) GFLOP/s | speed-up | max rel. diff | flex ms | winograd bf16 ms | bf16 speed-up | bf16 max rel. diff |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for (ci, co, n, upsampled) in shapes {
         let x: Vec<f32> = (0..ci * n * n).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
         let w: Vec<f32> = (0..co * ci * 9).map(|i| ((i * 104729) % 1000) as f32 / 30000.0 - 0.016).collect();
@@ -181,7 +194,7 @@ fn main() {
         let g = Geometry::SAME_3X3;
         let up = if upsampled { 2 } else { 1 };
         let direct = ConvWeights::direct(&w, &b, (co, ci, 3), g);
-        let fast = ConvWeights::new(&w, &b, (co, ci, 3), g);
+        let fast = ConvWeights::new(&w, &b, (co, ci, 3), g, Arithmetic::F32);
         let t_direct = time(|| conv::conv2d_upsampled(&x, 1, (n, n), up, &direct));
         let t_fast = time(|| conv::conv2d_upsampled(&x, 1, (n, n), up, &fast));
         let (a, ..) = conv::conv2d_upsampled(&x, 1, (n, n), up, &direct);
@@ -197,16 +210,143 @@ fn main() {
         } else {
             "-".to_string()
         };
+        let bf16 = if with_bf16 {
+            let wts = ConvWeights::new(&w, &b, (co, ci, 3), g, Arithmetic::Bf16);
+            let t = time(|| conv::conv2d_upsampled(&x, 1, (n, n), up, &wts));
+            let (r, ..) = conv::conv2d_upsampled(&x, 1, (n, n), up, &wts);
+            let diff = a.iter().zip(&r).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max) / scale;
+            format!("{:.0} | {:.2}x | {diff:.1e}", t * 1e3, t_fast / t)
+        } else {
+            "- | - | -".to_string()
+        };
         let out = n * up;
         let gflop = 2.0 * (ci * co * 9 * out * out) as f64 / 1e9;
         let name = if upsampled { format!("{ci}->{co} @ {n}->{out} (up x2)") } else { format!("{ci}->{co} @ {n}") };
         println!(
-            "| {name} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2}x | {diff:.1e} | {flex} |",
+            "| {name} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2}x | {diff:.1e} | {flex} | {bf16} |",
             t_direct * 1e3,
             t_fast * 1e3,
             gflop / t_direct,
             gflop / t_fast,
             t_direct / t_fast
         );
+    }
+}
+
+/// `C = A B` on one thread (Winograd's per-chunk products, `m = co`, `k = ci`,
+/// `n` = tiles per chunk) and on all (a 1x1 convolution's, an attention's),
+/// bf16 against gemm's f32, packing of `B` included for bf16 (gemm packs too).
+fn gemms() {
+    let threads = rayon::current_num_threads();
+    println!("| m x k x n | threads | f32 (gemm) GFLOP/s | bf16 GFLOP/s | speed-up |");
+    println!("|---|---|---|---|---|");
+    let shapes = [
+        (512, 512, 256, false),
+        (256, 256, 512, false),
+        (128, 128, 1024, false),
+        (512, 512, 4096, true),
+        (128, 256, 65536, true),
+        (1024, 512, 4096, true),
+    ];
+    for (m, k, n, parallel) in shapes {
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| ((i * 104729) % 1000) as f32 / 1000.0 - 0.5).collect();
+        let mut c = vec![0.0f32; m * n];
+        let par = if parallel { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+        let t32 = time(|| {
+            // SAFETY: row-major a [m, k], b [k, n], c [m, n].
+            unsafe {
+                gemm::gemm(
+                    m,
+                    n,
+                    k,
+                    c.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    false,
+                    a.as_ptr(),
+                    1,
+                    k as isize,
+                    b.as_ptr(),
+                    1,
+                    n as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    par,
+                );
+            }
+        });
+        let packed = PackedA::from_rows(&a, m, k);
+        let mut c16 = vec![0.0f32; m * n];
+        let t16 = time(|| bf16::matmul(&mut c16, n, &packed, Matrix::rows(&b, (k, n), n), false, parallel));
+        let flop = 2.0 * (m * k * n) as f64 / 1e9;
+        let used = if parallel { threads } else { 1 };
+        println!("| {m} x {k} x {n} | {used} | {:.0} | {:.0} | {:.2}x |", flop / t32, flop / t16, t32 / t16);
+    }
+}
+
+/// Instruction rates on one core: `ACC` independent accumulators, so that
+/// latency does not limit them.
+#[cfg(target_arch = "x86_64")]
+mod rates {
+    use std::arch::x86_64::*;
+    use std::time::Instant;
+
+    const ACC: usize = 24;
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    fn dpbf16(iters: usize) -> f32 {
+        let mut acc = [_mm512_setzero_ps(); ACC];
+        // SAFETY: 16 equal u32 are 32 bf16 (1.0 and 0.5).
+        let (a, b) = unsafe {
+            (
+                std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(0x3F80_3F80)),
+                std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(0x3F00_3F00)),
+            )
+        };
+        for _ in 0..iters {
+            for x in acc.iter_mut() {
+                *x = _mm512_dpbf16_ps(*x, std::hint::black_box(a), b);
+            }
+        }
+        acc.iter().map(|&x| _mm512_reduce_add_ps(x)).sum()
+    }
+
+    #[target_feature(enable = "avx512f")]
+    fn fma(iters: usize) -> f32 {
+        let mut acc = [_mm512_setzero_ps(); ACC];
+        let (a, b) = (_mm512_set1_ps(1.0), _mm512_set1_ps(0.5));
+        for _ in 0..iters {
+            for x in acc.iter_mut() {
+                *x = _mm512_fmadd_ps(std::hint::black_box(a), b, *x);
+            }
+        }
+        acc.iter().map(|&x| _mm512_reduce_add_ps(x)).sum()
+    }
+
+    pub fn print() {
+        if !(is_x86_feature_detected!("avx512bf16") && is_x86_feature_detected!("avx512bw")) {
+            println!("this CPU lacks AVX512_BF16");
+            return;
+        }
+        let iters = 20_000_000;
+        for _ in 0..3 {
+            let start = Instant::now();
+            // SAFETY: the features were detected above.
+            std::hint::black_box(unsafe { dpbf16(iters) });
+            let dp = (iters * ACC) as f64 / start.elapsed().as_secs_f64() / 1e9;
+            let start = Instant::now();
+            // SAFETY: as above (AVX512F comes with AVX512_BF16).
+            std::hint::black_box(unsafe { fma(iters) });
+            let fma = (iters * ACC) as f64 / start.elapsed().as_secs_f64() / 1e9;
+            println!(
+                "vdpbf16ps {dp:.2} G/s ({:.0} GFLOP/s), vfmadd231ps {fma:.2} G/s ({:.0} GFLOP/s)",
+                dp * 64.0,
+                fma * 32.0
+            );
+        }
     }
 }

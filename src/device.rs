@@ -66,7 +66,7 @@ pub struct Chosen {
     /// e.g. `cpu`, `wgpu (llvmpipe (LLVM 15.0.6, 256 bits), software)`.
     pub description: String,
     /// Whether this is a GPU backend (so burn's own operations run, and
-    /// reduced precision is allowed).
+    /// f16 is allowed; the CPU has bf16 products with f32 activations).
     pub gpu: bool,
 }
 
@@ -77,9 +77,11 @@ pub enum DeviceError {
     #[error("no usable GPU: {0}")]
     NoGpu(String),
     #[error(
-        "--precision {0} runs on a GPU only (the CPU kernels compute in f32); use --device gpu, or --precision f32"
+        "--precision {0} runs on a GPU only (the CPU computes in f32 or bf16); use --device gpu, or --precision f32"
     )]
     ReducedOnCpu(&'static str),
+    #[error("--precision bf16 on the CPU needs {0}, which this CPU lacks; use --precision f32 (or --device gpu)")]
+    CpuLacks(&'static str),
     #[error("{device} does not support {precision}; use --precision f32")]
     Unsupported { device: String, precision: &'static str },
 }
@@ -112,7 +114,10 @@ pub fn check_precision(chosen: &Chosen, precision: Precision) -> Result<(), Devi
         return Ok(());
     }
     if !chosen.gpu {
-        return Err(DeviceError::ReducedOnCpu(precision.name()));
+        return match precision {
+            Precision::Bf16 => crate::kernels::bf16::support().map_err(DeviceError::CpuLacks),
+            _ => Err(DeviceError::ReducedOnCpu(precision.name())),
+        };
     }
     if !chosen.device.supports_dtype(precision.dtype()) {
         let device = chosen.description.clone();
@@ -276,12 +281,18 @@ mod tests {
     }
 
     #[test]
-    fn reduced_precision_is_refused_on_the_cpu() {
+    fn f16_is_refused_on_the_cpu_and_bf16_needs_avx512_bf16() {
         let cpu = choose(DeviceRequest::Cpu).unwrap();
         assert!(check_precision(&cpu, Precision::F32).is_ok());
         let err = check_precision(&cpu, Precision::F16).unwrap_err().to_string();
         assert!(err.contains("--precision f16 runs on a GPU only"), "{err}");
-        assert!(check_precision(&cpu, Precision::Bf16).is_err());
+        match crate::kernels::bf16::support() {
+            Ok(()) => assert!(check_precision(&cpu, Precision::Bf16).is_ok()),
+            Err(isa) => {
+                let err = check_precision(&cpu, Precision::Bf16).unwrap_err().to_string();
+                assert!(err.contains(&format!("needs {isa}, which this CPU lacks")), "{err}");
+            }
+        }
     }
 
     #[cfg(not(feature = "wgpu"))]

@@ -98,7 +98,7 @@ pub enum OpenError {
     Weights(#[from] WeightsError),
     #[error("{}: {cause}", path.display())]
     LatentSpace { path: PathBuf, cause: LatentSpaceError },
-    #[error("--tile {0}: bands run in f32 only; drop --tile or use --precision f32")]
+    #[error("--tile {0}: bands run in f32 only on a GPU; drop --tile or use --precision f32")]
     TileNeedsF32(usize),
     #[error("{}: TAESD writes the latent its big VAE's pipeline consumes; --latent-form raw is for the big VAE", path.display())]
     TinyRaw { path: PathBuf },
@@ -202,7 +202,7 @@ impl Vae {
     pub fn open(options: &VaeOptions) -> Result<Self, OpenError> {
         let chosen = device::choose(options.device)?;
         device::check_precision(&chosen, options.precision)?;
-        if let (Tile::Rows(rows), false) = (options.tile, options.precision == Precision::F32) {
+        if let (Tile::Rows(rows), true) = (options.tile, chosen.gpu && options.precision != Precision::F32) {
             return Err(OpenError::TileNeedsF32(rows));
         }
         let source = resolve_weights(options)?;
@@ -415,12 +415,18 @@ impl Vae {
         Ok(run(self))
     }
 
+    /// The float type of activations: the model's on a GPU, f32 on the CPU
+    /// (where bf16 is the kernels' products only, see [`crate::kernels::Arithmetic`]).
+    fn activations(&self) -> FloatDType {
+        if self.device.gpu { self.dtype } else { FloatDType::F32 }
+    }
+
     /// How `image` is encoded: whole or in bands (see [`tiling`]).
-    /// Reduced precision always runs whole: bands store f32 activations on
-    /// the host, for the CPU's memory budget.
+    /// Reduced-precision activations (a GPU's) always run whole: bands store
+    /// f32 activations on the host, for the CPU's memory budget.
     pub fn encode_plan(&self, image: &InputImage) -> Plan {
         let f = self.input_multiple();
-        if self.dtype != FloatDType::F32 {
+        if self.activations() != FloatDType::F32 {
             return Plan::Whole { estimate: self.resident };
         }
         let (height, width) = (image.height.div_ceil(f) * f, image.width.div_ceil(f) * f);
@@ -442,7 +448,7 @@ impl Vae {
     /// How `latent` is decoded: whole or in bands.
     pub fn decode_plan(&self, latent: &Latent) -> Plan {
         let f = self.model.upscale();
-        if self.dtype != FloatDType::F32 {
+        if self.activations() != FloatDType::F32 {
             return Plan::Whole { estimate: self.resident };
         }
         let (c, h, w) = self.file_space(latent).vae_shape((latent.channels, latent.height, latent.width));
@@ -498,7 +504,7 @@ impl Vae {
         let wanted = self.batch.per_pass(self.device.gpu, pixels as u64);
         match plan {
             Plan::Banded { .. } => 1,
-            Plan::Whole { estimate } if self.tiling.tile == Tile::Auto && self.dtype == FloatDType::F32 => {
+            Plan::Whole { estimate } if self.tiling.tile == Tile::Auto && self.activations() == FloatDType::F32 => {
                 let each = estimate.saturating_sub(self.resident).max(1);
                 let room = self.tiling.max_memory.saturating_sub(self.resident);
                 usize::try_from(room / each).unwrap_or(usize::MAX).clamp(1, wanted)
@@ -528,7 +534,7 @@ impl Vae {
             return Ok(each.collect::<Result<Vec<_>, _>>()?.into_iter().flatten().collect());
         }
         let x = images.iter().map(|image| self.image_tensor(image)).collect();
-        let x = Tensor::cat(x, 0).cast(self.dtype);
+        let x = Tensor::cat(x, 0).cast(self.activations());
         let space = &self.latent_space;
         let (z, posteriors, stored) = match (&self.model, self.model.encoder_graph()) {
             (Model::Tiny(model), _) => {
@@ -626,7 +632,7 @@ impl Vae {
                 let p = latents.iter().map(|latent| {
                     let p = self.tiny_input(model, latent);
                     let shape = [1, latent.channels, latent.height, latent.width];
-                    Tensor::<4>::from_data(TensorData::new(p, shape), (device, DType::from(self.dtype)))
+                    Tensor::<4>::from_data(TensorData::new(p, shape), (device, DType::from(self.activations())))
                 });
                 model.decode(Tensor::cat(p.collect(), 0)).expect("Vae::decode_batch checks that the decoder is loaded")
             }
@@ -638,7 +644,7 @@ impl Vae {
                     let z = space.from_stored(&latent.data, stored);
                     Tensor::<4>::from_data(TensorData::new(z, [1, c, h, w]), device)
                 });
-                let z = Tensor::cat(z.collect(), 0).cast(self.dtype);
+                let z = Tensor::cat(z.collect(), 0).cast(self.activations());
                 let image = tiling::run(&graph, z, &plan)?;
                 if self.model.clamps_output() { image.clamp(-1.0, 1.0) } else { image }
             }

@@ -96,3 +96,59 @@ fn full_size_sd15() {
     eprintln!("full size: decoded max abs error {err:e}");
     assert!(err <= TOLERANCE, "decoded max abs error {err:e}");
 }
+
+/// `--precision bf16` on the CPU: every convolution multiplies bf16 (weights
+/// and activations rounded to 8 significant bits) with f32 sums. The
+/// fixtures' random weights amplify what each layer rounds: PyTorch's own
+/// bf16 pass (diffusers in `torch.bfloat16`, on the CPU) is off its f32
+/// pass by up to 0.23 on tiny_sd's unscaled latent and 0.37 on its decoded
+/// image (whose values reach 7.8), 0.008 on average. So the bounds are
+/// relative to the largest f32 output (PyTorch's: 4.7e-2 at most, 1.0e-3 on
+/// average) and on the mean too: ours measured at most 4.6e-2 and 4.0e-3
+/// (TAESD's decoder). A wrong layer, weight or index moves the mean error by
+/// a tenth of the scale or more. One image each: the check is slow in a
+/// debug build.
+#[test]
+fn bf16_products_on_the_cpu_stay_close_to_f32() {
+    use vae::device::Precision;
+    use vae::latent::Posterior;
+    if let Err(isa) = vae::kernels::bf16::support() {
+        eprintln!("skipped: this CPU lacks {isa}, which --precision bf16 needs on the CPU");
+        return;
+    }
+    // (max abs error, mean abs error), relative to the largest |value| in f32.
+    let errors = |got: &[f32], want: &[f32]| {
+        let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let mean = got.iter().zip(want).map(|(a, b)| (a - b).abs()).sum::<f32>() / want.len() as f32;
+        (max_abs_diff(got, want) / scale, mean / scale)
+    };
+    for weights in ["tiny_sd", "tiny_flux", "tiny_taesd"] {
+        let mut exact = load(weights);
+        let mut reduced = load_with(weights, |options| options.precision = Precision::Bf16);
+        assert_eq!(reduced.dtype(), burn::tensor::FloatDType::BF16);
+        for image in ["kodim03"] {
+            let path = common::fixtures().join(format!("images/{image}.png"));
+            let input = imageio::load(&path, DEFAULT_MAX_PIXELS).unwrap();
+            let want = exact.encode(&input, Posterior::Mean).unwrap();
+            let got = reduced.encode(&input, Posterior::Mean).unwrap();
+            let decoded_want = exact.decode_float(&want).unwrap();
+            let decoded_got = reduced.decode_float(&want).unwrap();
+            for (what, (max, mean)) in
+                [("latent", errors(&got.data, &want.data)), ("decoded", errors(&decoded_got, &decoded_want))]
+            {
+                eprintln!(
+                    "{weights}/{image}: {what} bf16 vs f32 error relative to the scale: max {max:.1e}, mean {mean:.1e}"
+                );
+                assert!(max <= MAX_TOLERANCE && mean <= MEAN_TOLERANCE, "{weights}/{image}: {what} {max:e} {mean:e}");
+                // Different, as products of bf16 are: the f32 path was not taken.
+                assert!(mean > 0.0, "{weights}/{image}: bf16 gave f32's {what}");
+            }
+        }
+        assert_eq!(reduced.retried_from(), None, "{weights}: a finite result needs no retry");
+    }
+}
+
+/// Bounds of [`bf16_products_on_the_cpu_stay_close_to_f32`], relative to the
+/// largest f32 output.
+const MAX_TOLERANCE: f32 = 0.1;
+const MEAN_TOLERANCE: f32 = 1e-2;

@@ -208,8 +208,9 @@ struct ModelArgs {
     /// cuda. GPU backends are cargo features (README: "GPU").
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     device: DeviceArg,
-    /// Float type on a GPU: f32, f16 or bf16. An output with NaN or Inf in
-    /// f16/bf16 is computed again in f32, with a warning.
+    /// Float type: f32; f16 or bf16 on a GPU; bf16 on a CPU with
+    /// AVX512_BF16 (products of bf16, sums and activations in f32). An output
+    /// with NaN or Inf in f16/bf16 is computed again in f32, with a warning.
     #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
     precision: PrecisionArg,
     /// Run in bands of rows to bound memory: auto (when the estimated peak

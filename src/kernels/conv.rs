@@ -10,6 +10,8 @@
 
 use gemm::{Parallelism, gemm};
 
+use super::Arithmetic;
+use super::bf16::{self, Matrix, PackedA};
 use super::winograd::{self, WinogradWeights};
 
 /// A convolution's weights, rearranged once for the algorithm that suits its
@@ -31,15 +33,30 @@ pub struct ConvWeights {
 enum Algorithm {
     /// Tap-major `[k*k][co][ci]`.
     Taps(Vec<f32>),
+    /// Each tap's `[co][ci]`, packed for the bf16 product.
+    TapsBf16(Vec<PackedA>),
     Winograd(WinogradWeights),
 }
 
 impl ConvWeights {
-    /// From PyTorch's `[co, ci, k, k]` weight and `[co]` bias.
-    pub fn new(weight: &[f32], bias: &[f32], (c_out, c_in, kernel): (usize, usize, usize), geometry: Geometry) -> Self {
-        let algorithm = match kernel == 3 && geometry == Geometry::SAME_3X3 {
-            true => Algorithm::Winograd(WinogradWeights::new(weight, c_out, c_in)),
-            false => Algorithm::Taps(taps(weight, c_out, c_in, kernel)),
+    /// From PyTorch's `[co, ci, k, k]` weight and `[co]` bias, for products
+    /// in `arithmetic`.
+    pub fn new(
+        weight: &[f32],
+        bias: &[f32],
+        (c_out, c_in, kernel): (usize, usize, usize),
+        geometry: Geometry,
+        arithmetic: Arithmetic,
+    ) -> Self {
+        let algorithm = match (kernel == 3 && geometry == Geometry::SAME_3X3, arithmetic) {
+            (true, _) => Algorithm::Winograd(WinogradWeights::new(weight, c_out, c_in, arithmetic)),
+            (false, Arithmetic::F32) => Algorithm::Taps(taps(weight, c_out, c_in, kernel)),
+            (false, Arithmetic::Bf16) => {
+                let taps = taps(weight, c_out, c_in, kernel);
+                Algorithm::TapsBf16(
+                    taps.chunks_exact(c_out * c_in).map(|t| PackedA::from_rows(t, c_out, c_in)).collect(),
+                )
+            }
         };
         Self { algorithm, bias: bias.to_vec(), c_out, c_in, kernel, geometry }
     }
@@ -108,7 +125,8 @@ pub fn conv2d_upsampled(
     let (h, w) = (h0 * up, w0 * up);
     let taps = match &wts.algorithm {
         Algorithm::Winograd(u) => return (winograd::conv3x3(x, batch, (h0, w0), up, u, &wts.bias), h, w),
-        Algorithm::Taps(taps) => taps,
+        Algorithm::Taps(taps) => Taps::F32(taps),
+        Algorithm::TapsBf16(taps) => Taps::Bf16(taps),
     };
     let g = wts.geometry;
     let (k, s, ci, co) = (wts.kernel, g.stride, wts.c_in, wts.c_out);
@@ -135,6 +153,23 @@ pub fn conv2d_upsampled(
         // One image's output, `row_len` wide per row: the padding columns are
         // computed too and squeezed out below, in place.
         let mut wide: Vec<f32> = wts.bias.iter().flat_map(|&b| std::iter::repeat_n(b, cols)).collect();
+        let taps = match taps {
+            Taps::F32(taps) => taps,
+            Taps::Bf16(taps) => {
+                for kh in 0..k {
+                    for kw in 0..k {
+                        let b = Matrix::rows(&padded[tap_offset(kh, kw)..], (ci, cols), plane);
+                        bf16::matmul(&mut wide, cols, &taps[kh * k + kw], b, true, true);
+                    }
+                }
+                squeeze(&mut wide, co, (ho, wo), cols, row_len);
+                if batch == 1 {
+                    return (wide, ho, wo);
+                }
+                out.extend_from_slice(&wide);
+                continue;
+            }
+        };
         for kh in 0..k {
             for kw in 0..k {
                 let tap = &taps[(kh * k + kw) * co * ci..][..co * ci];
@@ -168,19 +203,32 @@ pub fn conv2d_upsampled(
                 }
             }
         }
-        // Rows only move towards the front, so squeezing in place is safe.
-        for c in 0..co {
-            for y in 0..ho {
-                wide.copy_within(c * cols + y * row_len..c * cols + y * row_len + wo, (c * ho + y) * wo);
-            }
-        }
-        wide.truncate(co * ho * wo);
+        squeeze(&mut wide, co, (ho, wo), cols, row_len);
         if batch == 1 {
             return (wide, ho, wo);
         }
         out.extend_from_slice(&wide);
     }
     (out, ho, wo)
+}
+
+/// A convolution's taps in the arithmetic of its products.
+#[derive(Clone, Copy)]
+enum Taps<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [PackedA]),
+}
+
+/// `wide` `[co][ho][row_len]` (`cols = ho * row_len` per channel) to
+/// `[co][ho][wo]`, dropping the padding columns. Rows only move towards the
+/// front, so squeezing in place is safe.
+fn squeeze(wide: &mut Vec<f32>, co: usize, (ho, wo): (usize, usize), cols: usize, row_len: usize) {
+    for c in 0..co {
+        for y in 0..ho {
+            wide.copy_within(c * cols + y * row_len..c * cols + y * row_len + wo, (c * ho + y) * wo);
+        }
+    }
+    wide.truncate(co * ho * wo);
 }
 
 /// Where padded pixels go: pixel (py, px) to phase (py % stride, px % stride)
@@ -264,6 +312,11 @@ pub(super) mod tests {
     }
 
     fn check(ci: usize, co: usize, h: usize, w: usize, k: usize, g: Geometry) {
+        check_in(ci, co, h, w, k, g, None);
+    }
+
+    /// `arithmetic: None` is [`ConvWeights::direct`] (f32).
+    fn check_in(ci: usize, co: usize, h: usize, w: usize, k: usize, g: Geometry, arithmetic: Option<Arithmetic>) {
         let mut state = 0x2545F4914F6CDD1Du64;
         let mut rnd = || {
             state ^= state << 13;
@@ -274,12 +327,30 @@ pub(super) mod tests {
         let x: Vec<f32> = (0..ci * h * w).map(|_| rnd()).collect();
         let weight: Vec<f32> = (0..co * ci * k * k).map(|_| rnd()).collect();
         let bias: Vec<f32> = (0..co).map(|_| rnd()).collect();
-        let wts = ConvWeights::direct(&weight, &bias, (co, ci, k), g);
+        let wts = match arithmetic {
+            None => ConvWeights::direct(&weight, &bias, (co, ci, k), g),
+            Some(arithmetic) => ConvWeights::new(&weight, &bias, (co, ci, k), g, arithmetic),
+        };
         let (got, _, _) = conv2d(&x, 1, h, w, &wts);
         let want = reference(&x, (h, w), &weight, &bias, k, g);
         assert_eq!(got.len(), want.len());
         let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-        assert!(err < 1e-5, "ci {ci} co {co} {h}x{w} k {k} {g:?}: error {err}");
+        // bf16: products of 8-bit significands, see winograd.rs's tests.
+        let bound = if arithmetic == Some(Arithmetic::Bf16) { 1e-2 } else { 1e-5 };
+        assert!(err < bound, "ci {ci} co {co} {h}x{w} k {k} {g:?}: error {err}");
+    }
+
+    #[test]
+    fn bf16_products_of_every_tap_geometry() {
+        if let Err(isa) = bf16::support() {
+            eprintln!("skipped: this CPU lacks {isa}");
+            return;
+        }
+        let bf16 = Some(Arithmetic::Bf16);
+        check_in(6, 3, 4, 5, 1, Geometry { stride: 1, pad_h: (0, 0), pad_w: (0, 0) }, bf16);
+        check_in(5, 7, 9, 13, 3, Geometry { stride: 1, pad_h: (1, 1), pad_w: (1, 1) }, bf16);
+        check_in(33, 20, 8, 10, 3, Geometry { stride: 2, pad_h: (0, 1), pad_w: (0, 1) }, bf16);
+        check_in(3, 2, 7, 9, 3, Geometry { stride: 2, pad_h: (0, 1), pad_w: (0, 1) }, bf16);
     }
 
     #[test]

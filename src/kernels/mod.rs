@@ -2,8 +2,10 @@
 //! (about 98% of the FLOPs) and GroupNorm + SiLU (most of the rest of the
 //! time). The model calls them through [`crate::model`]'s layers when its
 //! tensors live on the CPU device; other devices use burn's own operations.
+//! A model loaded in bf16 multiplies in bf16 ([`bf16`], [`Arithmetic`]).
 
 pub mod attention;
+pub mod bf16;
 pub mod conv;
 pub mod norm;
 pub mod winograd;
@@ -13,6 +15,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use burn::tensor::{Device, FloatDType, Tensor, TensorData};
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// What the kernels' matrix products multiply: f32, or bf16 with f32 sums
+/// ([`bf16`]: `--precision bf16`). Everything else (norm statistics, the
+/// softmax, Winograd's transforms, activations between layers) stays f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arithmetic {
+    F32,
+    Bf16,
+}
 
 /// Turns the kernels off (or on again) for the whole process, so that burn's
 /// own operations (the GPU path) can be checked on the CPU. Takes effect for

@@ -24,12 +24,23 @@
 use gemm::{Parallelism, gemm};
 use rayon::prelude::*;
 
+use super::Arithmetic;
+use super::bf16::{self, Matrix, PackedA};
+
 /// Transformed weights `U[k] = (G g G^T)[k]`, `[16][co][ci]`.
 #[derive(Debug, Clone)]
 pub struct WinogradWeights {
-    u: Vec<f32>,
+    u: Transformed,
     c_out: usize,
     c_in: usize,
+}
+
+/// `U` as the products of its arithmetic read it: in bf16, the transform of
+/// the weights as loaded, rounded once more (to nearest even).
+#[derive(Debug, Clone)]
+enum Transformed {
+    F32(Vec<f32>),
+    Bf16(Vec<PackedA>),
 }
 
 /// Tiles per chunk aim for this many floats of scratch (transformed input
@@ -41,7 +52,7 @@ const MIN_CHUNK_TILES: usize = 256;
 
 impl WinogradWeights {
     /// From PyTorch's `[co, ci, 3, 3]` weight; the transform runs in f64.
-    pub fn new(weight: &[f32], c_out: usize, c_in: usize) -> Self {
+    pub fn new(weight: &[f32], c_out: usize, c_in: usize, arithmetic: Arithmetic) -> Self {
         assert_eq!(weight.len(), c_out * c_in * 9, "weight length");
         const G: [[f64; 3]; 4] = [[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]];
         let mut u = vec![0.0f32; 16 * c_out * c_in];
@@ -63,6 +74,12 @@ impl WinogradWeights {
                 }
             }
         }
+        let u = match arithmetic {
+            Arithmetic::F32 => Transformed::F32(u),
+            Arithmetic::Bf16 => {
+                Transformed::Bf16(u.chunks_exact(c_out * c_in).map(|u| PackedA::from_rows(u, c_out, c_in)).collect())
+            }
+        };
         Self { u, c_out, c_in }
     }
 
@@ -208,8 +225,14 @@ impl Chunk {
         let zero = vanishing(src.up);
         for k in (0..16).filter(|&k| !zero(k)) {
             let m = &mut scratch.m[k * co * nt..][..co * nt];
-            let u = &wts.u[k * co * ci..][..co * ci];
             let v = &scratch.v[k * ci * nt..][..ci * nt];
+            let u = match &wts.u {
+                Transformed::F32(u) => &u[k * co * ci..][..co * ci],
+                Transformed::Bf16(u) => {
+                    bf16::matmul(m, nt, &u[k], Matrix::rows(v, (ci, nt), nt), false, false);
+                    continue;
+                }
+            };
             // SAFETY: m is co x nt, u is co x ci, v is ci x nt, all row-major
             // with unit column stride, as the strides below say.
             unsafe {
@@ -358,6 +381,10 @@ mod tests {
 
     /// Max abs error against the f64 reference, relative to the largest output.
     fn check(ci: usize, co: usize, (h0, w0): (usize, usize), up: usize) {
+        check_in(ci, co, (h0, w0), up, Arithmetic::F32);
+    }
+
+    fn check_in(ci: usize, co: usize, (h0, w0): (usize, usize), up: usize, arithmetic: Arithmetic) {
         let x = random(ci * h0 * w0, 7);
         let weight = random(co * ci * 9, 11);
         let bias = random(co, 13);
@@ -369,11 +396,19 @@ mod tests {
             })
             .collect();
         let want = reference(&big, (h, w), &weight, &bias, 3, Geometry::SAME_3X3);
-        let got = conv3x3(&x, 1, (h0, w0), up, &WinogradWeights::new(&weight, co, ci), &bias);
+        let got = conv3x3(&x, 1, (h0, w0), up, &WinogradWeights::new(&weight, co, ci, arithmetic), &bias);
         assert_eq!(got.len(), want.len());
         let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-        assert!(err <= 2e-6 * scale.max(1.0), "ci {ci} co {co} {h0}x{w0} up {up}: error {err} (scale {scale})");
+        // bf16 keeps 8 significant bits: each of the 9 * ci products is off
+        // by about 2^-8 of its size (the transforms' sums included), and
+        // the errors add up like a random walk: a few 1e-3 of the largest
+        // output for these sizes, where a wrong index is off by its whole size.
+        let bound = match arithmetic {
+            Arithmetic::F32 => 2e-6,
+            Arithmetic::Bf16 => 1e-2,
+        };
+        assert!(err <= bound * scale.max(1.0), "ci {ci} co {co} {h0}x{w0} up {up}: error {err} (scale {scale})");
     }
 
     #[test]
@@ -394,6 +429,18 @@ mod tests {
     }
 
     #[test]
+    fn bf16_products_match_direct_convolution() {
+        if let Err(isa) = bf16::support() {
+            eprintln!("skipped: this CPU lacks {isa}");
+            return;
+        }
+        check_in(17, 19, (7, 9), 1, Arithmetic::Bf16);
+        check_in(3, 16, (5, 7), 1, Arithmetic::Bf16);
+        check_in(18, 17, (1, 3), 2, Arithmetic::Bf16);
+        check_in(40, 35, (9, 300), 1, Arithmetic::Bf16);
+    }
+
+    #[test]
     fn many_chunks_and_batches_match_direct_convolution() {
         // Wide rows force one tile row per chunk.
         check(16, 16, (9, 600), 1);
@@ -401,7 +448,7 @@ mod tests {
         let x = random(2 * ci * h * w, 3);
         let weight = random(co * ci * 9, 5);
         let bias = random(co, 9);
-        let wts = WinogradWeights::new(&weight, co, ci);
+        let wts = WinogradWeights::new(&weight, co, ci, Arithmetic::F32);
         let both = conv3x3(&x, 2, (h, w), 1, &wts, &bias);
         for b in 0..2 {
             let one = conv3x3(&x[b * ci * h * w..][..ci * h * w], 1, (h, w), 1, &wts, &bias);

@@ -2,10 +2,10 @@
 //! weights file. Each mirrors the PyTorch module diffusers uses, with the same
 //! parameter names (`weight`, `bias`, `gamma`).
 
-use burn::tensor::{FloatDType, Tensor};
+use burn::tensor::{DType, FloatDType, Tensor};
 use std::sync::Arc;
 
-use crate::kernels::{self, conv::ConvWeights, conv::Geometry, norm::GroupNormParams};
+use crate::kernels::{self, Arithmetic, conv::ConvWeights, conv::Geometry, norm::GroupNormParams};
 use burn::tensor::module::{conv2d, interpolate};
 use burn::tensor::ops::{ConvOptions, InterpolateMode, InterpolateOptions};
 
@@ -112,9 +112,15 @@ impl Conv2d {
     ) -> Self {
         let loaded = weight.dims() == [c_out, c_in, kernel, kernel] && bias.dims() == [c_out];
         let params = if loaded && kernels::applies_to(&weight.device()) {
-            let (w, b) = (kernels::values(weight), kernels::values(bias));
             let geometry = Geometry { stride, pad_h: padding[0], pad_w: padding[1] };
-            ConvParams::Cpu(Arc::new(ConvWeights::new(&w, &b, (c_out, c_in, kernel), geometry)))
+            // A model loaded in bf16 (`--precision bf16`) multiplies in bf16;
+            // its activations stay f32.
+            let arithmetic = match weight.dtype() {
+                DType::BF16 => Arithmetic::Bf16,
+                _ => Arithmetic::F32,
+            };
+            let (w, b) = (kernels::values(weight), kernels::values(bias));
+            ConvParams::Cpu(Arc::new(ConvWeights::new(&w, &b, (c_out, c_in, kernel), geometry, arithmetic)))
         } else {
             ConvParams::Burn(Box::new((weight, bias)))
         };
