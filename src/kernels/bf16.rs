@@ -174,8 +174,8 @@ fn pair_row(lo: &[f32], hi: Option<&[f32]>, out: &mut [u32]) {
 
 /// `C = A · B`, or `C += A · B` with `accumulate`, where `C` `[m, n]` has
 /// element `(i, j)` at `c[i * ldc + j]`, `m = a.rows()` and `n = b.cols`.
-/// `B` is rounded to bf16 as it is packed, a strip of [`NR`] columns and
-/// [`KC`] pairs of rows at a time, which then stays in L1 while all of `A`
+/// `B` is rounded to bf16 as it is packed, a strip of `NR` columns and
+/// `KC` pairs of rows at a time, which then stays in L1 while all of `A`
 /// passes. `parallel`: split the strips among rayon's threads (else this
 /// thread computes all of them, for callers that are parallel already).
 pub fn matmul(c: &mut [f32], ldc: usize, a: &PackedA, b: Matrix, accumulate: bool, parallel: bool) {
