@@ -344,15 +344,7 @@ mod tests {
     }
 
     fn values(len: usize, salt: u64, spread: f32) -> Vec<f32> {
-        let mut state = salt.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * spread
-            })
-            .collect()
+        crate::kernels::random(len, salt.wrapping_mul(0x9E37_79B9_7F4A_7C15)).into_iter().map(|x| x * spread).collect()
     }
 
     /// Odd sizes (not multiples of either block), from one key to several

@@ -317,22 +317,15 @@ pub(super) mod tests {
 
     /// `arithmetic: None` is [`ConvWeights::direct`] (f32).
     fn check_in(ci: usize, co: usize, h: usize, w: usize, k: usize, g: Geometry, arithmetic: Option<Arithmetic>) {
-        let mut state = 0x2545F4914F6CDD1Du64;
-        let mut rnd = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        };
-        let x: Vec<f32> = (0..ci * h * w).map(|_| rnd()).collect();
-        let weight: Vec<f32> = (0..co * ci * k * k).map(|_| rnd()).collect();
-        let bias: Vec<f32> = (0..co).map(|_| rnd()).collect();
+        let values = crate::kernels::random(ci * h * w + co * ci * k * k + co, 0x2545F4914F6CDD1D);
+        let (x, rest) = values.split_at(ci * h * w);
+        let (weight, bias) = rest.split_at(co * ci * k * k);
         let wts = match arithmetic {
-            None => ConvWeights::direct(&weight, &bias, (co, ci, k), g),
-            Some(arithmetic) => ConvWeights::new(&weight, &bias, (co, ci, k), g, arithmetic),
+            None => ConvWeights::direct(weight, bias, (co, ci, k), g),
+            Some(arithmetic) => ConvWeights::new(weight, bias, (co, ci, k), g, arithmetic),
         };
-        let (got, _, _) = conv2d(&x, 1, h, w, &wts);
-        let want = reference(&x, (h, w), &weight, &bias, k, g);
+        let (got, _, _) = conv2d(x, 1, h, w, &wts);
+        let want = reference(x, (h, w), weight, bias, k, g);
         assert_eq!(got.len(), want.len());
         let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
         // bf16: products of 8-bit significands, see winograd.rs's tests.

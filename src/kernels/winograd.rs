@@ -366,18 +366,7 @@ impl Chunk {
 mod tests {
     use super::*;
     use crate::kernels::conv::{Geometry, tests::reference};
-
-    fn random(n: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed | 1;
-        (0..n)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-            })
-            .collect()
-    }
+    use crate::kernels::random;
 
     /// Max abs error against the f64 reference, relative to the largest output.
     fn check(ci: usize, co: usize, (h0, w0): (usize, usize), up: usize) {
