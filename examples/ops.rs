@@ -307,9 +307,12 @@ mod rates {
                 std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(0x3F00_3F00)),
             )
         };
+        // Opaque once, before the loop: a `black_box` per instruction would
+        // store and reload the operand each time and time that instead.
+        let (a, b) = std::hint::black_box((a, b));
         for _ in 0..iters {
             for x in acc.iter_mut() {
-                *x = _mm512_dpbf16_ps(*x, std::hint::black_box(a), b);
+                *x = _mm512_dpbf16_ps(*x, a, b);
             }
         }
         acc.iter().map(|&x| _mm512_reduce_add_ps(x)).sum()
@@ -319,9 +322,10 @@ mod rates {
     fn fma(iters: usize) -> f32 {
         let mut acc = [_mm512_setzero_ps(); ACC];
         let (a, b) = (_mm512_set1_ps(1.0), _mm512_set1_ps(0.5));
+        let (a, b) = std::hint::black_box((a, b));
         for _ in 0..iters {
             for x in acc.iter_mut() {
-                *x = _mm512_fmadd_ps(std::hint::black_box(a), b, *x);
+                *x = _mm512_fmadd_ps(a, b, *x);
             }
         }
         acc.iter().map(|&x| _mm512_reduce_add_ps(x)).sum()
