@@ -327,6 +327,7 @@ mod tests {
 
     use super::*;
     use crate::model::layers::Linear;
+    use crate::model::testing::{banded, bits_differ, values};
     use crate::model::{GroupNorm, ResnetBlock2d, VAE_NORM_EPS};
     use crate::tiling::{self, Plan, Rows, Spill, Storage, TileOptions};
 
@@ -463,10 +464,6 @@ mod tests {
         }
     }
 
-    fn values(x: Tensor<4>) -> Vec<f32> {
-        x.into_data().try_into_vec::<f32>().expect("f32 activations")
-    }
-
     #[test]
     fn made_up_block_runs_banded_as_whole() {
         let device = Device::flex();
@@ -482,18 +479,12 @@ mod tests {
         // Bands of 8 rows (4 at half resolution), of 10 (bands that don't
         // divide the image), and one band for the whole.
         for rows in [8, 10, 64] {
-            let plan = Plan::Banded {
-                storage: Storage::F32,
-                rows: Rows::Image { rows, image_height: h },
-                estimate: 0,
-                spill: None,
-            };
-            let banded = values(tiling::run(&graph, x(), &plan).unwrap());
+            let banded = banded(&graph, x(), rows, h);
             let err = whole.iter().zip(&banded).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
             // Bands start on even rows, so each convolution computes the
             // whole pass's Winograd tiles, and the GroupNorm coefficients
             // come out the same: identical, not merely close.
-            let differ = whole.iter().zip(&banded).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+            let differ = bits_differ(&whole, &banded);
             assert_eq!(differ, 0, "{rows}-row bands differ from the whole pass (max abs difference {err:e})");
         }
         // The planner sees the block's steps too: untiled when memory allows,
@@ -515,7 +506,7 @@ mod tests {
             let on_disk = Plan::Banded { storage, rows, estimate: 0, spill: Some(spill.clone()) };
             let in_memory = values(tiling::run(&graph, x(), &in_memory).unwrap());
             let on_disk = values(tiling::run(&graph, x(), &on_disk).unwrap());
-            let differ = in_memory.iter().zip(&on_disk).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+            let differ = bits_differ(&in_memory, &on_disk);
             assert_eq!(differ, 0, "{storage:?}: spilled bands differ from bands in memory");
         }
         assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);

@@ -1,6 +1,6 @@
-//! What the Wan-family unit tests share (and the architecture inference's):
-//! seeded parameters of any name, random activations, and the diffusers key
-//! lists of `*_keys.txt`.
+//! What the model's unit tests share (and the architecture inference's):
+//! seeded parameters of any name, random activations, banded runs of a
+//! graph, and the diffusers key lists of `*_keys.txt`.
 
 use std::collections::BTreeMap;
 
@@ -9,6 +9,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::Params;
+use super::graph::Graph;
+use crate::tiling::{self, Plan, Rows, Storage};
 
 /// Seeded random parameters of any name, recording what was asked.
 pub(crate) struct RandomParams {
@@ -69,6 +71,18 @@ pub(crate) fn random_tensor(shape: [usize; 4], seed: u64) -> Tensor<4> {
 
 pub(crate) fn values(x: Tensor<4>) -> Vec<f32> {
     x.into_data().try_into_vec::<f32>().expect("f32 activations")
+}
+
+/// `graph` on `x` in f32 bands of `rows` image rows (of `image_height`), in memory.
+pub(crate) fn banded(graph: &Graph, x: Tensor<4>, rows: usize, image_height: usize) -> Vec<f32> {
+    let plan =
+        Plan::Banded { storage: Storage::F32, rows: Rows::Image { rows, image_height }, estimate: 0, spill: None };
+    values(tiling::run(graph, x, &plan).unwrap())
+}
+
+/// How many values of `a` and `b` differ in any bit.
+pub(crate) fn bits_differ(a: &[f32], b: &[f32]) -> usize {
+    a.iter().zip(b).filter(|(a, b)| a.to_bits() != b.to_bits()).count()
 }
 
 /// Name to shape, of a key list (`wan_keys.txt`: `name d0,d1,...` lines,

@@ -237,9 +237,9 @@ fn load_decoder(p: &mut impl Params, name: &str, cfg: &WanConfig) -> Decoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::testing::{RandomParams, key_shapes, random_tensor, values};
+    use crate::model::testing::{RandomParams, banded, bits_differ, key_shapes, random_tensor, values};
     use crate::model::{Model, Op, Resample};
-    use crate::tiling::{self, Plan, Rows, Storage, TileOptions};
+    use crate::tiling::{Plan, TileOptions};
 
     fn tiny_config() -> WanConfig {
         WanConfig {
@@ -320,14 +320,7 @@ mod tests {
             // Bands of 8 image rows (2 at the latent's), of 12 (bands that
             // do not divide the image), and one band for the whole.
             for rows in [8, 12, 64] {
-                let plan = Plan::Banded {
-                    storage: Storage::F32,
-                    rows: Rows::Image { rows, image_height: h },
-                    estimate: 0,
-                    spill: None,
-                };
-                let banded = values(tiling::run(graph, x(), &plan).unwrap());
-                let differ = whole.iter().zip(&banded).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+                let differ = bits_differ(whole, &banded(graph, x(), rows, h));
                 assert_eq!(differ, 0, "{what}: {rows}-row bands differ from the whole pass");
             }
             let [c, rows, cols] = match what {

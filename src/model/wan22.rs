@@ -422,9 +422,9 @@ fn load_decoder(p: &mut impl Params, name: &str, cfg: &WanResidualConfig) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::testing::{RandomParams, key_shapes, random_tensor, values};
+    use crate::model::testing::{RandomParams, banded, bits_differ, key_shapes, random_tensor, values};
     use crate::model::{Model, Op};
-    use crate::tiling::{self, Plan, Rows, Storage, TileOptions};
+    use crate::tiling::{Plan, TileOptions};
 
     #[test]
     fn asks_for_every_tensor_of_the_diffusers_models() {
@@ -498,14 +498,7 @@ mod tests {
                 (&decoder, &latent, &decoded, "decoder"),
             ] {
                 for rows in [8, 12, 64] {
-                    let plan = Plan::Banded {
-                        storage: Storage::F32,
-                        rows: Rows::Image { rows, image_height: h },
-                        estimate: 0,
-                        spill: None,
-                    };
-                    let banded = values(tiling::run(graph, x(), &plan).unwrap());
-                    let differ = whole.iter().zip(&banded).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+                    let differ = bits_differ(whole, &banded(graph, x(), rows, h));
                     assert_eq!(differ, 0, "{what} (conv3d {conv3d}): {rows}-row bands differ from the whole pass");
                 }
                 let shape = if what == "encoder" { (c, h, w) } else { (4, h / f, w / f) };
