@@ -17,7 +17,7 @@ use vae::model::Family;
 use vae::tiling::Tile;
 use vae::{Vae, VaeOptions};
 
-use common::parity::full_fixtures;
+use common::parity::{full_fixtures, raw_latent};
 use common::{assert_fails, fixtures, max_abs_diff, read_tensors, stderr, stdout, vae};
 
 /// The bound the project promises for latents and decoded floats.
@@ -231,13 +231,7 @@ fn check_decode_per_channel(dir: &Path, name: &str, layouts: &[PathBuf]) {
         for stem in IMAGES {
             let want = expected(name, stem);
             let (shape, mean) = &want["mean"];
-            let latent = Latent {
-                channels: shape[1],
-                height: shape[2],
-                width: shape[3],
-                data: mean.clone(),
-                meta: LatentMeta { scaling_factor: Some(1.0), shift_factor: Some(0.0), ..Default::default() },
-            };
+            let latent = raw_latent(shape, mean);
             let decoded = vae.decode_float(&latent).unwrap();
             assert_eq!(decoded.len(), want["decoded"].1.len(), "{name}: the decoder's planes");
             let what = format!("{name} {stem} decoded ({})", weights.display());

@@ -36,7 +36,7 @@ fn burn_ops_taesd() {
 #[test]
 fn burn_ops_new_families() {
     use vae::imageio;
-    use vae::latent::{Latent, LatentMeta, Posterior};
+    use vae::latent::Posterior;
     use vae::latent_space::{LatentForm, LatentSpaceRequest};
 
     vae::kernels::set_enabled(false);
@@ -64,13 +64,7 @@ fn burn_ops_new_families() {
                 eprintln!("{weights} {stem} latent: max abs error {err:.1e}");
                 assert!(err <= 1e-4, "{weights} {stem}: latent differs by {err:e}");
             }
-            let latent = Latent {
-                channels: shape[1],
-                height: shape[2],
-                width: shape[3],
-                data: mean.clone(),
-                meta: LatentMeta { scaling_factor: Some(1.0), shift_factor: Some(0.0), ..Default::default() },
-            };
+            let latent = common::parity::raw_latent(shape, mean);
             let decoded = vae.decode_float(&latent).unwrap();
             let reference =
                 common::read_tensors(&families.join(format!("{expected}/expected/{prefix}{stem}.safetensors")));

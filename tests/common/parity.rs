@@ -93,6 +93,18 @@ pub fn scaled_latent(vae: &Vae, shape: &[usize], mean: &[f32]) -> Latent {
     }
 }
 
+/// diffusers' unscaled `mean` (`shape` `[1, C, h, w]`) as a latent file that
+/// says so (scale 1, shift 0), whatever the model's latent space.
+pub fn raw_latent(shape: &[usize], mean: &[f32]) -> Latent {
+    Latent {
+        channels: shape[1],
+        height: shape[2],
+        width: shape[3],
+        data: mean.to_vec(),
+        meta: LatentMeta { scaling_factor: Some(1.0), shift_factor: Some(0.0), ..Default::default() },
+    }
+}
+
 /// Decodes diffusers' own latent of each image and compares the 8-bit PNG
 /// (within one level: rounding at x.5 may flip) and, where the fixture has it,
 /// the float output before quantisation.
