@@ -138,14 +138,18 @@ pub fn gib(bytes: u64) -> f64 {
     bytes as f64 / GIB as f64
 }
 
-/// Bytes in GiB, or in MiB below one GiB, for messages.
+/// Bytes for messages, in the largest unit they fill: a small `--tmp-dir`
+/// says "64.0 KiB free", not "0.1 MiB" (which could be the figure it needs).
 fn size(bytes: u64) -> String {
-    match bytes >= GIB {
-        true => format!("{:.2} GiB", gib(bytes)),
-        false => format!("{:.1} MiB", bytes as f64 / MIB as f64),
+    match bytes {
+        GIB.. => format!("{:.2} GiB", gib(bytes)),
+        MIB.. => format!("{:.1} MiB", bytes as f64 / MIB as f64),
+        KIB.. => format!("{:.1} KiB", bytes as f64 / KIB as f64),
+        _ => format!("{bytes} bytes"),
     }
 }
 const MIB: u64 = 1 << 20;
+const KIB: u64 = 1 << 10;
 
 /// The default `--max-memory`: half of the memory available now, at most
 /// 1.5 GiB. Running in bands costs a few percent of time, so a low default
@@ -371,6 +375,15 @@ mod tests {
         assert!(parse_size("0.5").unwrap_err().contains("less than one byte"));
         assert!(parse_size("0").is_err());
         assert_eq!(parse_size("0.5K"), Ok(512));
+    }
+
+    #[test]
+    fn sizes_in_the_unit_they_fill() {
+        assert_eq!(size(0), "0 bytes");
+        assert_eq!(size(1023), "1023 bytes");
+        assert_eq!(size(64 * KIB), "64.0 KiB");
+        assert_eq!(size(5 * MIB / 2), "2.5 MiB");
+        assert_eq!(size(3 * GIB / 2), "1.50 GiB");
     }
 
     #[test]
