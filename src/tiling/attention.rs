@@ -33,10 +33,24 @@ pub(super) fn bytes_per_position(c: usize) -> u64 {
 /// `rows`: a band, or a group of channels read for the norm's statistics,
 /// whichever is larger, and each thread's blocks.
 pub(super) fn temporaries(attention: &Attention, (c, h, w): (usize, usize, usize), rows: Rows) -> u64 {
-    let per_row = bytes_per_position(c) * w as u64;
-    let band = per_row * rows.for_pass(per_row, h) as u64;
+    let band = bytes_per_position(c) * (band_rows((c, h, w), rows) * w) as u64;
     let group = 4 * (attention.norm.group_channels(c) * h * w) as u64;
-    band.max(group) + rayon::current_num_threads() as u64 * kernel::thread_bytes(c)
+    band.max(group) + threads_bytes(c)
+}
+
+/// Bytes of every thread's blocks.
+fn threads_bytes(c: usize) -> u64 {
+    rayon::current_num_threads() as u64 * kernel::thread_bytes(c)
+}
+
+/// Image rows per band of a `[c, h, w]` input: as `rows` says, in what a
+/// budget leaves once each thread has its blocks.
+fn band_rows((c, h, w): (usize, usize, usize), rows: Rows) -> usize {
+    let rows = match rows {
+        Rows::Budget(bytes) => Rows::Budget(bytes.saturating_sub(threads_bytes(c))),
+        rows => rows,
+    };
+    rows.for_pass(bytes_per_position(c) * w as u64, h)
 }
 
 /// Writes `attention` of `x` into `out` (zeroed, of `x`'s shape), its keys
@@ -53,7 +67,7 @@ pub(super) fn run(
     let norm = attention.norm.for_bands(c, |first, count| x.read_channels(first, first + count))?;
     let weights = attention.kernel_weights();
     let p = weights.projections();
-    let band_rows = rows.for_pass(bytes_per_position(c) * w as u64, h);
+    let band_rows = band_rows((c, h, w), rows);
     let mut kv = KeysValues { arrays: [Flat::new(n * c, kv)?, Flat::new(n * c, kv)?], elements: n * c };
     let band = (band_rows * w).next_multiple_of(PROJECTION_ROWS);
     for p0 in (0..n).step_by(band) {
