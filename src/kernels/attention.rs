@@ -6,6 +6,11 @@
 //! cache-sized blocks per thread. Both products are GEMMs; blocks of queries
 //! run in parallel.
 //!
+//! Keys and values come through [`KeyValues`], a block of rows at a time:
+//! slices in memory for the plain forward pass, or arrays that a banded run
+//! keeps on disk. A band of query positions that starts on a query block
+//! boundary computes each block exactly as the whole pass does.
+//!
 //! Exactness: scores, exponentials and the accumulator are f32 (as PyTorch's
 //! fp32 attention); each row's normaliser is summed in f32 within a key block
 //! and in f64 across blocks, since one flat f32 sum over 4096+ terms costs
@@ -25,14 +30,45 @@ pub const QUERY_BLOCK: usize = 256;
 /// Keys per block: with `c = 512` a block of `k` or `v` is 512 KiB.
 const KEY_BLOCK: usize = 256;
 
+/// Positions per block of the key and value projections ([`project`]).
+pub const PROJECTION_ROWS: usize = 256;
+
+/// The keys and values `[n, c]` (row-major) that the kernel reads a block of
+/// rows at a time: borrowed from memory, or read from wherever they are
+/// kept into buffers it is lent.
+pub trait KeyValues: Sync {
+    type Error: Send;
+    /// Elements of `k` (and of `v`): `n * c`.
+    fn elements(&self) -> usize;
+    /// Elements `[start, start + len)` of `k` and of `v`, borrowed from
+    /// `self` or read into `buffers`.
+    fn block<'a>(
+        &'a self,
+        start: usize,
+        len: usize,
+        buffers: &'a mut [Vec<f32>; 2],
+    ) -> Result<[&'a [f32]; 2], Self::Error>;
+}
+
+/// `[k, v]` in memory.
+impl KeyValues for [&[f32]; 2] {
+    type Error = std::convert::Infallible;
+    fn elements(&self) -> usize {
+        self[0].len()
+    }
+    fn block<'a>(&'a self, start: usize, len: usize, _: &'a mut [Vec<f32>; 2]) -> Result<[&'a [f32]; 2], Self::Error> {
+        Ok(self.map(|a| &a[start..start + len]))
+    }
+}
+
 /// `q`, `k`, `v`: `[n, c]` row-major. Returns `[n, c]`.
 pub fn attention(q: &[f32], k: &[f32], v: &[f32], n: usize, c: usize, scale: f32) -> Vec<f32> {
     assert!(q.len() == n * c && k.len() == n * c && v.len() == n * c);
     let rows = query_rows(n);
     let mut out = vec![0.0f32; n * c];
-    out.par_chunks_mut(rows * c)
-        .zip(q.par_chunks(rows * c))
-        .for_each_init(Scratch::default, |scratch, (o, q)| attend_block(q, k, v, c, scale, o, scratch));
+    out.par_chunks_mut(rows * c).zip(q.par_chunks(rows * c)).for_each_init(Scratch::default, |scratch, (o, q)| {
+        let Ok(()) = attend_block(q, &[k, v], c, scale, o, scratch);
+    });
     out
 }
 
@@ -50,29 +86,51 @@ pub struct Scratch {
     /// relative to it.
     max: Vec<f32>,
     sum: Vec<f64>,
+    /// A block of keys and one of values, where [`KeyValues`] reads them.
+    blocks: [Vec<f32>; 2],
 }
 
 impl Default for Scratch {
     fn default() -> Self {
-        Self { scores: vec![0.0; QUERY_BLOCK * KEY_BLOCK], max: vec![0.0; QUERY_BLOCK], sum: vec![0.0; QUERY_BLOCK] }
+        Self {
+            scores: vec![0.0; QUERY_BLOCK * KEY_BLOCK],
+            max: vec![0.0; QUERY_BLOCK],
+            sum: vec![0.0; QUERY_BLOCK],
+            blocks: [Vec::new(), Vec::new()],
+        }
     }
 }
 
+/// Bytes of one thread's working memory in [`attend`] with `c` channels:
+/// its [`Scratch`] (with blocks of keys and values read) and a block of
+/// queries and of their output.
+pub fn thread_bytes(c: usize) -> u64 {
+    4 * (QUERY_BLOCK * KEY_BLOCK + 2 * QUERY_BLOCK + 2 * KEY_BLOCK * c + 2 * QUERY_BLOCK * c) as u64
+}
+
 /// `out = softmax(scale * q k^T) v` for one block of query rows: `q` and
-/// `out` are `[r, c]` with `r <= QUERY_BLOCK`; `k` and `v` are `[n, c]`
-/// (any `n >= 1`), read once, a block at a time.
-pub fn attend_block(q: &[f32], k: &[f32], v: &[f32], c: usize, scale: f32, out: &mut [f32], scratch: &mut Scratch) {
+/// `out` are `[r, c]` with `r <= QUERY_BLOCK`; `kv` holds `k` and `v`,
+/// `[n, c]` each (any `n >= 1`), read once, a block at a time.
+pub fn attend_block<K: KeyValues>(
+    q: &[f32],
+    kv: &K,
+    c: usize,
+    scale: f32,
+    out: &mut [f32],
+    scratch: &mut Scratch,
+) -> Result<(), K::Error> {
     let r = q.len() / c;
-    let n = k.len() / c;
-    assert!(r <= QUERY_BLOCK && out.len() == r * c && v.len() == n * c && n > 0);
-    let Scratch { scores, max, sum } = scratch;
+    let n = kv.elements() / c;
+    assert!(r <= QUERY_BLOCK && out.len() == r * c && n > 0);
+    let Scratch { scores, max, sum, blocks } = scratch;
     let (max, sum) = (&mut max[..r], &mut sum[..r]);
     for start in (0..n).step_by(KEY_BLOCK) {
         let bk = KEY_BLOCK.min(n - start);
         let first = start == 0;
+        let [k, v] = kv.block(start * c, bk * c, blocks)?;
         let s = &mut scores[..r * bk];
         // s = scale * q k[start..start + bk]^T  ([r, c] x [c, bk]).
-        // SAFETY: q is [r, c], the key rows [bk, c] read transposed, s [r, bk].
+        // SAFETY: q is [r, c], the key block [bk, c] read transposed, s [r, bk].
         unsafe {
             gemm(
                 r,
@@ -85,7 +143,7 @@ pub fn attend_block(q: &[f32], k: &[f32], v: &[f32], c: usize, scale: f32, out: 
                 q.as_ptr(),
                 1,
                 c as isize,
-                k.as_ptr().add(start * c),
+                k.as_ptr(),
                 c as isize,
                 1,
                 0.0,
@@ -115,7 +173,7 @@ pub fn attend_block(q: &[f32], k: &[f32], v: &[f32], c: usize, scale: f32, out: 
             };
         }
         // out (+)= p v[start..start + bk]  ([r, bk] x [bk, c]).
-        // SAFETY: s is [r, bk], the value rows [bk, c], out [r, c].
+        // SAFETY: s is [r, bk], the value block [bk, c], out [r, c].
         unsafe {
             gemm(
                 r,
@@ -128,7 +186,7 @@ pub fn attend_block(q: &[f32], k: &[f32], v: &[f32], c: usize, scale: f32, out: 
                 s.as_ptr(),
                 1,
                 bk as isize,
-                v.as_ptr().add(start * c),
+                v.as_ptr(),
                 1,
                 c as isize,
                 1.0,
@@ -144,6 +202,7 @@ pub fn attend_block(q: &[f32], k: &[f32], v: &[f32], c: usize, scale: f32, out: 
         let inv = (1.0 / total) as f32;
         row.iter_mut().for_each(|x| *x *= inv);
     }
+    Ok(())
 }
 
 /// The largest value of `row`, in 16 lanes so that the loop vectorises.
@@ -200,27 +259,44 @@ pub struct Projections<'a> {
 /// channels-first `[c, n]`, as the model holds activations.
 ///
 /// Besides `x` and `tokens` this holds `k` and `v` (`[n, c]` each) and, per
-/// thread, one block of queries, its output and scores: the queries are
-/// projected, attended and projected out a block at a time, and each
-/// block's output is added into its own columns of `x`.
+/// thread, one block of queries, its output and scores (see [`attend`]).
 pub fn self_attention(x: &mut [f32], tokens: &[f32], n: usize, c: usize, p: Projections) {
     assert!(x.len() == n * c && tokens.len() == n * c);
     let (k, v) = (project(tokens, n, p.k), project(tokens, n, p.v));
-    for (row, &b) in x.chunks_exact_mut(n).zip(p.out.bias) {
+    let Ok(()) = attend(x, tokens, c, p, &[&k[..], &v[..]], query_rows(n));
+}
+
+/// [`self_attention`] for a band of `m` query positions of an image whose
+/// keys and values (all `n` positions) `kv` holds: `x` and `tokens` are the
+/// band's `[c, m]`. The queries are projected, attended and projected out a
+/// block of `rows` at a time (`rows` from [`query_rows`] of `n`), and each
+/// block's output is added into its own columns of `x`. A band that starts
+/// at a multiple of `rows` computes the blocks of the whole image: the same
+/// values.
+pub fn attend<K: KeyValues>(
+    x: &mut [f32],
+    tokens: &[f32],
+    c: usize,
+    p: Projections,
+    kv: &K,
+    rows: usize,
+) -> Result<(), K::Error> {
+    let m = x.len() / c;
+    assert!(tokens.len() == m * c && rows <= QUERY_BLOCK);
+    for (row, &b) in x.chunks_exact_mut(m).zip(p.out.bias) {
         row.iter_mut().for_each(|x| *x += b);
     }
     let scale = (c as f32).sqrt().recip();
-    let rows = query_rows(n);
     let x = SharedMut(x.as_mut_ptr());
-    (0..n.div_ceil(rows)).into_par_iter().for_each_init(
+    (0..m.div_ceil(rows)).into_par_iter().try_for_each_init(
         || (Scratch::default(), vec![0.0f32; rows * c], vec![0.0f32; rows * c]),
         |(scratch, q, o), block| {
-            let (p0, r) = (block * rows, rows.min(n - block * rows));
+            let (p0, r) = (block * rows, rows.min(m - block * rows));
             let (q, o) = (&mut q[..r * c], &mut o[..r * c]);
-            project_into(&tokens[p0..], n, r, p.q, q);
-            attend_block(q, &k, &v, c, scale, o, scratch);
+            project_into(&tokens[p0..], m, r, p.q, q);
+            attend_block(q, kv, c, scale, o, scratch)?;
             // x[:, p0..p0 + r] += W_out o^T  ([c, c] x [c, r]).
-            // SAFETY: the destination is columns p0..p0 + r of x [c, n], which
+            // SAFETY: the destination is columns p0..p0 + r of x [c, m], which
             // no other block writes; W_out is [c, c]; o is [r, c] read
             // transposed.
             unsafe {
@@ -230,7 +306,7 @@ pub fn self_attention(x: &mut [f32], tokens: &[f32], n: usize, c: usize, p: Proj
                     c,
                     x.at(p0),
                     1,
-                    n as isize,
+                    m as isize,
                     true,
                     p.out.weight.as_ptr(),
                     1,
@@ -246,11 +322,12 @@ pub fn self_attention(x: &mut [f32], tokens: &[f32], n: usize, c: usize, p: Proj
                     Parallelism::None,
                 );
             }
+            Ok(())
         },
-    );
+    )
 }
 
-/// A pointer to `x` in [`self_attention`], shared by the blocks that write
+/// A pointer to `x` in [`attend`], shared by the blocks that write
 /// disjoint columns of it.
 #[derive(Clone, Copy)]
 struct SharedMut(*mut f32);
@@ -267,19 +344,20 @@ impl SharedMut {
     }
 }
 
-// SAFETY: each block writes only its own columns (see `self_attention`).
+// SAFETY: each block writes only its own columns (see `attend`).
 unsafe impl Send for SharedMut {}
 // SAFETY: as for `Send`.
 unsafe impl Sync for SharedMut {}
 
 /// `tokens^T weight^T + bias`: the projection `[n, d_out]` of channels-first
-/// `tokens [d_in, n]`, in parallel.
-fn project(tokens: &[f32], n: usize, linear: Linear) -> Vec<f32> {
+/// `tokens [d_in, n]`, in parallel blocks of [`PROJECTION_ROWS`] positions
+/// (so a band of an image that starts at a multiple of it is projected
+/// exactly as the whole).
+pub fn project(tokens: &[f32], n: usize, linear: Linear) -> Vec<f32> {
     let d_out = linear.bias.len();
     let mut out = vec![0.0f32; n * d_out];
-    let rows = 256;
-    out.par_chunks_mut(rows * d_out).enumerate().for_each(|(i, o)| {
-        project_into(&tokens[i * rows..], n, o.len() / d_out, linear, o);
+    out.par_chunks_mut(PROJECTION_ROWS * d_out).enumerate().for_each(|(i, o)| {
+        project_into(&tokens[i * PROJECTION_ROWS..], n, o.len() / d_out, linear, o);
     });
     out
 }
@@ -401,6 +479,46 @@ mod tests {
                     );
                 }
             }
+            // In bands of query positions, keys and values read block by
+            // block into the kernel's buffers: the same bits.
+            let (k, v) = (super::project(&tokens, n, p.k), super::project(&tokens, n, p.v));
+            let rows = query_rows(n);
+            for band in [rows, 3 * rows] {
+                let mut banded = vec![0.0f32; c * n];
+                for p0 in (0..n).step_by(band) {
+                    let m = band.min(n - p0);
+                    let part = |a: &[f32]| (0..c).flat_map(|o| a[o * n + p0..][..m].to_vec()).collect::<Vec<f32>>();
+                    let (mut y, t) = (part(&x), part(&tokens));
+                    let Ok(()) = attend(&mut y, &t, c, p, &Copied(k.clone(), v.clone()), rows);
+                    for o in 0..c {
+                        banded[o * n + p0..][..m].copy_from_slice(&y[o * m..][..m]);
+                    }
+                }
+                let differ = got.iter().zip(&banded).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+                assert_eq!(differ, 0, "n {n}: bands of {band} positions");
+            }
+        }
+    }
+
+    /// Keys and values that each block copies out, as from a file.
+    struct Copied(Vec<f32>, Vec<f32>);
+
+    impl KeyValues for Copied {
+        type Error = std::convert::Infallible;
+        fn elements(&self) -> usize {
+            self.0.len()
+        }
+        fn block<'a>(
+            &'a self,
+            start: usize,
+            len: usize,
+            [k, v]: &'a mut [Vec<f32>; 2],
+        ) -> Result<[&'a [f32]; 2], Self::Error> {
+            k.clear();
+            k.extend_from_slice(&self.0[start..start + len]);
+            v.clear();
+            v.extend_from_slice(&self.1[start..start + len]);
+            Ok([k, v])
         }
     }
 
@@ -413,7 +531,7 @@ mod tests {
         let k: Vec<f32> = (0..n * c).map(|i| if i % c == 0 { (i / c) as f32 * 0.05 } else { 0.1 }).collect();
         let v = values(n * c, 9, 2.0);
         let mut out = vec![0.0; 2 * c];
-        attend_block(&q, &k, &v, c, 1.0, &mut out, &mut Scratch::default());
+        let Ok(()) = attend_block(&q, &[&k[..], &v[..]], c, 1.0, &mut out, &mut Scratch::default());
         let want = reference(&q, &k, &v, c, 1.0);
         for (g, w) in out.iter().zip(&want) {
             assert!((*g as f64 - w).abs() < 2e-6 * (1.0 + w.abs()), "{g} vs {w}");

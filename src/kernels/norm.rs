@@ -17,22 +17,33 @@ pub struct GroupNormParams<'a> {
 /// `x` is `[batch, channels, hw]`; normalised (and, with `silu`, activated)
 /// in place.
 pub fn group_norm(x: &mut [f32], channels: usize, hw: usize, params: GroupNormParams, silu: bool) {
-    let GroupNormParams { groups, eps, gamma, beta } = params;
-    let per_group = channels / groups * hw;
-    x.par_chunks_mut(per_group).enumerate().for_each(|(i, group)| {
-        let n = group.len() as f64;
-        let mean = sum_f64(group, |v| v) / n;
-        let var = sum_f64(group, |v| (v - mean) * (v - mean)) / n;
-        let rstd = 1.0 / (var + eps).sqrt();
-        let first_channel = (i % groups) * (channels / groups);
-        for (c, xc) in group.chunks_exact_mut(hw).enumerate() {
-            let channel = first_channel + c;
-            // y = x * a + b with a = gamma * rstd, b = beta - mean * a.
-            let a = (gamma[channel] as f64 * rstd) as f32;
-            let b = (beta[channel] as f64 - mean * gamma[channel] as f64 * rstd) as f32;
+    let per_group = channels / params.groups;
+    x.par_chunks_mut(per_group * hw).enumerate().for_each(|(i, group)| {
+        let coefficients = group_coefficients(group, (i % params.groups) * per_group, params);
+        for (xc, (a, b)) in group.chunks_exact_mut(hw).zip(coefficients) {
             affine_in_place(xc, a, b, silu);
         }
     });
+}
+
+/// Per channel of one group of an image (its channels' values, one whole
+/// plane after another; `first` its first channel), the `(a, b)` of the
+/// `y = x * a + b` that [`group_norm`] applies: statistics in f64, mean
+/// first, then the mean of centred squares.
+pub fn group_coefficients(group: &[f32], first: usize, params: GroupNormParams) -> Vec<(f32, f32)> {
+    let GroupNormParams { groups, eps, gamma, beta } = params;
+    let n = group.len() as f64;
+    let mean = sum_f64(group, |v| v) / n;
+    let var = sum_f64(group, |v| (v - mean) * (v - mean)) / n;
+    let rstd = 1.0 / (var + eps).sqrt();
+    (first..first + gamma.len() / groups)
+        .map(|channel| {
+            // a = gamma * rstd, b = beta - mean * a.
+            let a = (gamma[channel] as f64 * rstd) as f32;
+            let b = (beta[channel] as f64 - mean * gamma[channel] as f64 * rstd) as f32;
+            (a, b)
+        })
+        .collect()
 }
 
 /// `x = x * a[c] + b[c]` per channel (then SiLU), in place: GroupNorm with

@@ -101,17 +101,17 @@ impl Attention {
         let n = h * w;
         let tokens = kernels::values(self.norm.forward(x.clone())); // [B, C, N]
         let mut out = kernels::values(x);
-        let params = |l: &Linear| (kernels::values(l.weight.clone()), kernels::values(l.bias.clone()));
-        let [q, k, v, o] = [&self.to_q, &self.to_k, &self.to_v, &self.to_out].map(params);
-        fn linear((weight, bias): &(Vec<f32>, Vec<f32>)) -> kernels::attention::Linear<'_> {
-            kernels::attention::Linear { weight, bias }
-        }
-        let projections =
-            kernels::attention::Projections { q: linear(&q), k: linear(&k), v: linear(&v), out: linear(&o) };
+        let weights = self.kernel_weights();
         for (x, t) in out.chunks_exact_mut(n * c).zip(tokens.chunks_exact(n * c)) {
-            kernels::attention::self_attention(x, t, n, c, projections);
+            kernels::attention::self_attention(x, t, n, c, weights.projections());
         }
         kernels::tensor(out, [b, c, h, w], &device)
+    }
+
+    /// The projections' parameters as the CPU kernels take them.
+    pub fn kernel_weights(&self) -> KernelWeights {
+        let params = |l: &Linear| [kernels::values(l.weight.clone()), kernels::values(l.bias.clone())];
+        KernelWeights([&self.to_q, &self.to_k, &self.to_v, &self.to_out].map(params))
     }
 
     /// `softmax(q k^T / sqrt(C)) v` for one image's tokens: `[H*W, C] -> [H*W, C]`.
@@ -143,5 +143,18 @@ impl Attention {
             })
             .collect();
         Tensor::cat(chunks, 0).cast(dtype)
+    }
+}
+
+/// `[weight, bias]` of `to_q`, `to_k`, `to_v` and `to_out`, as f32 values.
+pub struct KernelWeights([[Vec<f32>; 2]; 4]);
+
+impl KernelWeights {
+    pub fn projections(&self) -> kernels::attention::Projections<'_> {
+        let linear = |i: usize| {
+            let [weight, bias] = &self.0[i];
+            kernels::attention::Linear { weight, bias }
+        };
+        kernels::attention::Projections { q: linear(0), k: linear(1), v: linear(2), out: linear(3) }
     }
 }

@@ -326,6 +326,65 @@ impl Norm {
             Norm::Rms(norm) => norm.forward_silu(x),
         }
     }
+
+    /// Channels that [`Norm::for_bands`] reads at once: a GroupNorm's group
+    /// (none for the RMS norm).
+    pub fn group_channels(&self, channels: usize) -> usize {
+        match self {
+            Norm::Group(norm) => channels / norm.groups,
+            Norm::Rms(_) => 0,
+        }
+    }
+
+    /// [`Norm::forward`] on the CPU of an image of `channels` channels, as
+    /// a norm for bands of its positions. A GroupNorm gathers its statistics
+    /// from `group(first, count)`, channels `[first, first + count)` of the
+    /// whole image (one group at a time), by the whole pass's arithmetic, so
+    /// that the bands get its values; the RMS norm is per pixel already.
+    pub fn for_bands<E>(
+        &self,
+        channels: usize,
+        mut group: impl FnMut(usize, usize) -> Result<Vec<f32>, E>,
+    ) -> Result<BandNorm, E> {
+        match self {
+            Norm::Group(norm) => {
+                let (gamma, beta) = (kernels::values(norm.weight.clone()), kernels::values(norm.bias.clone()));
+                let params = GroupNormParams { groups: norm.groups, eps: norm.eps, gamma: &gamma, beta: &beta };
+                let per_group = channels / norm.groups;
+                let mut coefficients = Vec::with_capacity(channels);
+                for first in (0..channels).step_by(per_group.max(1)) {
+                    let values = group(first, per_group)?;
+                    coefficients.extend(kernels::norm::group_coefficients(&values, first, params));
+                }
+                let (a, b) = coefficients.into_iter().unzip();
+                Ok(BandNorm::Affine { a, b })
+            }
+            Norm::Rms(norm) => Ok(BandNorm::Rms { gamma: kernels::values(norm.gamma.clone()) }),
+        }
+    }
+}
+
+/// A norm of a whole image, for bands of its positions ([`Norm::for_bands`]).
+#[derive(Debug, Clone)]
+pub enum BandNorm {
+    /// Each channel's `y = x * a + b`.
+    Affine {
+        a: Vec<f32>,
+        b: Vec<f32>,
+    },
+    Rms {
+        gamma: Vec<f32>,
+    },
+}
+
+impl BandNorm {
+    /// Normalises `x`, a band `[C, positions]`, in place.
+    pub fn apply(&self, x: &mut [f32], positions: usize) {
+        match self {
+            BandNorm::Affine { a, b } => kernels::norm::affine(x, positions, a, b, false),
+            BandNorm::Rms { gamma } => kernels::norm::rms_norm(x, gamma.len(), positions, gamma, false),
+        }
+    }
 }
 
 impl From<GroupNorm> for Norm {

@@ -32,7 +32,7 @@ pub use autoencoder::{AutoencoderKl, DiagonalGaussian};
 pub use config::{AutoencoderKlConfig, Family, SD15_SCALING_FACTOR};
 pub use encoder::UNetMidBlock2d;
 pub use graph::{Buffer, Builder, ConvOp, Graph, Op, Resample, Residual, ShuffleOp, Step};
-pub use layers::{Conv2d, GroupNorm, Norm, RmsNorm, VAE_NORM_EPS};
+pub use layers::{BandNorm, Conv2d, GroupNorm, Norm, RmsNorm, VAE_NORM_EPS};
 pub use resnet::ResnetBlock2d;
 pub use shuffle::Shuffle;
 pub use tiny::{AutoencoderTiny, AutoencoderTinyBlock, AutoencoderTinyConfig, DecoderTiny, EncoderTiny, TinyLayer};

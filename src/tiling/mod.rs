@@ -13,14 +13,15 @@
 //! statistics of the whole image and each band reads the halo rows its
 //! convolution needs from the stored input: the result is the untiled one,
 //! up to f16 rounding of stored activations when that storage is chosen.
-//! The mid-block attention runs over all positions at once, at the lowest
-//! resolution, as untiled.
+//! The mid-block attention attends over all positions, its keys and values
+//! stored like activations, a band of queries at a time.
 //!
 //! Stored activations grow with the image (a 4096x4096 decode holds 12 GiB
 //! of them at once even in f16): those that do not fit the budget spill to
 //! unnamed files in a temporary folder ([`Spill`]), so the memory a run
 //! needs no longer grows with the image, only the disk.
 
+mod attention;
 mod program;
 mod store;
 

@@ -7,8 +7,8 @@
 //! A band of it reads its rows of the input plus the one or two halo rows
 //! its convolution needs, so every band is exact; a GroupNorm uses
 //! statistics summed over the whole input as the previous step wrote it (an
-//! RMS norm, per pixel, needs none). An attention step runs on the whole
-//! activation. A shuffle step (a rearrangement between space and channels
+//! RMS norm, per pixel, needs none). An attention step runs in two passes
+//! over bands of positions (see [`super::attention`]). A shuffle step (a rearrangement between space and channels
 //! within 2x2 cells, plus an optional earlier buffer) needs no halo: a band
 //! of its output reads its own input rows. The result is the untiled
 //! forward pass, computed with a bounded working set. Nothing here knows the
@@ -115,11 +115,13 @@ pub fn peak(graph: &Graph, (c, h, w): (usize, usize, usize), storage: Storage, r
     let bytes = stored_bytes(graph, (c, h, w), storage);
     // Live bytes in memory and on disk.
     let mut live = [0u64; 2];
-    let at = |buf: usize| usize::from(bytes[buf] > spill_above);
-    live[at(0)] += bytes[0];
+    let at = |bytes: u64| usize::from(bytes > spill_above);
+    live[at(bytes[0])] += bytes[0];
     let mut peak = Peak::default();
     for (i, step) in graph.steps().iter().enumerate() {
         let (input, out) = (step.input.index(), step.output.index());
+        // Bytes in memory and on disk of the step's own arrays.
+        let mut own = [0u64; 2];
         let (c_in, h_in, w_in) = shapes[input];
         let (shape, temporaries) = match step.op {
             Op::Conv(ConvOp { conv, resample, residual, .. }) => {
@@ -128,9 +130,13 @@ pub fn peak(graph: &Graph, (c, h, w): (usize, usize, usize), storage: Storage, r
                 let per_row = band_bytes_per_row((c_in, w_in), (conv.c_out(), w), c_res, resample);
                 ((conv.c_out(), h, w), per_row * rows.for_pass(per_row, h) as u64)
             }
-            // Attention holds four f32 copies of its input (read, which becomes
-            // the output; normalised; k; v) and a few MiB of blocks per thread.
-            Op::Attention(_) => ((c_in, h_in, w_in), 16 * (c_in * h_in * w_in) as u64 + 64 * (1 << 20)),
+            // Attention stores its keys and values, each of its input's size
+            // in f32, for the length of the step.
+            Op::Attention(attention) => {
+                let kv = Activation::bytes((c_in, h_in, w_in), Storage::F32);
+                own[at(kv)] += 2 * kv;
+                ((c_in, h_in, w_in), super::attention::temporaries(attention, (c_in, h_in, w_in), rows))
+            }
             Op::Shuffle(ShuffleOp { shuffle, plus }) => {
                 let (h, w) = shuffle.output_size(h_in, w_in);
                 let per_row = shuffle_bytes_per_row(c_in, w_in, shuffle.c_out(), w, plus.is_some(), shuffle.down());
@@ -141,18 +147,18 @@ pub fn peak(graph: &Graph, (c, h, w): (usize, usize, usize), storage: Storage, r
         // In place, the output takes over the input's bytes.
         let in_place = in_place(graph, i, &last, c_in);
         if !in_place {
-            live[at(out)] += bytes[out];
+            live[at(bytes[out])] += bytes[out];
         }
-        peak.stored = peak.stored.max(live[0]);
-        peak.disk = peak.disk.max(live[1]);
+        peak.stored = peak.stored.max(live[0] + own[0]);
+        peak.disk = peak.disk.max(live[1] + own[1]);
         peak.temporaries = peak.temporaries.max(temporaries);
-        peak.together = peak.together.max(live[0] + temporaries);
+        peak.together = peak.together.max(live[0] + own[0] + temporaries);
         // A step may add its own input: that buffer is freed once.
         let residual = step.residual().map(|r| r.index()).filter(|&r| r != input);
         let freed = [(!in_place).then_some(input), residual];
         for buf in freed.into_iter().flatten() {
             if last[buf] == i {
-                live[at(buf)] -= bytes[buf];
+                live[at(bytes[buf])] -= bytes[buf];
             }
         }
     }
@@ -264,6 +270,13 @@ fn run_step(
     let x = buffers[input].as_ref().expect("a step reads a live buffer");
     let (c_in, h_in, w_in) = (x.channels, x.height, x.width);
     let ConvOp { norm, conv, resample, residual } = match step.op {
+        Op::Attention(attention) if kernels::applies_to(device) => {
+            let mut out = stored.zeroed((c_in, h_in, w_in))?;
+            let kv = place(stored.spill, Activation::bytes((c_in, h_in, w_in), Storage::F32));
+            super::attention::run(x, attention, &mut out, kv, rows)?;
+            return Ok(out);
+        }
+        // Elsewhere than on the CPU kernels, on the whole input at once.
         Op::Attention(attention) => {
             let whole = kernels::tensor(x.read_rows(0, h_in)?, [1, c_in, h_in, w_in], device);
             let mut out = stored.zeroed((c_in, h_in, w_in))?;

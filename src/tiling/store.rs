@@ -286,8 +286,21 @@ impl Activation {
 
     /// Rows `[r0, r1)` of every channel, as `[C, r1 - r0, W]` f32 values.
     pub fn read_rows(&self, r0: usize, r1: usize) -> io::Result<Vec<f32>> {
-        let mut out = vec![0.0f32; self.channels * (r1 - r0) * self.width];
-        self.data.read(self.plane(), r0 * self.width, &mut out, self.channels)?;
+        self.read_positions(r0 * self.width, r1 * self.width)
+    }
+
+    /// Positions `[p0, p1)` (row-major, `p = row * W + column`) of every
+    /// channel, as `[C, p1 - p0]` f32 values.
+    pub fn read_positions(&self, p0: usize, p1: usize) -> io::Result<Vec<f32>> {
+        let mut out = vec![0.0f32; self.channels * (p1 - p0)];
+        self.data.read(self.plane(), p0, &mut out, self.channels)?;
+        Ok(out)
+    }
+
+    /// Channels `[c0, c1)` whole, as `[c1 - c0, H, W]` f32 values.
+    pub fn read_channels(&self, c0: usize, c1: usize) -> io::Result<Vec<f32>> {
+        let mut out = vec![0.0f32; (c1 - c0) * self.plane()];
+        self.data.read(self.plane(), c0 * self.plane(), &mut out, c1 - c0)?;
         Ok(out)
     }
 
@@ -301,22 +314,34 @@ impl Activation {
         src_rows: usize,
         skip: usize,
     ) -> io::Result<()> {
-        let (w, plane, channels) = (self.width, self.plane(), self.channels);
+        let w = self.width;
         let part = |c: usize| &values[(c * src_rows + skip) * w..(c * src_rows + skip + rows) * w];
+        self.write_parts(r0 * w, rows * w, part)
+    }
+
+    /// Writes positions `[p0, p0 + n)` from `values`, `[C, n]`, and adds
+    /// them to the channel sums.
+    pub fn write_positions(&mut self, p0: usize, values: &[f32]) -> io::Result<()> {
+        let n = values.len() / self.channels.max(1);
+        self.write_parts(p0, n, |c| &values[c * n..(c + 1) * n])
+    }
+
+    /// Stores `part(c)` (`n` values) at position `start` of each channel `c`.
+    fn write_parts<'s>(&mut self, start: usize, n: usize, part: impl Fn(usize) -> &'s [f32] + Sync) -> io::Result<()> {
+        let (plane, channels) = (self.plane(), self.channels);
         if let Data::F16(v) = &self.data
             && (0..channels).any(|c| part(c).iter().any(|x| x.is_finite() && !f16::from_f32(*x).is_finite()))
         {
             self.data = Data::F32(self.widened(v)?);
         }
-        let band_sums: Vec<[f64; 2]> =
-            (0..channels).into_par_iter().map(|c| channel_sums(part(c), rows * w)[0]).collect();
+        let band_sums: Vec<[f64; 2]> = (0..channels).into_par_iter().map(|c| channel_sums(part(c), n)[0]).collect();
         for (total, band) in self.sums.iter_mut().zip(band_sums) {
             total[0] += band[0];
             total[1] += band[1];
         }
         match &mut self.data {
-            Data::F32(v) => v.write(plane, r0 * w, channels, part),
-            Data::F16(v) => v.write(plane, r0 * w, channels, part),
+            Data::F32(v) => v.write(plane, start, channels, part),
+            Data::F16(v) => v.write(plane, start, channels, part),
         }
     }
 
@@ -342,6 +367,37 @@ impl Activation {
     /// The values as f32, `[C, H, W]`.
     pub fn into_values(self) -> io::Result<Vec<f32>> {
         self.read_rows(0, self.height)
+    }
+}
+
+/// An f32 array in one run, in memory or spilled like an activation: the
+/// attention's keys or values (`[n, c]`, position by position), written a
+/// band of positions at a time and read a block at a time.
+pub struct Flat(Values<f32>);
+
+impl Flat {
+    /// `len` zeros, at `place`.
+    pub fn new(len: usize, place: Place) -> io::Result<Self> {
+        Ok(Self(Values::zeroed(len, place)?))
+    }
+
+    /// Stores `src` as values `[start, start + src.len())`.
+    pub fn write(&mut self, start: usize, src: &[f32]) -> io::Result<()> {
+        // One channel, its plane longer than any array.
+        self.0.write(usize::MAX, start, 1, |_| src)
+    }
+
+    /// Values `[start, start + len)`: borrowed from memory, or read from
+    /// disk into `buffer`.
+    pub fn read<'a>(&'a self, start: usize, len: usize, buffer: &'a mut Vec<f32>) -> io::Result<&'a [f32]> {
+        match &self.0 {
+            Values::Memory(v) => Ok(&v[start..start + len]),
+            Values::Disk(f) => {
+                buffer.resize(len, 0.0);
+                f.file.read_exact_at(as_bytes_mut(&mut buffer[..]), Spilled::<f32>::offset(start))?;
+                Ok(buffer)
+            }
+        }
     }
 }
 
