@@ -16,7 +16,7 @@
 //! and in f64 across blocks, since one flat f32 sum over 4096+ terms costs
 //! ~2e-4 at the decoder output.
 
-use gemm::{Parallelism, gemm};
+use super::matmul;
 use rayon::prelude::*;
 
 use super::norm::fast_exp;
@@ -132,26 +132,16 @@ pub fn attend_block<K: KeyValues>(
         // s = scale * q k[start..start + bk]^T  ([r, c] x [c, bk]).
         // SAFETY: q is [r, c], the key block [bk, c] read transposed, s [r, bk].
         unsafe {
-            gemm(
+            matmul(
                 r,
                 bk,
                 c,
-                s.as_mut_ptr(),
-                1,
-                bk as isize,
+                (s.as_mut_ptr(), 1, bk as isize),
                 false,
-                q.as_ptr(),
-                1,
-                c as isize,
-                k.as_ptr(),
-                c as isize,
-                1,
+                (q.as_ptr(), 1, c as isize),
+                (k.as_ptr(), c as isize, 1),
                 0.0,
                 scale,
-                false,
-                false,
-                false,
-                Parallelism::None,
             );
         }
         for (i, row) in s.chunks_exact_mut(bk).enumerate() {
@@ -175,26 +165,16 @@ pub fn attend_block<K: KeyValues>(
         // out (+)= p v[start..start + bk]  ([r, bk] x [bk, c]).
         // SAFETY: s is [r, bk], the value block [bk, c], out [r, c].
         unsafe {
-            gemm(
+            matmul(
                 r,
                 c,
                 bk,
-                out.as_mut_ptr(),
-                1,
-                c as isize,
+                (out.as_mut_ptr(), 1, c as isize),
                 !first,
-                s.as_ptr(),
-                1,
-                bk as isize,
-                v.as_ptr(),
-                1,
-                c as isize,
+                (s.as_ptr(), 1, bk as isize),
+                (v.as_ptr(), 1, c as isize),
                 1.0,
                 1.0,
-                false,
-                false,
-                false,
-                Parallelism::None,
             );
         }
     }
@@ -300,26 +280,16 @@ pub fn attend<K: KeyValues>(
             // no other block writes; W_out is [c, c]; o is [r, c] read
             // transposed.
             unsafe {
-                gemm(
+                matmul(
                     c,
                     r,
                     c,
-                    x.at(p0),
-                    1,
-                    m as isize,
+                    (x.at(p0), 1, m as isize),
                     true,
-                    p.out.weight.as_ptr(),
-                    1,
-                    c as isize,
-                    o.as_ptr(),
-                    c as isize,
-                    1,
+                    (p.out.weight.as_ptr(), 1, c as isize),
+                    (o.as_ptr(), c as isize, 1),
                     1.0,
                     1.0,
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
                 );
             }
             Ok(())
@@ -376,26 +346,16 @@ fn project_into(tokens: &[f32], n: usize, r: usize, linear: Linear, out: &mut [f
     // tokens[j * n + i], in bounds by the assert; rhs = weight^T read as
     // [d_in, d_out].
     unsafe {
-        gemm(
+        matmul(
             r,
             d_out,
             d_in,
-            out.as_mut_ptr(),
-            1,
-            d_out as isize,
+            (out.as_mut_ptr(), 1, d_out as isize),
             true,
-            tokens.as_ptr(),
-            n as isize,
-            1,
-            linear.weight.as_ptr(),
-            d_in as isize,
-            1,
+            (tokens.as_ptr(), n as isize, 1),
+            (linear.weight.as_ptr(), d_in as isize, 1),
             1.0,
             1.0,
-            false,
-            false,
-            false,
-            Parallelism::None,
         );
     }
 }

@@ -37,6 +37,52 @@ pub fn applies_to(device: &Device) -> bool {
     ENABLED.load(Ordering::Relaxed) && *device == Device::flex()
 }
 
+/// `dst = alpha * dst + beta * lhs rhs`, `[m, k] x [k, n]`, on this thread
+/// (the kernels parallelise over blocks themselves): `gemm::gemm` without
+/// conjugation. Each operand is `(pointer, column stride, row stride)`, in
+/// elements; `read_dst` false ignores `dst`'s values (and `alpha`).
+///
+/// # Safety
+/// As `gemm::gemm`: every element the shapes and strides reach is in bounds,
+/// and `dst` overlaps neither operand.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    (dst, dst_cs, dst_rs): (*mut f32, isize, isize),
+    read_dst: bool,
+    (lhs, lhs_cs, lhs_rs): (*const f32, isize, isize),
+    (rhs, rhs_cs, rhs_rs): (*const f32, isize, isize),
+    alpha: f32,
+    beta: f32,
+) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            dst_cs,
+            dst_rs,
+            read_dst,
+            lhs,
+            lhs_cs,
+            lhs_rs,
+            rhs,
+            rhs_cs,
+            rhs_rs,
+            alpha,
+            beta,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
 /// A CPU tensor's values, without a copy when the tensor is not shared.
 pub fn values<const D: usize>(x: Tensor<D>) -> Vec<f32> {
     // A no-op for f32; reduced-precision GPU parameters read back as f32.

@@ -21,7 +21,7 @@
 //! so 7 of the 16 GEMMs are skipped: 2.25 multiplications per output pixel
 //! and input channel, against 9 for the direct method.
 
-use gemm::{Parallelism, gemm};
+use super::matmul;
 use rayon::prelude::*;
 
 use super::Arithmetic;
@@ -236,26 +236,16 @@ impl Chunk {
             // SAFETY: m is co x nt, u is co x ci, v is ci x nt, all row-major
             // with unit column stride, as the strides below say.
             unsafe {
-                gemm(
+                matmul(
                     co,
                     nt,
                     ci,
-                    m.as_mut_ptr(),
-                    1,
-                    nt as isize,
+                    (m.as_mut_ptr(), 1, nt as isize),
                     false,
-                    u.as_ptr(),
-                    1,
-                    ci as isize,
-                    v.as_ptr(),
-                    1,
-                    nt as isize,
+                    (u.as_ptr(), 1, ci as isize),
+                    (v.as_ptr(), 1, nt as isize),
                     0.0,
                     1.0,
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
                 );
             }
         }
