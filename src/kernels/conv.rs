@@ -8,6 +8,8 @@
 //! computed over `row_len / s` columns per output row, of which the last
 //! few are padding and are cropped at the end.
 
+use std::ops::Range;
+
 use gemm::{Parallelism, gemm};
 
 use super::Arithmetic;
@@ -15,7 +17,7 @@ use super::bf16::{self, Matrix, PackedA};
 use super::winograd::{self, WinogradWeights};
 
 /// A convolution's weights, rearranged once for the algorithm that suits its
-/// shape: Winograd F(2x2, 3x3) for the "same" 3x3 convolutions (all but three
+/// shape: Winograd for the "same" 3x3 convolutions (all but three
 /// of the VAE's 3x3 convolutions, and nearly all of its FLOPs), else one GEMM
 /// per kernel tap. Winograd was measured faster for every such shape in the
 /// model, even 3 -> 128 and 128 -> 3 (`examples/ops.rs`).
@@ -122,12 +124,84 @@ pub fn conv2d_upsampled(
     up: usize,
     wts: &ConvWeights,
 ) -> (Vec<f32>, usize, usize) {
+    wts.prepare(up).run(x, batch, (h0, w0), None)
+}
+
+impl ConvWeights {
+    /// The convolution of inputs upsampled `up` times, ready to run on any
+    /// number of them (bands): a Winograd convolution's f32 weights
+    /// transformed for the algorithm that `up` calls for.
+    pub fn prepare(&self, up: usize) -> Prepared<'_> {
+        let winograd = match &self.algorithm {
+            Algorithm::Winograd(w) => Some(w.prepare(up)),
+            Algorithm::Taps(_) | Algorithm::TapsBf16(_) => None,
+        };
+        Prepared { wts: self, up, winograd }
+    }
+
+    /// Bytes that [`ConvWeights::prepare`] allocates.
+    pub fn prepared_bytes(&self, up: usize) -> u64 {
+        match &self.algorithm {
+            Algorithm::Winograd(w) => w.prepared_bytes(up),
+            Algorithm::Taps(_) | Algorithm::TapsBf16(_) => 0,
+        }
+    }
+}
+
+/// A convolution ready to run ([`ConvWeights::prepare`]).
+pub struct Prepared<'a> {
+    wts: &'a ConvWeights,
+    up: usize,
+    winograd: Option<winograd::Prepared<'a>>,
+}
+
+impl Prepared<'_> {
+    /// Output rows `rows` (all by default) of the convolution of `x`
+    /// (`[batch, ci, h0, w0]`, upsampled): `([batch, co, rows, wo], rows,
+    /// wo)`. A Winograd convolution computes them alone, in tiles that start
+    /// on `rows.start` (so a band that starts on a tile boundary of the whole
+    /// image gives its values bit for bit); the others compute every row and
+    /// keep these.
+    pub fn run(
+        &self,
+        x: &[f32],
+        batch: usize,
+        (h0, w0): (usize, usize),
+        rows: Option<Range<usize>>,
+    ) -> (Vec<f32>, usize, usize) {
+        let (wts, up) = (self.wts, self.up);
+        let taps = match (&wts.algorithm, &self.winograd) {
+            (Algorithm::Winograd(w), Some(u)) => {
+                let rows = rows.unwrap_or(0..h0 * up);
+                let n = rows.len();
+                return (winograd::conv3x3(x, batch, (h0, w0), up, rows, (w, u), &wts.bias), n, w0 * up);
+            }
+            (Algorithm::Taps(taps), _) => Taps::F32(taps),
+            (Algorithm::TapsBf16(taps), _) => Taps::Bf16(taps),
+            (Algorithm::Winograd(_), None) => unreachable!("prepared with its transform"),
+        };
+        let (all, ho, wo) = by_taps(x, batch, (h0, w0), up, taps, wts);
+        let rows = rows.unwrap_or(0..ho);
+        assert!(rows.end <= ho, "rows {rows:?} of {ho}");
+        if rows == (0..ho) {
+            return (all, ho, wo);
+        }
+        let planes = all.chunks_exact(ho * wo);
+        let kept = planes.flat_map(|plane| &plane[rows.start * wo..rows.end * wo]).copied().collect();
+        (kept, rows.len(), wo)
+    }
+}
+
+/// [`conv2d_upsampled`] one kernel tap at a time.
+fn by_taps(
+    x: &[f32],
+    batch: usize,
+    (h0, w0): (usize, usize),
+    up: usize,
+    taps: Taps,
+    wts: &ConvWeights,
+) -> (Vec<f32>, usize, usize) {
     let (h, w) = (h0 * up, w0 * up);
-    let taps = match &wts.algorithm {
-        Algorithm::Winograd(u) => return (winograd::conv3x3(x, batch, (h0, w0), up, u, &wts.bias), h, w),
-        Algorithm::Taps(taps) => Taps::F32(taps),
-        Algorithm::TapsBf16(taps) => Taps::Bf16(taps),
-    };
     let g = wts.geometry;
     let (k, s, ci, co) = (wts.kernel, g.stride, wts.c_in, wts.c_out);
     let hp = h + g.pad_h.0 + g.pad_h.1;

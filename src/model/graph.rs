@@ -97,6 +97,14 @@ impl Resample {
             Resample::Down2 => (h / 2, w / 2),
         }
     }
+
+    /// How many times the convolution's input is upsampled first.
+    pub fn up(self) -> usize {
+        match self {
+            Resample::Up2 => 2,
+            Resample::Same | Resample::Down2 => 1,
+        }
+    }
 }
 
 /// An earlier buffer added to a convolution's result.

@@ -3,6 +3,7 @@
 //! parameter names (`weight`, `bias`, `gamma`).
 
 use burn::tensor::{DType, FloatDType, Tensor};
+use std::ops::Range;
 use std::sync::Arc;
 
 use crate::kernels::{self, Arithmetic, conv::ConvWeights, conv::Geometry, norm::GroupNormParams};
@@ -153,6 +154,24 @@ impl Conv2d {
         }
     }
 
+    /// This convolution of inputs upsampled `up` times, ready to run on
+    /// bands of them ([`ConvBands`]).
+    pub fn prepare(&self, up: usize) -> ConvBands<'_> {
+        let cpu = match &self.params {
+            ConvParams::Cpu(weights) => Some(weights.prepare(up)),
+            ConvParams::Burn(_) => None,
+        };
+        ConvBands { conv: self, up, cpu }
+    }
+
+    /// Bytes that [`Conv2d::prepare`] allocates.
+    pub fn prepared_bytes(&self, up: usize) -> u64 {
+        match &self.params {
+            ConvParams::Cpu(weights) => weights.prepared_bytes(up),
+            ConvParams::Burn(_) => 0,
+        }
+    }
+
     /// Output channels.
     pub fn c_out(&self) -> usize {
         match &self.params {
@@ -172,6 +191,37 @@ impl Conv2d {
         let ([b, _, h, w], device) = (x.dims(), x.device());
         let (out, ho, wo) = kernels::conv::conv2d_upsampled(&kernels::values(x), b, (h, w), up, weights);
         kernels::tensor(out, [b, weights.c_out(), ho, wo], &device)
+    }
+}
+
+/// A [`Conv2d`] ready to run on bands of an input upsampled `up` times
+/// ([`Conv2d::prepare`]): on the CPU, its transformed weights, computed once
+/// for all bands.
+pub struct ConvBands<'a> {
+    conv: &'a Conv2d,
+    up: usize,
+    cpu: Option<kernels::conv::Prepared<'a>>,
+}
+
+impl ConvBands<'_> {
+    /// Output rows `rows` of the convolution of `x` upsampled: on the CPU
+    /// computed from tiles that start on `rows.start` (see
+    /// [`kernels::conv::Prepared::run`]).
+    pub fn forward_rows(&self, x: Tensor<4>, rows: Range<usize>) -> Tensor<4> {
+        match &self.cpu {
+            Some(prepared) => {
+                let ([b, _, h, w], device) = (x.dims(), x.device());
+                let (out, ho, wo) = prepared.run(&kernels::values(x), b, (h, w), Some(rows));
+                kernels::tensor(out, [b, self.conv.c_out(), ho, wo], &device)
+            }
+            None => {
+                let y = match self.up {
+                    1 => self.conv.forward(x),
+                    up => self.conv.forward_upsampled(x, up),
+                };
+                y.narrow(2, rows.start, rows.len())
+            }
+        }
     }
 }
 

@@ -225,10 +225,11 @@ impl Rows {
             // Below MIN_BAND_ROWS the halo rows cost more than the memory saved.
             Rows::Budget(bytes) => ((bytes / bytes_per_row.max(1)) as usize).max(MIN_BAND_ROWS),
         };
-        // Even, so that every band starts on an even row: the 3x3
-        // convolutions compute 2-row tiles (Winograd F(2x2, 3x3)), and a band
-        // whose tiles line up with the whole image's gives identical values.
-        rows.max(1).next_multiple_of(2).min(h_out.max(1))
+        // A multiple of the 3x3 convolutions' tile rows (Winograd's), so
+        // that every band starts on a tile boundary: a band whose tiles
+        // line up with the whole image's gives identical values, and it
+        // reads one halo row above instead of a whole tile.
+        rows.max(1).next_multiple_of(kernels::winograd::TILE).min(h_out.max(1))
     }
 }
 

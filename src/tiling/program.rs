@@ -25,27 +25,42 @@ use rayon::prelude::*;
 use super::store::{Activation, Place, Storage};
 use super::{Rows, Spill, TilingError};
 use crate::kernels;
+use crate::kernels::winograd::TILE;
 use crate::model::{ConvOp, Graph, Op, Resample, Residual, ShuffleOp, Step};
 
-/// Input rows `[i0, i1)` from which output rows `[o0, o1)` of a `resample`
-/// convolution are computed exactly, and the output row that the band's
-/// first result row is.
-fn input_rows(resample: Resample, o0: usize, o1: usize, h_in: usize, halo: usize) -> (usize, usize, usize) {
-    match resample {
-        // From an even row (one more than the halo when o0 is even), so
-        // that the band's 2-row convolution tiles are the whole image's.
-        Resample::Same => {
-            let i0 = o0.saturating_sub(halo) & !1;
-            (i0, (o1 + halo).min(h_in), i0)
+/// The rows a band of output rows `[o0, o1)` of a `resample` convolution
+/// reads and computes.
+struct BandRows {
+    /// Input rows `[i0, i1)`.
+    i0: usize,
+    i1: usize,
+    /// The output row of the convolution of those input rows' first row.
+    base: usize,
+    /// The first output row computed (`<= o0`).
+    first: usize,
+}
+
+impl BandRows {
+    /// A 3x3 convolution (`halo` 1) computes tiles of [`TILE`] rows
+    /// (Winograd's): the band computes whole tiles of the whole image's
+    /// grid, from the row above the first tile's to the row below the last
+    /// one's, and every row comes out as in the whole pass, bit for bit.
+    fn new(resample: Resample, o0: usize, o1: usize, h_in: usize, halo: usize) -> Self {
+        let (first, end) = (o0 / TILE * TILE, o1.next_multiple_of(TILE));
+        match resample {
+            Resample::Same if halo == 0 => Self { i0: o0, i1: o1, base: o0, first: o0 },
+            Resample::Same => {
+                let i0 = first.saturating_sub(halo);
+                Self { i0, i1: (end + halo).min(h_in), base: i0, first }
+            }
+            // Upsampled row r is input row r / 2, and tiles start on even rows.
+            Resample::Up2 => {
+                let i0 = (first / 2).saturating_sub(1);
+                Self { i0, i1: (end / 2 + 1).min(h_in), base: 2 * i0, first }
+            }
+            // Output row r reads input rows 2r to 2r + 2.
+            Resample::Down2 => Self { i0: 2 * o0, i1: (2 * o1 + 1).min(h_in), base: o0, first: o0 },
         }
-        // Upsampled row r reads input row r / 2; the 3x3 convolution
-        // needs upsampled rows o0 - 1 to o1.
-        Resample::Up2 => {
-            let i0 = o0.saturating_sub(1) / 2;
-            (i0, (o1 / 2 + 1).min(h_in), 2 * i0)
-        }
-        // Output row r reads input rows 2r to 2r + 2.
-        Resample::Down2 => (2 * o0, (2 * o1 + 1).min(h_in), o0),
     }
 }
 
@@ -128,7 +143,8 @@ pub fn peak(graph: &Graph, (c, h, w): (usize, usize, usize), storage: Storage, r
                 let (h, w) = resample.output_size(h_in, w_in);
                 let c_res = residual.map_or(0, |r| shapes[r.buffer.index()].0);
                 let per_row = band_bytes_per_row((c_in, w_in), (conv.c_out(), w), c_res, resample);
-                ((conv.c_out(), h, w), per_row * rows.for_pass(per_row, h) as u64)
+                let prepared = conv.prepared_bytes(resample.up());
+                ((conv.c_out(), h, w), prepared + per_row * rows.for_pass(per_row, h) as u64)
             }
             // Attention stores its keys and values, each of its input's size
             // in f32, for the length of the step.
@@ -295,18 +311,16 @@ fn run_step(
     let mut pending: Option<Band> = None;
     let c_res = residual.and_then(|r| buffers[r.buffer.index()].as_ref()).map_or(0, |r| r.channels);
     let band = rows.for_pass(band_bytes_per_row((c_in, w_in), (c_out, w_out), c_res, resample), h_out);
+    let prepared = conv.prepare(resample.up());
     for o0 in (0..h_out).step_by(band) {
         let o1 = (o0 + band).min(h_out);
-        let (i0, i1, first) = input_rows(resample, o0, o1, h_in, conv.pad_top());
+        let BandRows { i0, i1, base, first } = BandRows::new(resample, o0, o1, h_in, conv.pad_top());
         let x = if reuse { &out } else { buffers[input].as_ref().expect("a step reads a live buffer") };
         let mut band_in = kernels::tensor(x.read_rows(i0, i1)?, [1, c_in, i1 - i0, w_in], device);
         if let Some(norm) = norm {
             band_in = norm.forward_silu_with(band_in, &sums, plane);
         }
-        let y = match resample {
-            Resample::Up2 => conv.forward_upsampled(band_in, 2),
-            Resample::Same | Resample::Down2 => conv.forward(band_in),
-        };
+        let y = prepared.forward_rows(band_in, first - base..o1 - base);
         let y_rows = y.dims()[2];
         let mut y = kernels::values(y);
         if let Some(Residual { buffer, shortcut }) = residual {
