@@ -1,5 +1,5 @@
 //! Op-level timing of the decoder's 3x3 convolution shapes: this crate's
-//! Winograd F(2x2, 3x3) kernel against its direct one-GEMM-per-tap kernel
+//! Winograd kernel (F(4x4, 3x3) in f32) against its direct one-GEMM-per-tap kernel
 //! (and burn-flex's conv2d with `--flex`, and Winograd with bf16 products
 //! with `--bf16`), same process, same inputs. `--gemm`: the bf16 product
 //! (`kernels::bf16`) against gemm's f32 one on the shapes the model gives them.

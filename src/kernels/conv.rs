@@ -16,11 +16,11 @@ use super::Arithmetic;
 use super::bf16::{self, Matrix, PackedA};
 use super::winograd::{self, WinogradWeights};
 
-/// A convolution's weights, rearranged once for the algorithm that suits its
-/// shape: Winograd for the "same" 3x3 convolutions (all but three
-/// of the VAE's 3x3 convolutions, and nearly all of its FLOPs), else one GEMM
-/// per kernel tap. Winograd was measured faster for every such shape in the
-/// model, even 3 -> 128 and 128 -> 3 (`examples/ops.rs`).
+/// A convolution's weights, laid out once for the algorithm that suits its
+/// shape: Winograd ([`winograd`]) for the "same" 3x3 convolutions (all but
+/// three of the VAE's 3x3 convolutions, and nearly all of its FLOPs), else
+/// one GEMM per kernel tap. Winograd was measured faster for every such shape
+/// in the model, even 3 -> 128 and 128 -> 3 (`examples/ops.rs`).
 #[derive(Debug, Clone)]
 pub struct ConvWeights {
     algorithm: Algorithm,

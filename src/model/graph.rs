@@ -489,9 +489,10 @@ mod tests {
         for rows in [8, 10, 64] {
             let banded = banded(&graph, x(), rows, h);
             let err = whole.iter().zip(&banded).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-            // Bands start on even rows, so each convolution computes the
-            // whole pass's Winograd tiles, and the GroupNorm coefficients
-            // come out the same: identical, not merely close.
+            // Bands start on tile boundaries (multiples of 4 rows), so each
+            // convolution computes the whole pass's Winograd tiles, and the
+            // GroupNorm coefficients come out the same: identical, not
+            // merely close.
             let differ = bits_differ(&whole, &banded);
             assert_eq!(differ, 0, "{rows}-row bands differ from the whole pass (max abs difference {err:e})");
         }
