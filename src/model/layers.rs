@@ -155,7 +155,7 @@ impl Conv2d {
     }
 
     /// This convolution of inputs upsampled `up` times, ready to run on
-    /// bands of them ([`ConvBands`]).
+    /// bands of them (`ConvBands`).
     pub fn prepare(&self, up: usize) -> ConvBands<'_> {
         let cpu = match &self.params {
             ConvParams::Cpu(weights) => Some(weights.prepare(up)),
