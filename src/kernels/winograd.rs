@@ -216,10 +216,10 @@ pub enum Prepared<'a> {
 }
 
 /// Tiles per chunk aim for this many floats of scratch (transformed input
-/// plus products): about 8 MiB, which stays in this machine's L2 + L3
-/// slice while keeping each GEMM at least a few hundred columns wide.
+/// plus products): about 8 MiB, near this machine's L2 + L3 slice.
 const CHUNK_FLOATS: usize = 2 << 20;
-/// Narrower GEMMs spend more of their time packing the weights.
+/// Narrower GEMMs spend more of their time packing the weights; wider
+/// chunks leave a 64x64 layer (256 tiles of F(4x4)) to one thread.
 const MIN_CHUNK_TILES: usize = 128;
 
 impl WinogradWeights {
