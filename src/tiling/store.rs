@@ -292,6 +292,15 @@ impl Activation {
     /// Positions `[p0, p1)` (row-major, `p = row * W + column`) of every
     /// channel, as `[C, p1 - p0]` f32 values.
     pub fn read_positions(&self, p0: usize, p1: usize) -> io::Result<Vec<f32>> {
+        // f32 in memory: copied straight into a new vector, without zeroing
+        // it first (a band's worth of memset per read).
+        if let Data::F32(Values::Memory(v)) = &self.data {
+            let mut out = Vec::with_capacity(self.channels * (p1 - p0));
+            for c in 0..self.channels {
+                out.extend_from_slice(&v[c * self.plane() + p0..c * self.plane() + p1]);
+            }
+            return Ok(out);
+        }
         let mut out = vec![0.0f32; self.channels * (p1 - p0)];
         self.data.read(self.plane(), p0, &mut out, self.channels)?;
         Ok(out)
