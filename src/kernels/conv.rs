@@ -140,9 +140,9 @@ impl ConvWeights {
     }
 
     /// Bytes that [`ConvWeights::prepare`] allocates.
-    pub fn prepared_bytes(&self, up: usize) -> u64 {
+    pub fn prepared_bytes(&self) -> u64 {
         match &self.algorithm {
-            Algorithm::Winograd(w) => w.prepared_bytes(up),
+            Algorithm::Winograd(w) => w.prepared_bytes(),
             Algorithm::Taps(_) | Algorithm::TapsBf16(_) => 0,
         }
     }

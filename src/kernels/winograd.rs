@@ -259,13 +259,13 @@ impl WinogradWeights {
         }
     }
 
-    /// Bytes that [`WinogradWeights::prepare`] allocates for `up`.
-    pub fn prepared_bytes(&self, up: usize) -> u64 {
+    /// Bytes that [`WinogradWeights::prepare`] allocates: F(4x4)'s 36
+    /// planes of `U`, upsampled or not (the skipped ones stay zero).
+    pub fn prepared_bytes(&self) -> u64 {
         let n = (self.c_out * self.c_in) as u64;
-        match (&self.form, up) {
-            (Form::F32(_), 1) => 36 * n * 4,
-            (Form::F32(_), _) => 25 * n * 4,
-            (Form::Bf16(_), _) => 0,
+        match &self.form {
+            Form::F32(_) => 36 * n * 4,
+            Form::Bf16(_) => 0,
         }
     }
 }

@@ -165,9 +165,9 @@ impl Conv2d {
     }
 
     /// Bytes that [`Conv2d::prepare`] allocates.
-    pub fn prepared_bytes(&self, up: usize) -> u64 {
+    pub fn prepared_bytes(&self) -> u64 {
         match &self.params {
-            ConvParams::Cpu(weights) => weights.prepared_bytes(up),
+            ConvParams::Cpu(weights) => weights.prepared_bytes(),
             ConvParams::Burn(_) => 0,
         }
     }

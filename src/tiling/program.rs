@@ -143,7 +143,7 @@ pub fn peak(graph: &Graph, (c, h, w): (usize, usize, usize), storage: Storage, r
                 let (h, w) = resample.output_size(h_in, w_in);
                 let c_res = residual.map_or(0, |r| shapes[r.buffer.index()].0);
                 let per_row = band_bytes_per_row((c_in, w_in), (conv.c_out(), w), c_res, resample);
-                let prepared = conv.prepared_bytes(resample.up());
+                let prepared = conv.prepared_bytes();
                 ((conv.c_out(), h, w), prepared + per_row * rows.for_pass(per_row, h) as u64)
             }
             // Attention stores its keys and values, each of its input's size
