@@ -132,11 +132,12 @@ impl ConvWeights {
     /// number of them (bands): a Winograd convolution's f32 weights
     /// transformed for the algorithm that `up` calls for.
     pub fn prepare(&self, up: usize) -> Prepared<'_> {
-        let winograd = match &self.algorithm {
-            Algorithm::Winograd(w) => Some(w.prepare(up)),
-            Algorithm::Taps(_) | Algorithm::TapsBf16(_) => None,
+        let how = match &self.algorithm {
+            Algorithm::Winograd(w) => How::Winograd(w.prepare(up)),
+            Algorithm::Taps(taps) => How::Taps(Taps::F32(taps)),
+            Algorithm::TapsBf16(taps) => How::Taps(Taps::Bf16(taps)),
         };
-        Prepared { wts: self, up, winograd }
+        Prepared { wts: self, up, how }
     }
 
     /// Bytes that [`ConvWeights::prepare`] allocates.
@@ -152,7 +153,13 @@ impl ConvWeights {
 pub struct Prepared<'a> {
     wts: &'a ConvWeights,
     up: usize,
-    winograd: Option<winograd::Prepared<'a>>,
+    how: How<'a>,
+}
+
+/// Winograd with its transformed weights, or one GEMM per tap.
+enum How<'a> {
+    Winograd(winograd::Prepared<'a>),
+    Taps(Taps<'a>),
 }
 
 impl Prepared<'_> {
@@ -170,15 +177,13 @@ impl Prepared<'_> {
         rows: Option<Range<usize>>,
     ) -> (Vec<f32>, usize, usize) {
         let (wts, up) = (self.wts, self.up);
-        let taps = match (&wts.algorithm, &self.winograd) {
-            (Algorithm::Winograd(w), Some(u)) => {
+        let taps = match &self.how {
+            How::Winograd(conv) => {
                 let rows = rows.unwrap_or(0..h0 * up);
                 let n = rows.len();
-                return (winograd::conv3x3(x, batch, (h0, w0), up, rows, (w, u), &wts.bias), n, w0 * up);
+                return (winograd::conv3x3(x, batch, (h0, w0), rows, conv, &wts.bias), n, w0 * up);
             }
-            (Algorithm::Taps(taps), _) => Taps::F32(taps),
-            (Algorithm::TapsBf16(taps), _) => Taps::Bf16(taps),
-            (Algorithm::Winograd(_), None) => unreachable!("prepared with its transform"),
+            How::Taps(taps) => *taps,
         };
         let (all, ho, wo) = by_taps(x, batch, (h0, w0), up, taps, wts);
         let rows = rows.unwrap_or(0..ho);

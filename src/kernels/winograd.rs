@@ -208,8 +208,15 @@ enum Form {
     Bf16(Vec<PackedA>),
 }
 
-/// Transformed weights `U` `[P*P][co][ci]`, ready for [`conv3x3`].
-pub enum Prepared<'a> {
+/// A convolution of inputs upsampled `up` times, ready for [`conv3x3`]:
+/// its transformed weights `U` `[P*P][co][ci]`.
+pub struct Prepared<'a> {
+    wts: &'a WinogradWeights,
+    up: usize,
+    u: Transformed<'a>,
+}
+
+enum Transformed<'a> {
     F4(Vec<f32>),
     F4Upsampled(Vec<f32>),
     Bf16(&'a [PackedA]),
@@ -248,15 +255,17 @@ impl WinogradWeights {
 
     /// The transformed weights a call on an input upsampled `up` times uses.
     pub fn prepare(&self, up: usize) -> Prepared<'_> {
+        assert!(up == 1 || up == 2, "upsampling by {up}");
         let n = self.c_out * self.c_in;
-        match (&self.form, up) {
-            (Form::F32(taps), 1) => Prepared::F4(transform_weights::<F4, 4, 6>(taps, n, |_| false)),
+        let u = match (&self.form, up) {
+            (Form::F32(taps), 1) => Transformed::F4(transform_weights::<F4, 4, 6>(taps, n, |_| false)),
             (Form::F32(taps), _) => {
                 let skip = skipped::<6>(F4Upsampled::VANISHING, up);
-                Prepared::F4Upsampled(transform_weights::<F4Upsampled, 4, 6>(taps, n, skip))
+                Transformed::F4Upsampled(transform_weights::<F4Upsampled, 4, 6>(taps, n, skip))
             }
-            (Form::Bf16(u), _) => Prepared::Bf16(u),
-        }
+            (Form::Bf16(u), _) => Transformed::Bf16(u),
+        };
+        Prepared { wts: self, up, u }
     }
 
     /// Bytes that [`WinogradWeights::prepare`] allocates: F(4x4)'s 36
@@ -313,27 +322,26 @@ fn strided<const N: usize>(s: &[f32], stride: usize, len: usize) -> [&[f32]; N] 
     std::array::from_fn(|_| &parts.next().expect("N slices")[..len])
 }
 
-/// `x` `[batch, ci, h0, w0]`, upsampled `up` (1 or 2) times by nearest
+/// `x` `[batch, ci, h0, w0]`, upsampled `conv.up` (1 or 2) times by nearest
 /// neighbour, convolved with padding 1: returns rows `rows` of the result,
 /// `[batch, co, rows.len(), up*w0]`, computed in tiles that start on row
-/// `rows.start`. `u` is `wts.prepare(up)`.
+/// `rows.start`.
 pub fn conv3x3(
     x: &[f32],
     batch: usize,
     (h0, w0): (usize, usize),
-    up: usize,
     rows: Range<usize>,
-    (wts, u): (&WinogradWeights, &Prepared),
+    conv: &Prepared,
     bias: &[f32],
 ) -> Vec<f32> {
-    assert!(up == 1 || up == 2, "upsampling by {up}");
+    let (up, wts) = (conv.up, conv.wts);
     assert!(rows.end <= h0 * up, "rows {rows:?} of {}", h0 * up);
     let (ci, co) = (wts.c_in, wts.c_out);
     let call = Call { batch, h0, w0, up, rows, ci, co, bias };
-    match u {
-        Prepared::F4(u) => call.run::<F4, 4, 6>(x, Products::F32(u)),
-        Prepared::F4Upsampled(u) => call.run::<F4Upsampled, 4, 6>(x, Products::F32(u)),
-        Prepared::Bf16(u) => call.run::<F2, 2, 4>(x, Products::Bf16(u)),
+    match &conv.u {
+        Transformed::F4(u) => call.run::<F4, 4, 6>(x, Products::F32(u)),
+        Transformed::F4Upsampled(u) => call.run::<F4Upsampled, 4, 6>(x, Products::F32(u)),
+        Transformed::Bf16(u) => call.run::<F2, 2, 4>(x, Products::Bf16(u)),
     }
 }
 
@@ -649,7 +657,7 @@ mod tests {
             .collect();
         let want = reference(&big, (h, w), &weight, &bias, 3, Geometry::SAME_3X3);
         let wts = WinogradWeights::new(&weight, co, ci, arithmetic);
-        let got = conv3x3(&x, 1, (h0, w0), up, 0..h, (&wts, &wts.prepare(up)), &bias);
+        let got = conv3x3(&x, 1, (h0, w0), 0..h, &wts.prepare(up), &bias);
         assert_eq!(got.len(), want.len());
         let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
@@ -716,14 +724,14 @@ mod tests {
         for up in [1, 2] {
             let (h, w) = (h0 * up, w0 * up);
             let u = wts.prepare(up);
-            let whole = conv3x3(&x, 1, (h0, w0), up, 0..h, (&wts, &u), &bias);
+            let whole = conv3x3(&x, 1, (h0, w0), 0..h, &u, &bias);
             // Output rows [o0, o1) from input rows [i0, i1) (source rows).
             for (o0, o1) in [(0, 4), (4, 8), (8, 12), (12, h), (4, 6)] {
                 let i0 = (o0 / up).saturating_sub(1);
                 let i1 = (o1.next_multiple_of(TILE) / up + 1).min(h0);
                 let band = &x[..].chunks(h0 * w0).flat_map(|c| &c[i0 * w0..i1 * w0]).copied().collect::<Vec<_>>();
                 let rows = o0 - up * i0..o1 - up * i0;
-                let got = conv3x3(band, 1, (i1 - i0, w0), up, rows, (&wts, &u), &bias);
+                let got = conv3x3(band, 1, (i1 - i0, w0), rows, &u, &bias);
                 let want: Vec<f32> = whole.chunks(h * w).flat_map(|c| &c[o0 * w..o1 * w]).copied().collect();
                 assert_eq!(got, want, "up {up}, rows {o0}..{o1}");
             }
@@ -771,9 +779,9 @@ mod tests {
         let bias = random(co, 9);
         let wts = WinogradWeights::new(&weight, co, ci, Arithmetic::F32);
         let u = wts.prepare(1);
-        let both = conv3x3(&x, 2, (h, w), 1, 0..h, (&wts, &u), &bias);
+        let both = conv3x3(&x, 2, (h, w), 0..h, &u, &bias);
         for b in 0..2 {
-            let one = conv3x3(&x[b * ci * h * w..][..ci * h * w], 1, (h, w), 1, 0..h, (&wts, &u), &bias);
+            let one = conv3x3(&x[b * ci * h * w..][..ci * h * w], 1, (h, w), 0..h, &u, &bias);
             assert_eq!(&both[b * co * h * w..][..co * h * w], &one[..]);
         }
     }
