@@ -19,6 +19,7 @@
 use super::matmul;
 use rayon::prelude::*;
 
+use super::isa::multiversion;
 use super::norm::fast_exp;
 
 /// Most query rows per block: each key block is reused by this many rows, so
@@ -185,36 +186,40 @@ pub fn attend_block<K: KeyValues>(
     Ok(())
 }
 
-/// The largest value of `row`, in 16 lanes so that the loop vectorises.
-fn row_max(row: &[f32]) -> f32 {
-    let mut lanes = [f32::NEG_INFINITY; 16];
-    let mut chunks = row.chunks_exact(16);
-    for chunk in &mut chunks {
-        for (lane, &x) in lanes.iter_mut().zip(chunk) {
-            *lane = lane.max(x);
+multiversion! {
+    /// The largest value of `row`, in 16 lanes so that the loop vectorises.
+    fn row_max(row: &[f32]) -> f32 {
+        let mut lanes = [f32::NEG_INFINITY; 16];
+        let mut chunks = row.chunks_exact(16);
+        for chunk in &mut chunks {
+            for (lane, &x) in lanes.iter_mut().zip(chunk) {
+                *lane = lane.max(x);
+            }
         }
+        let tail = chunks.remainder().iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        lanes.into_iter().fold(tail, f32::max)
     }
-    let tail = chunks.remainder().iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    lanes.into_iter().fold(tail, f32::max)
 }
 
-/// `row = exp(row - max)`, returning the sum (in 16 f32 lanes: a block holds
-/// at most [`KEY_BLOCK`] terms, each at most 1).
-fn exp_in_place(row: &mut [f32], max: f32) -> f32 {
-    let mut lanes = [0.0f32; 16];
-    let mut chunks = row.chunks_exact_mut(16);
-    for chunk in &mut chunks {
-        for (lane, x) in lanes.iter_mut().zip(chunk.iter_mut()) {
-            *x = fast_exp(*x - max);
-            *lane += *x;
+multiversion! {
+    /// `row = exp(row - max)`, returning the sum (in 16 f32 lanes: a block
+    /// holds at most [`KEY_BLOCK`] terms, each at most 1).
+    fn exp_in_place(row: &mut [f32], max: f32) -> f32 {
+        let mut lanes = [0.0f32; 16];
+        let mut chunks = row.chunks_exact_mut(16);
+        for chunk in &mut chunks {
+            for (lane, x) in lanes.iter_mut().zip(chunk.iter_mut()) {
+                *x = fast_exp(*x - max);
+                *lane += *x;
+            }
         }
+        let mut tail = 0.0;
+        for x in chunks.into_remainder() {
+            *x = fast_exp(*x - max);
+            tail += *x;
+        }
+        lanes.into_iter().sum::<f32>() + tail
     }
-    let mut tail = 0.0;
-    for x in chunks.into_remainder() {
-        *x = fast_exp(*x - max);
-        tail += *x;
-    }
-    lanes.into_iter().sum::<f32>() + tail
 }
 
 /// A `torch.nn.Linear`'s parameters: `weight [d_out, d_in]`, `bias [d_out]`.

@@ -7,6 +7,8 @@
 pub mod attention;
 pub mod bf16;
 pub mod conv;
+pub mod f16;
+pub mod isa;
 pub mod norm;
 pub mod winograd;
 

@@ -5,6 +5,8 @@
 
 use rayon::prelude::*;
 
+use super::isa::multiversion;
+
 /// A GroupNorm layer's parameters.
 #[derive(Debug, Clone, Copy)]
 pub struct GroupNormParams<'a> {
@@ -33,8 +35,8 @@ pub fn group_norm(x: &mut [f32], channels: usize, hw: usize, params: GroupNormPa
 pub fn group_coefficients(group: &[f32], first: usize, params: GroupNormParams) -> Vec<(f32, f32)> {
     let GroupNormParams { groups, eps, gamma, beta } = params;
     let n = group.len() as f64;
-    let mean = sum_f64(group, |v| v) / n;
-    let var = sum_f64(group, |v| (v - mean) * (v - mean)) / n;
+    let mean = sum(group) / n;
+    let var = centred_squares(group, mean) / n;
     let rstd = 1.0 / (var + eps).sqrt();
     (first..first + gamma.len() / groups)
         .map(|channel| {
@@ -56,16 +58,17 @@ pub fn affine(x: &mut [f32], hw: usize, a: &[f32], b: &[f32], silu: bool) {
     });
 }
 
-#[inline(always)]
-fn affine_in_place(x: &mut [f32], a: f32, b: f32, silu: bool) {
-    if silu {
-        for v in x.iter_mut() {
-            let y = *v * a + b;
-            *v = y / (1.0 + fast_exp(-y));
-        }
-    } else {
-        for v in x.iter_mut() {
-            *v = *v * a + b;
+multiversion! {
+    fn affine_in_place(x: &mut [f32], a: f32, b: f32, silu: bool) {
+        if silu {
+            for v in x.iter_mut() {
+                let y = *v * a + b;
+                *v = y / (1.0 + fast_exp(-y));
+            }
+        } else {
+            for v in x.iter_mut() {
+                *v = *v * a + b;
+            }
         }
     }
 }
@@ -94,18 +97,33 @@ pub fn rms_norm(x: &mut [f32], channels: usize, hw: usize, gamma: &[f32], silu: 
     let gamma: Vec<f64> = gamma.iter().map(|&g| g as f64 * scale).collect();
     for image in x.chunks_exact_mut(channels * hw) {
         let inv = rms_inverse_norms(image, channels, hw);
-        image.par_chunks_mut(hw).zip(gamma.par_iter()).for_each(|(xc, &g)| {
-            if silu {
-                for (v, &r) in xc.iter_mut().zip(&inv) {
-                    let y = (*v as f64 * (r * g)) as f32;
-                    *v = y / (1.0 + fast_exp(-y));
-                }
-            } else {
-                for (v, &r) in xc.iter_mut().zip(&inv) {
-                    *v = (*v as f64 * (r * g)) as f32;
-                }
+        image.par_chunks_mut(hw).zip(gamma.par_iter()).for_each(|(xc, &g)| rms_scale(xc, &inv, g, silu));
+    }
+}
+
+multiversion! {
+    /// `x[p] * inv[p] * g` (then SiLU), in f64 and rounded once.
+    fn rms_scale(x: &mut [f32], inv: &[f64], g: f64, silu: bool) {
+        if silu {
+            for (v, &r) in x.iter_mut().zip(inv) {
+                let y = (*v as f64 * (r * g)) as f32;
+                *v = y / (1.0 + fast_exp(-y));
             }
-        });
+        } else {
+            for (v, &r) in x.iter_mut().zip(inv) {
+                *v = (*v as f64 * (r * g)) as f32;
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// `acc[p] += row[p]^2`, in f64.
+    fn add_squares(acc: &mut [f64], row: &[f32]) {
+        for (a, &v) in acc.iter_mut().zip(row) {
+            let v = v as f64;
+            *a += v * v;
+        }
     }
 }
 
@@ -116,11 +134,7 @@ fn rms_inverse_norms(image: &[f32], channels: usize, hw: usize) -> Vec<f64> {
     inv.par_chunks_mut(RMS_PIXELS).enumerate().for_each(|(block, acc)| {
         let p0 = block * RMS_PIXELS;
         for c in 0..channels {
-            let row = &image[c * hw + p0..][..acc.len()];
-            for (a, &v) in acc.iter_mut().zip(row) {
-                let v = v as f64;
-                *a += v * v;
-            }
+            add_squares(acc, &image[c * hw + p0..][..acc.len()]);
         }
         for a in acc.iter_mut() {
             // F.normalize's eps clamps the norm, not its square.
@@ -132,7 +146,28 @@ fn rms_inverse_norms(image: &[f32], channels: usize, hw: usize) -> Vec<f64> {
 
 /// `(sum x, sum x^2)` of each channel of `x` (`[channels, hw]`), in f64.
 pub fn channel_sums(x: &[f32], hw: usize) -> Vec<[f64; 2]> {
-    x.par_chunks(hw).map(|s| [sum_f64(s, |v| v), sum_f64(s, |v| v * v)]).collect()
+    x.par_chunks(hw).map(|s| [sum(s), squares(s)]).collect()
+}
+
+multiversion! {
+    /// `sum x`, in f64.
+    fn sum(xs: &[f32]) -> f64 {
+        sum_f64(xs, |v| v)
+    }
+}
+
+multiversion! {
+    /// `sum x^2`, in f64.
+    fn squares(xs: &[f32]) -> f64 {
+        sum_f64(xs, |v| v * v)
+    }
+}
+
+multiversion! {
+    /// `sum (x - mean)^2`, in f64.
+    fn centred_squares(xs: &[f32], mean: f64) -> f64 {
+        sum_f64(xs, |v| (v - mean) * (v - mean))
+    }
 }
 
 /// `sum(f(x))` in f64 over eight independent lanes, so that the loop

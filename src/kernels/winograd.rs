@@ -39,12 +39,14 @@
 //! chunk's transformed input and products stay near the cores; chunks run in
 //! parallel, each with single-threaded GEMMs.
 
+use std::cell::RefCell;
 use std::ops::Range;
 
 use rayon::prelude::*;
 
 use super::Arithmetic;
 use super::bf16::{self, Matrix, PackedA};
+use super::isa::{Isa, isa};
 use super::matmul;
 
 /// Rows of the tallest tile: bands start on multiples of it.
@@ -311,12 +313,14 @@ fn transform_weights<A: Tiles<T, P>, const T: usize, const P: usize>(
 }
 
 /// `N` consecutive `len`-long slices of `s`, `stride` apart.
+#[inline(always)]
 fn strided_mut<const N: usize>(s: &mut [f32], stride: usize, len: usize) -> [&mut [f32]; N] {
     let mut parts = s.chunks_mut(stride);
     std::array::from_fn(|_| &mut parts.next().expect("N slices")[..len])
 }
 
 /// `N` consecutive `len`-long slices of `s`, `stride` apart.
+#[inline(always)]
 fn strided<const N: usize>(s: &[f32], stride: usize, len: usize) -> [&[f32]; N] {
     let mut parts = s.chunks(stride);
     std::array::from_fn(|_| &parts.next().expect("N slices")[..len])
@@ -380,13 +384,15 @@ impl Call<'_> {
             // SAFETY: in bounds of the allocation of `len` floats.
             let dst = SharedOut(unsafe { out.as_mut_ptr().add(b * co * h * w) });
             let chunks: Vec<usize> = (0..tiles_y).step_by(rows_per_chunk).collect();
-            chunks.into_par_iter().for_each_init(Scratch::default, |scratch, ty0| {
+            chunks.into_par_iter().for_each(|ty0| {
                 let ty1 = (ty0 + rows_per_chunk).min(tiles_y);
                 let chunk = Chunk { ty0, ty1, tiles_x, h, w };
-                // SAFETY: chunks cover disjoint output rows [T*ty0, T*ty1) of
-                // each channel plane, so no two threads write the same
-                // element, and `out` outlives the parallel loop.
-                unsafe { chunk.run::<A, T, P>(&src, (ci, co), u, self.bias, scratch, &dst) };
+                SCRATCH.with_borrow_mut(|scratch| {
+                    // SAFETY: chunks cover disjoint output rows [T*ty0, T*ty1)
+                    // of each channel plane, so no two threads write the same
+                    // element, and `out` outlives the parallel loop.
+                    unsafe { chunk.run::<A, T, P>(&src, (ci, co), u, self.bias, scratch, &dst) };
+                });
             });
         }
         // SAFETY: the chunks of every image wrote all `co * h * w` of its
@@ -411,6 +417,7 @@ impl Source<'_> {
     /// `q[j]` (`half` long each, one after the other in `q`): `q[j][k]` is
     /// padded column `T k + j` (image column `T k + j - 1`), zero outside
     /// the image. Tile `t` reads `q[0..T][t]` and `q[0..2][t + 1]`.
+    #[inline(always)]
     fn phases<const T: usize>(&self, c: usize, p: usize, q: &mut [f32], half: usize) {
         let (h, w, up) = (self.h0 * self.up, self.w0 * self.up, self.up);
         let p = self.r0 + p;
@@ -458,7 +465,18 @@ impl SharedOut {
     }
 }
 
-/// Per-thread buffers, reused across chunks.
+thread_local! {
+    /// Each thread's buffers, kept from chunk to chunk and call to call: a
+    /// chunk's transformed input and products are megabytes, which a fresh
+    /// buffer per parallel job would allocate and zero again each time.
+    /// Nothing in a chunk runs parallel work that could borrow it twice
+    /// (its GEMMs are single-threaded).
+    static SCRATCH: RefCell<Scratch> = RefCell::default();
+}
+
+/// Per-thread buffers, reused across chunks. Only grown: every value a
+/// chunk reads it wrote first (`V`'s second column of a one-tile chunk
+/// excepted, whose products are never read).
 #[derive(Default)]
 struct Scratch {
     /// Transformed input `V`, `[P*P][ci][tiles]`.
@@ -484,10 +502,70 @@ struct Chunk {
 }
 
 impl Chunk {
+    /// [`Chunk::run_portable`] compiled for this CPU's instruction set (see
+    /// [`isa`](super::isa): the transforms vectorise over tiles).
+    ///
+    /// # Safety
+    /// As for [`Chunk::run_portable`].
+    unsafe fn run<A: Tiles<T, P>, const T: usize, const P: usize>(
+        &self,
+        src: &Source,
+        shape: (usize, usize),
+        u: Products,
+        bias: &[f32],
+        scratch: &mut Scratch,
+        dst: &SharedOut,
+    ) {
+        match isa() {
+            // SAFETY: `isa()` names only instruction sets this CPU has; the
+            // rest is the caller's contract.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { self.run_avx512::<A, T, P>(src, shape, u, bias, scratch, dst) },
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { self.run_avx2::<A, T, P>(src, shape, u, bias, scratch, dst) },
+            // SAFETY: the caller's contract.
+            _ => unsafe { self.run_portable::<A, T, P>(src, shape, u, bias, scratch, dst) },
+        }
+    }
+
+    /// The features of `multiversion!`'s AVX-512 version.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")]
+    unsafe fn run_avx512<A: Tiles<T, P>, const T: usize, const P: usize>(
+        &self,
+        src: &Source,
+        shape: (usize, usize),
+        u: Products,
+        bias: &[f32],
+        scratch: &mut Scratch,
+        dst: &SharedOut,
+    ) {
+        // SAFETY: the caller's contract.
+        unsafe { self.run_portable::<A, T, P>(src, shape, u, bias, scratch, dst) }
+    }
+
+    /// The features of `multiversion!`'s AVX2 version.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn run_avx2<A: Tiles<T, P>, const T: usize, const P: usize>(
+        &self,
+        src: &Source,
+        shape: (usize, usize),
+        u: Products,
+        bias: &[f32],
+        scratch: &mut Scratch,
+        dst: &SharedOut,
+    ) {
+        // SAFETY: the caller's contract.
+        unsafe { self.run_portable::<A, T, P>(src, shape, u, bias, scratch, dst) }
+    }
+
     /// # Safety
     /// `dst` points to a `[co, h, w]` buffer of which this chunk writes only
     /// rows `[T*ty0, T*ty1)`, and no other thread writes those.
-    unsafe fn run<A: Tiles<T, P>, const T: usize, const P: usize>(
+    #[inline(always)]
+    unsafe fn run_portable<A: Tiles<T, P>, const T: usize, const P: usize>(
         &self,
         src: &Source,
         (ci, co): (usize, usize),
@@ -536,6 +614,7 @@ impl Chunk {
     }
 
     /// `V = B^T d B` for every tile and channel, `V[k][c]` `nt` apart.
+    #[inline(always)]
     fn transform_input<A: Tiles<T, P>, const T: usize, const P: usize>(
         &self,
         src: &Source,
@@ -582,6 +661,7 @@ impl Chunk {
     ///
     /// # Safety
     /// As for [`Chunk::run`].
+    #[inline(always)]
     unsafe fn transform_output<A: Tiles<T, P>, const T: usize, const P: usize>(
         &self,
         co: usize,

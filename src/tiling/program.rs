@@ -25,6 +25,7 @@ use rayon::prelude::*;
 use super::store::{Activation, Place, Storage};
 use super::{Rows, Spill, TilingError};
 use crate::kernels;
+use crate::kernels::isa::multiversion;
 use crate::kernels::winograd::TILE;
 use crate::model::{ConvOp, Graph, Op, Resample, Residual, ShuffleOp, Step};
 
@@ -402,9 +403,16 @@ fn add_rows(y: &mut [f32], res: &[f32], y_rows: usize, skip: usize, band_plane: 
     let channels = res.len() / band_plane;
     let y_plane = y.len() / channels;
     let row = y_plane / y_rows;
-    y.par_chunks_mut(y_plane).zip(res.par_chunks(band_plane)).for_each(|(yc, rc)| {
-        for (d, r) in yc[skip * row..][..band_plane].iter_mut().zip(rc) {
-            *d += r;
+    y.par_chunks_mut(y_plane)
+        .zip(res.par_chunks(band_plane))
+        .for_each(|(yc, rc)| add(&mut yc[skip * row..][..band_plane], rc));
+}
+
+multiversion! {
+    /// `y += x`.
+    fn add(y: &mut [f32], x: &[f32]) {
+        for (y, x) in y.iter_mut().zip(x) {
+            *y += x;
         }
-    });
+    }
 }

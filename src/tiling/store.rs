@@ -13,6 +13,7 @@
 
 use std::fs::File;
 use std::io;
+use std::mem::MaybeUninit;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -20,6 +21,8 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
+use crate::kernels;
+use crate::kernels::isa::multiversion;
 use crate::kernels::norm::channel_sums;
 
 /// How a stored activation holds its values.
@@ -74,6 +77,9 @@ enum Values<T> {
 trait Plain: Copy + Send + Sync + Default {
     fn from_f32s(src: &[f32], dst: &mut [Self]);
     fn to_f32s(src: &[Self], dst: &mut [f32]);
+    /// As `to_f32s`, into memory not yet written (a band read without
+    /// zeroing its vector first, a band's worth of memset per read).
+    fn to_uninit_f32s(src: &[Self], dst: &mut [MaybeUninit<f32>]);
 }
 
 impl Plain for f32 {
@@ -83,14 +89,20 @@ impl Plain for f32 {
     fn to_f32s(src: &[Self], dst: &mut [f32]) {
         dst.copy_from_slice(src);
     }
+    fn to_uninit_f32s(src: &[Self], dst: &mut [MaybeUninit<f32>]) {
+        dst.write_copy_of_slice(src);
+    }
 }
 
 impl Plain for f16 {
     fn from_f32s(src: &[f32], dst: &mut [Self]) {
-        dst.convert_from_f32_slice(src);
+        kernels::f16::from_f32(src, dst);
     }
     fn to_f32s(src: &[Self], dst: &mut [f32]) {
         src.convert_to_f32_slice(dst);
+    }
+    fn to_uninit_f32s(src: &[Self], dst: &mut [MaybeUninit<f32>]) {
+        kernels::f16::to_f32(src, dst);
     }
 }
 
@@ -197,17 +209,24 @@ impl<T: Plain> Values<T> {
         })
     }
 
-    /// Values `[start, start + dst.len())` of each `plane`-long channel, into
-    /// the channel's `dst.len() / channels` chunk of `dst`, as f32.
-    fn read(&self, plane: usize, start: usize, dst: &mut [f32], channels: usize) -> io::Result<()> {
-        let n = dst.len() / channels.max(1);
+    /// Values `[start, start + n)` of each of the first `channels`
+    /// `plane`-long channels, as `[channels, n]` f32 values.
+    fn read(&self, plane: usize, start: usize, n: usize, channels: usize) -> io::Result<Vec<f32>> {
         let at = |c: usize| c * plane + start;
         match self {
             Values::Memory(v) => {
-                dst.par_chunks_mut(n.max(1)).enumerate().for_each(|(c, d)| T::to_f32s(&v[at(c)..at(c) + n], d));
-                Ok(())
+                let mut out = Vec::with_capacity(channels * n);
+                let dst = &mut out.spare_capacity_mut()[..channels * n];
+                dst.par_chunks_mut(n.max(1)).enumerate().for_each(|(c, d)| T::to_uninit_f32s(&v[at(c)..at(c) + n], d));
+                // SAFETY: the loop wrote every one of the `channels * n` values.
+                unsafe { out.set_len(channels * n) };
+                Ok(out)
             }
-            Values::Disk(f) => dst.par_chunks_mut(n.max(1)).enumerate().try_for_each(|(c, d)| f.read(at(c), d)),
+            Values::Disk(f) => {
+                let mut out = vec![0.0f32; channels * n];
+                out.par_chunks_mut(n.max(1)).enumerate().try_for_each(|(c, d)| f.read(at(c), d))?;
+                Ok(out)
+            }
         }
     }
 
@@ -233,10 +252,10 @@ impl<T: Plain> Values<T> {
 }
 
 impl Data {
-    fn read(&self, plane: usize, start: usize, dst: &mut [f32], channels: usize) -> io::Result<()> {
+    fn read(&self, plane: usize, start: usize, n: usize, channels: usize) -> io::Result<Vec<f32>> {
         match self {
-            Data::F32(v) => v.read(plane, start, dst, channels),
-            Data::F16(v) => v.read(plane, start, dst, channels),
+            Data::F32(v) => v.read(plane, start, n, channels),
+            Data::F16(v) => v.read(plane, start, n, channels),
         }
     }
 }
@@ -292,25 +311,12 @@ impl Activation {
     /// Positions `[p0, p1)` (row-major, `p = row * W + column`) of every
     /// channel, as `[C, p1 - p0]` f32 values.
     pub fn read_positions(&self, p0: usize, p1: usize) -> io::Result<Vec<f32>> {
-        // f32 in memory: copied straight into a new vector, without zeroing
-        // it first (a band's worth of memset per read).
-        if let Data::F32(Values::Memory(v)) = &self.data {
-            let mut out = Vec::with_capacity(self.channels * (p1 - p0));
-            for c in 0..self.channels {
-                out.extend_from_slice(&v[c * self.plane() + p0..c * self.plane() + p1]);
-            }
-            return Ok(out);
-        }
-        let mut out = vec![0.0f32; self.channels * (p1 - p0)];
-        self.data.read(self.plane(), p0, &mut out, self.channels)?;
-        Ok(out)
+        self.data.read(self.plane(), p0, p1 - p0, self.channels)
     }
 
     /// Channels `[c0, c1)` whole, as `[c1 - c0, H, W]` f32 values.
     pub fn read_channels(&self, c0: usize, c1: usize) -> io::Result<Vec<f32>> {
-        let mut out = vec![0.0f32; (c1 - c0) * self.plane()];
-        self.data.read(self.plane(), c0 * self.plane(), &mut out, c1 - c0)?;
-        Ok(out)
+        self.data.read(self.plane(), c0 * self.plane(), self.plane(), c1 - c0)
     }
 
     /// Writes rows `[r0, r0 + rows)` from `values`, a `[C, src_rows, W]` array
@@ -339,7 +345,7 @@ impl Activation {
     fn write_parts<'s>(&mut self, start: usize, n: usize, part: impl Fn(usize) -> &'s [f32] + Sync) -> io::Result<()> {
         let (plane, channels) = (self.plane(), self.channels);
         if let Data::F16(v) = &self.data
-            && (0..channels).any(|c| part(c).iter().any(|x| x.is_finite() && !f16::from_f32(*x).is_finite()))
+            && (0..channels).into_par_iter().any(|c| overflows_f16(part(c)))
         {
             self.data = Data::F32(self.widened(v)?);
         }
@@ -365,9 +371,8 @@ impl Activation {
         let band = (WIDEN_VALUES / (channels * w).max(1)).max(1);
         for r0 in (0..self.height).step_by(band) {
             let r1 = (r0 + band).min(self.height);
-            let mut rows = vec![0.0f32; channels * (r1 - r0) * w];
-            v.read(plane, r0 * w, &mut rows, channels)?;
             let n = (r1 - r0) * w;
+            let rows = v.read(plane, r0 * w, n, channels)?;
             wide.write(plane, r0 * w, channels, |c| &rows[c * n..(c + 1) * n])?;
         }
         Ok(wide)
@@ -407,6 +412,17 @@ impl Flat {
                 Ok(buffer)
             }
         }
+    }
+}
+
+multiversion! {
+    /// Whether a finite value of `xs` rounds to infinity in f16: those of
+    /// magnitude 65520 and above (halfway from f16's largest, 65504, to
+    /// 2^16, and a tie rounds to the even 2^16). A comparison that
+    /// vectorises, where converting each value would not.
+    fn overflows_f16(xs: &[f32]) -> bool {
+        const HALFWAY: f32 = 65520.0;
+        xs.iter().fold(false, |any, x| any | ((x.abs() >= HALFWAY) & x.is_finite()))
     }
 }
 
@@ -457,6 +473,17 @@ mod tests {
             a.write_rows(1, 1, &[1e6, -3.0], 1, 0).unwrap();
             assert_eq!(a.spilled(), matches!(place, Place::Disk(_)));
             assert_eq!(a.into_values().unwrap(), vec![1.5, 2.0, 1e6, -3.0]);
+        }
+    }
+
+    #[test]
+    fn f16_overflow_is_what_f16_rounds_to_infinity() {
+        let halfway = 65520.0f32;
+        let edges = [65504.0, halfway, f32::from_bits(halfway.to_bits() - 1), f32::from_bits(halfway.to_bits() + 1)];
+        let others = [0.0, 1e6, f32::MAX, f32::INFINITY, f32::NAN, f32::MIN_POSITIVE];
+        for x in edges.into_iter().chain(others).flat_map(|x| [x, -x]) {
+            let want = x.is_finite() && !f16::from_f32(x).is_finite();
+            assert_eq!(overflows_f16(&[1.0, x, 2.0]), want, "{x}");
         }
     }
 
