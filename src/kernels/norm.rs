@@ -189,14 +189,19 @@ fn sum_f64(xs: &[f32], f: impl Fn(f64) -> f64) -> f64 {
 /// 2^n * p(r) with x = n ln2 + r, |r| <= ln2/2 and a degree-6 polynomial.
 #[inline(always)]
 pub fn fast_exp(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
     let x = x.clamp(-87.0, 88.0);
-    // Round to nearest by the 1.5 * 2^23 trick, which vectorises (`round` does not).
-    let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
+    // Round to nearest by adding 1.5 * 2^23, which vectorises (`round` does
+    // not): the sum's low mantissa bits are then n, as an integer.
+    let shifted = x * std::f32::consts::LOG2_E + MAGIC;
+    let n = shifted - MAGIC;
     // Cody-Waite: ln2 split in two so that r keeps full precision.
     let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
     let p = 1.0
         + r * (1.0 + r * (0.5 + r * (0.166_666_67 + r * (0.041_666_668 + r * (0.008_333_334 + r * 0.001_388_889)))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // 2^n from n's bits (n + 127 in 1..=254: a normal number). `n as i32`
+    // would say the same, but its saturating conversion does not vectorise.
+    p * f32::from_bits(shifted.to_bits().wrapping_sub(MAGIC.to_bits()).wrapping_add(127) << 23)
 }
 
 #[cfg(test)]
@@ -212,6 +217,15 @@ mod tests {
             worst = worst.max((fast_exp(x) as f64 - want).abs() / want);
         }
         assert!(worst < 3e-7, "relative error {worst:e}");
+        // 2^n taken from the rounding sum's bits is `n as i32`'s.
+        for x in [-87.0f32, -86.9, -1.0, -0.2, 0.0, 0.3, 1.0, 50.5, 88.0, -1e9, 1e9] {
+            let n = ((x.clamp(-87.0, 88.0) * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0) as i32;
+            let r = x.clamp(-87.0, 88.0) - n as f32 * 0.693_145_75 - n as f32 * 1.428_606_8e-6;
+            let p = 1.0
+                + r * (1.0
+                    + r * (0.5 + r * (0.166_666_67 + r * (0.041_666_668 + r * (0.008_333_334 + r * 0.001_388_889)))));
+            assert_eq!(fast_exp(x).to_bits(), (p * f32::from_bits(((n + 127) as u32) << 23)).to_bits(), "{x}");
+        }
     }
 
     /// `F.normalize(x, dim=1) * sqrt(C) * gamma` (then SiLU) in f64.
