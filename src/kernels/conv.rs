@@ -11,6 +11,7 @@
 use std::ops::Range;
 
 use gemm::{Parallelism, gemm};
+use rayon::prelude::*;
 
 use super::Arithmetic;
 use super::bf16::{self, Matrix, PackedA};
@@ -231,7 +232,8 @@ fn by_taps(
         fill_phases(&mut padded, src, ci, (h0, w0), up, layout);
         // One image's output, `row_len` wide per row: the padding columns are
         // computed too and squeezed out below, in place.
-        let mut wide: Vec<f32> = wts.bias.iter().flat_map(|&b| std::iter::repeat_n(b, cols)).collect();
+        let mut wide = vec![0.0f32; co * cols];
+        wide.par_chunks_mut(cols.max(1)).zip(&wts.bias).for_each(|(w, &b)| w.fill(b));
         let taps = match taps {
             Taps::F32(taps) => taps,
             Taps::Bf16(taps) => {
@@ -299,15 +301,18 @@ enum Taps<'a> {
 }
 
 /// `wide` `[co][ho][row_len]` (`cols = ho * row_len` per channel) to
-/// `[co][ho][wo]`, dropping the padding columns. Rows only move towards the
-/// front, so squeezing in place is safe.
+/// `[co][ho][wo]`, dropping the padding columns (a channel per task).
 fn squeeze(wide: &mut Vec<f32>, co: usize, (ho, wo): (usize, usize), cols: usize, row_len: usize) {
-    for c in 0..co {
-        for y in 0..ho {
-            wide.copy_within(c * cols + y * row_len..c * cols + y * row_len + wo, (c * ho + y) * wo);
-        }
+    if wo == row_len {
+        return wide.truncate(co * ho * wo);
     }
-    wide.truncate(co * ho * wo);
+    let mut out = vec![0.0f32; co * ho * wo];
+    out.par_chunks_mut((ho * wo).max(1)).zip(wide.par_chunks(cols.max(1))).for_each(|(out, wide)| {
+        for (dst, src) in out.chunks_exact_mut(wo).zip(wide.chunks(row_len)) {
+            dst.copy_from_slice(&src[..wo]);
+        }
+    });
+    *wide = out;
 }
 
 /// Where padded pixels go: pixel (py, px) to phase (py % stride, px % stride)
@@ -321,32 +326,30 @@ struct PhaseLayout {
 }
 
 /// Writes `src` `[ci, h, w]`, upsampled `up` times, into the zeroed phase
-/// planes of `padded`.
+/// planes of `padded`, one plane (a phase of a channel) per task.
 fn fill_phases(padded: &mut [f32], src: &[f32], ci: usize, (h, w): (usize, usize), up: usize, l: PhaseLayout) {
     let s = l.stride;
-    for c in 0..ci {
-        for y in 0..h * up {
+    let (hu, wu) = (h * up, w * up);
+    padded[..s * s * ci * l.plane].par_chunks_mut(l.plane).enumerate().for_each(|(i, plane)| {
+        let (phase, c) = (i / ci, i % ci);
+        let (ry, rx) = (phase / s, phase % s);
+        // Column j of the phase is padded column s j + rx, image column
+        // s j + rx - pad: the first inside the image, and its image column.
+        let first = l.pad.1.saturating_sub(rx).div_ceil(s);
+        let x0 = first * s + rx - l.pad.1;
+        for (r, dst) in plane.chunks_exact_mut(l.row_len).enumerate() {
+            // Row r is padded row s r + ry.
+            let Some(y) = (r * s + ry).checked_sub(l.pad.0).filter(|&y| y < hu) else { continue };
             let row = &src[(c * h + y / up) * w..][..w];
-            let py = y + l.pad.0;
-            if s == 1 {
-                let at = c * l.plane + py * l.row_len + l.pad.1;
-                let dst = &mut padded[at..at + w * up];
-                if up == 1 {
-                    dst.copy_from_slice(row);
-                } else {
-                    for (d, &v) in dst.chunks_exact_mut(up).zip(row) {
-                        d.fill(v);
-                    }
-                }
+            if s == 1 && up == 1 {
+                dst[first..first + w].copy_from_slice(row);
                 continue;
             }
-            for x in 0..w * up {
-                let px = x + l.pad.1;
-                let phase = (py % s) * s + px % s;
-                padded[(phase * ci + c) * l.plane + (py / s) * l.row_len + px / s] = row[x / up];
+            for (d, x) in dst[first..].iter_mut().zip((x0..wu).step_by(s)) {
+                *d = row[x / up];
             }
         }
-    }
+    });
 }
 
 #[cfg(test)]
