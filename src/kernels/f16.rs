@@ -12,6 +12,7 @@ use std::mem::MaybeUninit;
 
 use half::f16;
 
+#[cfg(target_arch = "x86_64")]
 use super::isa::{Isa, isa};
 
 /// `dst = src` as f32.

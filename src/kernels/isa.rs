@@ -5,7 +5,7 @@
 //! so that it runs on any x86-64 CPU. The GEMMs choose their instructions
 //! themselves (the `gemm` crate); the loops around them (GroupNorm and
 //! SiLU, Winograd's transforms, f16 storage, the softmax's exponentials)
-//! are compiled three times by [`multiversion!`], for SSE2, AVX2 and
+//! are compiled three times by `multiversion!`, for SSE2, AVX2 and
 //! AVX-512, and each call runs the widest this CPU has. The versions do
 //! the same IEEE operations in the same order (Rust does not fuse a
 //! multiply and an add unless told to), so they give the same bits: the

@@ -46,7 +46,7 @@ use rayon::prelude::*;
 
 use super::Arithmetic;
 use super::bf16::{self, Matrix, PackedA};
-use super::isa::{Isa, isa};
+use super::isa;
 use super::matmul;
 
 /// Rows of the tallest tile: bands start on multiples of it.
@@ -516,14 +516,14 @@ impl Chunk {
         scratch: &mut Scratch,
         dst: &SharedOut,
     ) {
-        match isa() {
+        match isa::isa() {
             // SAFETY: `isa()` names only instruction sets this CPU has; the
             // rest is the caller's contract.
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => unsafe { self.run_avx512::<A, T, P>(src, shape, u, bias, scratch, dst) },
+            isa::Isa::Avx512 => unsafe { self.run_avx512::<A, T, P>(src, shape, u, bias, scratch, dst) },
             // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { self.run_avx2::<A, T, P>(src, shape, u, bias, scratch, dst) },
+            isa::Isa::Avx2 => unsafe { self.run_avx2::<A, T, P>(src, shape, u, bias, scratch, dst) },
             // SAFETY: the caller's contract.
             _ => unsafe { self.run_portable::<A, T, P>(src, shape, u, bias, scratch, dst) },
         }
