@@ -231,7 +231,7 @@ fn by_taps(
         let layout = PhaseLayout { stride: s, pad: (g.pad_h.0, g.pad_w.0), plane, row_len };
         fill_phases(&mut padded, src, ci, (h0, w0), up, layout);
         // One image's output, `row_len` wide per row: the padding columns are
-        // computed too and squeezed out below, in place.
+        // computed too and squeezed out below.
         let mut wide = vec![0.0f32; co * cols];
         wide.par_chunks_mut(cols.max(1)).zip(&wts.bias).for_each(|(w, &b)| w.fill(b));
         let taps = match taps {
