@@ -2,6 +2,8 @@
 """Write the Wan 2.2 and Qwen-Image 2.1 parity fixtures for the Rust `vae` crate.
 
     python3 tools/make_wan22_fixtures.py    # rewrites tests/fixtures/families/{wan22,qwenimage21}/ (committed)
+    python3 tools/make_wan22_fixtures.py --full-size [DIR]  # the real sizes into DIR (default
+                                                            # target/fixtures-full; never committed)
 
 The house rules of tools/make_family_fixtures.py apply (its helpers and its images, already in
 tests/fixtures/families/images/, are reused): seeded, CPU, two threads, deterministic algorithms;
@@ -23,6 +25,7 @@ float64, stored as float32. Each family folder gets a README.md (written here) d
 
 from __future__ import annotations
 
+import argparse
 import copy
 import shutil
 import sys
@@ -45,6 +48,11 @@ from family_configs import QWEN21, WAN22  # noqa: E402
 FAMILIES = mff.OUT
 IMAGES = list(mff.IMAGES)
 SEED_WAN22, SEED_QWEN21 = 3, 4
+
+# The real sizes (--full-size): Wan 2.2 TI2V's VAE (diffusers' Wan2.2-TI2V-5B-Diffusers config) and
+# AutoencoderKLQwenImage21's defaults.
+WAN22_FULL = dict(WAN22, base_dim=160, decoder_base_dim=256)
+QWEN21_FULL = dict(QWEN21, base_dim=96, decoder_base_dim=144)
 
 # Gain on the decoder's last conv: keeps the decoded image mostly inside diffusers' [-1, 1] clamp
 # (a few percent of the values clamped; see the READMEs).
@@ -172,6 +180,42 @@ def make(name: str, cls, config: dict, seed: int, inputs: dict, original: bool) 
     return summary
 
 
+def make_full_size(root: Path) -> None:
+    """Real-size Wan 2.2 and Qwen-Image 2.1 VAEs with seeded random weights under root, beside the
+    real-size models of make_family_fixtures.py --full-size (whose crop they share), and diffusers'
+    outputs on that crop for tests/families.rs `full_size_wan22_and_qwen_image21`: root/wan22/ and
+    root/qwenimage21/ (diffusers folders), root/wan22_original.safetensors (the same Wan 2.2
+    tensors under `vae2_2.py`'s names), root/expected/{wan22,qwenimage21}__FULL_IMAGE.safetensors
+    (`mean`, `logvar`, `normalized`, `decoded`: float32 of the float64 reference) and .png."""
+    start = time.monotonic()
+    stem, (kodak, box) = mff.FULL_IMAGE
+    for folder in ("images", "expected"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    path = root / "images" / f"{stem}.png"
+    mf.load_rgb(mff.KODAK / f"{kodak}.png").crop(box).save(path)
+    x = mf.preprocess(mf.load_rgb(path))
+    for name, cls, config, seed, original in (
+        ("wan22", AutoencoderKLWan, WAN22_FULL, SEED_WAN22, True),
+        ("qwenimage21", AutoencoderKLQwenImage21, QWEN21_FULL, SEED_QWEN21, False),
+    ):
+        shutil.rmtree(root / name, ignore_errors=True)
+        latents_mean, latents_std = mff.latent_stats(seed, config["z_dim"])
+        model = build(cls, dict(config, latents_mean=latents_mean, latents_std=latents_std), seed, DECODER_OUT_GAIN[name])
+        mf.save_pretrained(model, root / name)
+        if original:
+            state = mff.state_of(model)
+            converted = {wan22_key_to_original(k, config["num_res_blocks"]): v.contiguous() for k, v in state.items()}
+            assert len(converted) == len(state)
+            safetensors.torch.save_file(converted, root / "wan22_original.safetensors")
+        ref, off = reference(model, x)
+        safetensors.torch.save_file(ref, root / "expected" / f"{name}__{stem}.safetensors")
+        postprocess(ref["decoded"]).save(root / "expected" / f"{name}__{stem}.png")
+        params = sum(p.numel() for p in model.parameters())
+        print(f"  {name} {params / 1e6:.1f}M parameters; on {stem}: {mff.describe(ref)}")
+        print("        torch f32 off by: " + ", ".join(f"{k} {v:.1e}" for k, v in off.items()))
+    print(f"  {time.monotonic() - start:.0f} s")
+
+
 def write_readme(name: str, what: str, summary: dict, config: dict) -> None:
     root = FAMILIES / name
     n = lambda v: f"{v:.1e}"  # noqa: E731
@@ -215,8 +259,26 @@ def main() -> None:
     torch.set_num_threads(2)
     torch.use_deterministic_algorithms(True)
     diffusers.utils.logging.set_verbosity_error()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--full-size",
+        metavar="OUTDIR",
+        nargs="?",
+        const=str(mff.REPO / "target" / "fixtures-full"),
+        help="write the real-size Wan 2.2 and Qwen-Image 2.1 models and their expected outputs into OUTDIR "
+        "(default target/fixtures-full) instead",
+    )
+    args = parser.parse_args()
     start = time.monotonic()
     print(mff.versions())
+    if args.full_size:
+        out = Path(args.full_size).resolve()
+        tests = (mff.REPO / "tests").resolve()
+        if out == tests or tests in out.parents:
+            sys.exit(f"--full-size writes gigabytes; not into {tests}")
+        print(f"full-size Wan 2.2 / Qwen-Image 2.1 models -> {out}")
+        make_full_size(out)
+        return
     inputs = {stem: mf.preprocess(mf.load_rgb(FAMILIES / "images" / f"{stem}.png")) for stem in IMAGES}
     wan22 = make("wan22", AutoencoderKLWan, WAN22, SEED_WAN22, inputs, original=True)
     write_readme(
