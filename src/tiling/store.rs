@@ -18,7 +18,6 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use half::f16;
-use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 use crate::kernels;
@@ -76,17 +75,13 @@ enum Values<T> {
 /// zero, stored from and read back into f32.
 trait Plain: Copy + Send + Sync + Default {
     fn from_f32s(src: &[f32], dst: &mut [Self]);
-    fn to_f32s(src: &[Self], dst: &mut [f32]);
-    /// As `to_f32s`, into memory not yet written (a band read without
-    /// zeroing its vector first, a band's worth of memset per read).
+    /// Into memory not yet written (a band read without zeroing its vector
+    /// first, a band's worth of memset per read).
     fn to_uninit_f32s(src: &[Self], dst: &mut [MaybeUninit<f32>]);
 }
 
 impl Plain for f32 {
     fn from_f32s(src: &[f32], dst: &mut [Self]) {
-        dst.copy_from_slice(src);
-    }
-    fn to_f32s(src: &[Self], dst: &mut [f32]) {
         dst.copy_from_slice(src);
     }
     fn to_uninit_f32s(src: &[Self], dst: &mut [MaybeUninit<f32>]) {
@@ -97,9 +92,6 @@ impl Plain for f32 {
 impl Plain for f16 {
     fn from_f32s(src: &[f32], dst: &mut [Self]) {
         kernels::f16::from_f32(src, dst);
-    }
-    fn to_f32s(src: &[Self], dst: &mut [f32]) {
-        src.convert_to_f32_slice(dst);
     }
     fn to_uninit_f32s(src: &[Self], dst: &mut [MaybeUninit<f32>]) {
         kernels::f16::to_f32(src, dst);
@@ -156,10 +148,10 @@ impl<T: Plain> Spilled<T> {
     }
 
     /// Values `[start, start + dst.len())`, as f32.
-    fn read(&self, start: usize, dst: &mut [f32]) -> io::Result<()> {
+    fn read(&self, start: usize, dst: &mut [MaybeUninit<f32>]) -> io::Result<()> {
         let mut values = vec![T::default(); dst.len()];
         self.file.read_exact_at(as_bytes_mut(&mut values), Self::offset(start))?;
-        T::to_f32s(&values, dst);
+        T::to_uninit_f32s(&values, dst);
         Ok(())
     }
 
@@ -213,21 +205,16 @@ impl<T: Plain> Values<T> {
     /// `plane`-long channels, as `[channels, n]` f32 values.
     fn read(&self, plane: usize, start: usize, n: usize, channels: usize) -> io::Result<Vec<f32>> {
         let at = |c: usize| c * plane + start;
+        let mut out = Vec::with_capacity(channels * n);
+        let dst = out.spare_capacity_mut()[..channels * n].par_chunks_mut(n.max(1)).enumerate();
         match self {
-            Values::Memory(v) => {
-                let mut out = Vec::with_capacity(channels * n);
-                let dst = &mut out.spare_capacity_mut()[..channels * n];
-                dst.par_chunks_mut(n.max(1)).enumerate().for_each(|(c, d)| T::to_uninit_f32s(&v[at(c)..at(c) + n], d));
-                // SAFETY: the loop wrote every one of the `channels * n` values.
-                unsafe { out.set_len(channels * n) };
-                Ok(out)
-            }
-            Values::Disk(f) => {
-                let mut out = vec![0.0f32; channels * n];
-                out.par_chunks_mut(n.max(1)).enumerate().try_for_each(|(c, d)| f.read(at(c), d))?;
-                Ok(out)
-            }
+            Values::Memory(v) => dst.for_each(|(c, d)| T::to_uninit_f32s(&v[at(c)..at(c) + n], d)),
+            Values::Disk(f) => dst.try_for_each(|(c, d)| f.read(at(c), d))?,
         }
+        // SAFETY: each channel's chunk was written whole above (a failed
+        // read returned first).
+        unsafe { out.set_len(channels * n) };
+        Ok(out)
     }
 
     /// Stores `part(c)` at value `start` of each `plane`-long channel `c`.
