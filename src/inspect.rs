@@ -53,7 +53,8 @@ pub struct WeightsReport {
     pub downscale: usize,
     #[serde(flatten)]
     pub architecture: Box<Architecture>,
-    pub sha256: String,
+    /// `None` when the file could not be read again to hash it.
+    pub sha256: Option<String>,
     /// What was checked.
     pub check: String,
 }
@@ -278,7 +279,7 @@ fn inspect_weights(path: &Path) -> Result<Report> {
         latent_channels: model.latent_channels(),
         downscale: model.downscale(),
         architecture: Box::new(architecture),
-        sha256: info.sha256,
+        sha256: info.sha256.hex().map(str::to_owned),
         check: "every VAE tensor present, with the expected shape and a float dtype".to_owned(),
     }))
 }
@@ -395,7 +396,7 @@ impl fmt::Display for Report {
                         out.text("convolutions", Some(&a.convolutions));
                     }
                 }
-                out.text("sha256", Some(&w.sha256));
+                out.text("sha256", w.sha256.as_deref());
                 out.text("check", Some(&w.check));
             }
             Report::Latent(l) => {

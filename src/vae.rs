@@ -581,7 +581,7 @@ impl Vae {
                 width: Some(image.width),
                 height: Some(image.height),
                 weights: file_name.clone(),
-                weights_sha256: Some(self.info.sha256[..HASH_PREFIX.min(self.info.sha256.len())].to_owned()),
+                weights_sha256: self.info.sha256.hex().map(|hex| hex[..HASH_PREFIX.min(hex.len())].to_owned()),
                 tool_version: Some(env!("CARGO_PKG_VERSION").to_owned()),
                 family: space.family,
                 channel_stats: space.channel_stats.clone(),

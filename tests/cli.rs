@@ -779,3 +779,48 @@ fn a_latent_that_overflows_is_not_written() {
     assert_fails(&out, "in.png", "the latent has 16 infinite values");
     assert_eq!(listing(dir.path()), ["in.png", "w"]);
 }
+
+/// A checkpoint whose VAE is a small part (tiny_sd's tensors beside 192 MiB
+/// of other weights, as in a full Stable Diffusion file): the encode's peak
+/// resident memory stays far below the file's size (the file is hashed
+/// through a small buffer, and only the VAE's tensors are read from the
+/// map), and the latent records the file's SHA-256.
+#[test]
+fn a_full_checkpoint_is_hashed_without_being_read_into_memory() {
+    use sha2::Digest as _;
+    use std::os::unix::process::ExitStatusExt as _;
+
+    let dir = tempfile::tempdir().unwrap();
+    photo(dir.path(), "in.png", 64, 64);
+    let source = std::fs::read(fixtures().join("weights/tiny_sd/diffusion_pytorch_model.safetensors")).unwrap();
+    let source = safetensors::SafeTensors::deserialize(&source).unwrap();
+    let filler = vec![0u8; 192 << 20];
+    let mut tensors: Vec<(String, safetensors::tensor::TensorView)> = source.tensors();
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![filler.len() / 4], &filler);
+    tensors.push(("model.diffusion_model.filler".to_owned(), view.unwrap()));
+    let checkpoint = dir.path().join("checkpoint.safetensors");
+    safetensors::serialize_to_file(tensors, None, &checkpoint).unwrap();
+    drop(filler);
+
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_vae"))
+        .args(["encode", "in.png", "-o", "z.safetensors", "--weights", "checkpoint.safetensors"])
+        .current_dir(dir.path())
+        .env_remove("VAE_WEIGHTS")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The child's own peak resident memory, from wait4 (std's wait gives no usage).
+    let (mut status, mut usage) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
+    // SAFETY: a child of this process, waited for once; both pointers are valid.
+    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as libc::pid_t);
+    assert!(std::process::ExitStatus::from_raw(status).success());
+    let peak_mib = usage.ru_maxrss / 1024;
+    eprintln!("peak resident memory with a 192 MiB checkpoint: {peak_mib} MiB");
+    assert!(peak_mib < 128, "peak resident memory {peak_mib} MiB: the checkpoint was read into memory");
+
+    let digest = sha2::Sha256::digest(std::fs::read(&checkpoint).unwrap());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let latent = Latent::read(&dir.path().join("z.safetensors")).unwrap();
+    assert_eq!(latent.meta.weights_sha256.as_deref(), Some(&hex[..16]));
+}

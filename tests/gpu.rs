@@ -47,7 +47,7 @@ const GPU_DECODED_TOLERANCE: f32 = 2.0 * TOLERANCE;
 fn parity_with_diffusers_f32() {
     let Some(chosen) = gpu() else { return };
     let vae = load_on("tiny_sd", DeviceRequest::Gpu);
-    let input = imageio::load(&fixtures().join("images/kodim03.png"), DEFAULT_MAX_PIXELS).unwrap();
+    let input = imageio::load(&kodim03(), DEFAULT_MAX_PIXELS).unwrap();
     let want = read_tensors(&fixtures().join("expected/tiny_sd__kodim03.safetensors"));
     let posterior = kl(&vae).encode(input.to_tensor(8, &chosen.device));
     for (name, got) in [("mean", posterior.mean), ("logvar", posterior.logvar)] {
@@ -61,6 +61,10 @@ fn parity_with_diffusers_f32() {
     let err = max_abs_diff(&decoded, &want["decoded"].1);
     eprintln!("gpu decoded: max abs error {err:.1e}");
     assert!(err <= GPU_DECODED_TOLERANCE, "gpu decoded max abs error {err:e} > {GPU_DECODED_TOLERANCE:e}");
+}
+
+fn kodim03() -> PathBuf {
+    fixtures().join("images/kodim03.png")
 }
 
 /// A scratch folder under the target dir, emptied first.
@@ -90,11 +94,10 @@ fn png_levels_apart(a: &Path, b: &Path) -> u8 {
     a.as_raw().iter().zip(b.as_raw()).map(|(x, y)| x.abs_diff(*y)).max().unwrap()
 }
 
-/// Encodes kodim03 and decodes the CPU's latent with `weights` on the CPU
+/// Encodes `image` and decodes the CPU's latent with `weights` on the CPU
 /// and with `gpu_args`, into `dir` (cpu.safetensors, cpu.png, gpu.*);
 /// returns the GPU runs' stderr.
-fn cpu_and_gpu(dir: &Path, weights: &Path, gpu_args: &[&str]) -> String {
-    let image = fixtures().join("images/kodim03.png");
+fn cpu_and_gpu(dir: &Path, image: &Path, weights: &Path, gpu_args: &[&str]) -> String {
     let (image, weights) = (image.to_str().unwrap(), weights.to_str().unwrap());
     let mut log = String::new();
     for (name, device_args) in [("cpu", &["--device", "cpu"][..]), ("gpu", gpu_args)] {
@@ -121,7 +124,7 @@ fn cli_gpu_matches_cpu() {
         return;
     }
     let dir = scratch("cli");
-    let log = cpu_and_gpu(&dir, &fixtures().join("weights/tiny_sd"), &["--device", "gpu"]);
+    let log = cpu_and_gpu(&dir, &kodim03(), &fixtures().join("weights/tiny_sd"), &["--device", "gpu"]);
     assert!(log.contains("device: wgpu"), "{log}");
     let err = max_abs_diff(&latent_values(&dir.join("cpu.safetensors")), &latent_values(&dir.join("gpu.safetensors")));
     eprintln!("CLI latent, gpu vs cpu: max abs diff {err:.1e}");
@@ -140,7 +143,7 @@ fn cli_gpu_matches_cpu() {
 fn f16_close_to_diffusers_or_refused() {
     let Some(chosen) = gpu() else { return };
     let dir = scratch("f16");
-    let image = fixtures().join("images/kodim03.png");
+    let image = kodim03();
     let weights = fixtures().join("weights/tiny_sd");
     let (image, weights) = (image.to_str().unwrap(), weights.to_str().unwrap());
     let args =
@@ -206,7 +209,7 @@ fn f16_overflow_is_redone_in_f32() {
         return;
     }
     let weights = overflowing_weights(&dir);
-    let log = cpu_and_gpu(&dir, &weights, &["--device", "gpu", "--precision", "f16"]);
+    let log = cpu_and_gpu(&dir, &kodim03(), &weights, &["--device", "gpu", "--precision", "f16"]);
     let warnings = log.lines().filter(|l| l.contains("warning: the F16 result held NaN or Inf; computed again in f32"));
     assert_eq!(warnings.count(), 2, "one warning from encode, one from decode: {log}");
     let (cpu, gpu) = (latent_values(&dir.join("cpu.safetensors")), latent_values(&dir.join("gpu.safetensors")));
@@ -259,4 +262,79 @@ fn autotune_results_are_kept_in_the_user_cache() {
     assert_eq!(first, encode(&configured, "configured.safetensors"));
     assert!(database(&chosen).is_file(), "cubecl.toml's folder holds no autotune database");
     assert!(!configured.join("user-cache/cubecl").exists());
+}
+
+/// Each newer family's fixture (tests/fixtures/families) on the GPU against
+/// diffusers' float64 pass: the raw latent mean of one image, and the
+/// decoder's float output (every plane: Qwen-Image 2.1 decodes RGBA) on
+/// diffusers' mean. The GPU runs burn's operations for the same graph the
+/// CPU kernels run (RMS norm, patchify, the residual blocks' shuffles), so a
+/// layer that only the CPU path had right would be off by 1e-2 or more.
+#[test]
+fn newer_families_match_diffusers() {
+    use vae::latent::Posterior;
+    use vae::latent_space::{LatentForm, LatentSpaceRequest};
+    use vae::{Vae, VaeOptions};
+
+    let Some(_) = gpu() else { return };
+    let families = fixtures().join("families");
+    let stem = "kodim03_96x64";
+    let input = imageio::load(&families.join(format!("images/{stem}.png")), DEFAULT_MAX_PIXELS).unwrap();
+    // (weights, expected tensors of the encoder, of the decoder)
+    let cases = [
+        ("flux2/diffusers", "flux2", format!("flux2/expected/{stem}")),
+        ("flux2/small_decoder", "flux2", format!("flux2/expected/small_decoder_{stem}")),
+        ("qwen/diffusers", "qwen", format!("qwen/expected/{stem}")),
+        ("wan22/diffusers", "wan22", format!("wan22/expected/{stem}")),
+        ("qwenimage21/diffusers", "qwenimage21", format!("qwenimage21/expected/{stem}")),
+    ];
+    for (weights, encoded, decoded) in cases {
+        let options = VaeOptions {
+            device: DeviceRequest::Gpu,
+            latent_space: LatentSpaceRequest { form: Some(LatentForm::Raw), ..Default::default() },
+            ..VaeOptions::new(families.join(weights))
+        };
+        let mut vae = Vae::open(&options).unwrap_or_else(|e| panic!("{weights}: {e}"));
+        let want = read_tensors(&families.join(format!("{encoded}/expected/{stem}.safetensors")));
+        let (shape, mean) = &want["mean"];
+        let latent = vae.encode(&input, Posterior::Mean).unwrap();
+        assert_eq!([1, latent.channels, latent.height, latent.width], shape[..], "{weights}: latent shape");
+        let err = max_abs_diff(&latent.data, mean);
+        eprintln!("gpu {weights} latent: max abs error {err:.1e}");
+        assert!(err <= TOLERANCE, "gpu {weights} latent max abs error {err:e} > {TOLERANCE:e}");
+
+        let reference = read_tensors(&families.join(format!("{decoded}.safetensors")));
+        let got = vae.decode_float(&common::parity::raw_latent(shape, mean)).unwrap();
+        assert_eq!(got.len(), reference["decoded"].1.len(), "{weights}: the decoder's planes");
+        let err = max_abs_diff(&got, &reference["decoded"].1);
+        eprintln!("gpu {weights} decoded: max abs error {err:.1e}");
+        assert!(
+            err <= GPU_DECODED_TOLERANCE,
+            "gpu {weights} decoded max abs error {err:e} > {GPU_DECODED_TOLERANCE:e}"
+        );
+    }
+}
+
+/// The binary with `--device gpu` on a newer family, in its default
+/// normalised latent form (Qwen-Image: per channel; FLUX.2 can write its
+/// 128-channel patchified form): the latent within the parity tolerance of
+/// `--device cpu`'s, the PNG within one level.
+#[test]
+fn cli_newer_families_gpu_match_cpu() {
+    if gpu().is_none() {
+        return;
+    }
+    for weights in ["qwen/diffusers", "wan22/diffusers"] {
+        let dir = scratch(&weights.replace('/', "-"));
+        let families = fixtures().join("families");
+        let image = families.join("images/kodim07_80x112.png");
+        let log = cpu_and_gpu(&dir, &image, &families.join(weights), &["--device", "gpu"]);
+        assert!(log.contains("device: wgpu"), "{log}");
+        let (cpu, gpu) = (latent_values(&dir.join("cpu.safetensors")), latent_values(&dir.join("gpu.safetensors")));
+        let err = max_abs_diff(&cpu, &gpu);
+        eprintln!("CLI {weights} latent, gpu vs cpu: max abs diff {err:.1e}");
+        assert!(err <= TOLERANCE, "{weights} latent gpu vs cpu {err:e}");
+        let levels = png_levels_apart(&dir.join("cpu.png"), &dir.join("gpu.png"));
+        assert!(levels <= 1, "{weights}: decoded PNG gpu vs cpu differs by {levels} levels");
+    }
 }

@@ -40,7 +40,7 @@ pub struct ShardSummary {
     pub images_per_second: f64,
     pub latent_member: String,
     pub weights: String,
-    pub weights_sha256: String,
+    pub weights_sha256: Option<String>,
     pub model: String,
     pub posterior: String,
     pub worker: usize,

@@ -499,7 +499,7 @@ fn encode_shard(vae: &mut Vae, shard: &Shard, options: &Options) -> Result<Optio
         images_per_second: rate(encoded, seconds),
         latent_member: latent_ext.to_owned(),
         weights: vae.info().path.display().to_string(),
-        weights_sha256: vae.info().sha256.clone(),
+        weights_sha256: vae.info().sha256.hex().map(str::to_owned),
         model: vae.model().class_name().to_owned(),
         posterior: match options.posterior {
             Posterior::Mean => "mean".into(),

@@ -3,8 +3,11 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
 
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
@@ -28,6 +31,8 @@ pub struct TensorFile {
     pub path: PathBuf,
     mmap: Mmap,
     pub tensors: BTreeMap<String, RawTensor>,
+    /// SHA-256 of the whole file, computed on its own thread from the open on.
+    pub hash: FileHash,
 }
 
 impl TensorFile {
@@ -43,7 +48,7 @@ impl TensorFile {
         // that maps model weights (safetensors' own loaders included).
         let mmap = unsafe { Mmap::map(&file) }.map_err(io)?;
         let tensors = list_tensors(&mmap, path)?;
-        Ok(Self { path: path.to_owned(), mmap, tensors })
+        Ok(Self { path: path.to_owned(), mmap, tensors, hash: FileHash::start(file) })
     }
 
     /// The tensor's values as f32, whatever float type the file stores.
@@ -64,10 +69,57 @@ impl TensorFile {
             }),
         }
     }
+}
 
-    /// SHA-256 of the whole file, as `sha256sum` and the Hugging Face Hub show it.
-    pub fn sha256_hex(&self) -> String {
-        Sha256::digest(&self.mmap[..]).iter().map(|b| format!("{b:02x}")).collect()
+/// SHA-256 of a whole weights file, as `sha256sum` and the Hugging Face Hub
+/// show it, computed on a thread of its own while the model loads and runs.
+/// The file is read through a small buffer: hashed through the memory map,
+/// every page of a multi-gigabyte checkpoint (of which the VAE is a few
+/// percent) would count in the process's resident memory.
+#[derive(Clone)]
+pub struct FileHash(Arc<HashState>);
+
+struct HashState {
+    thread: Mutex<Option<JoinHandle<Option<String>>>>,
+    hex: OnceLock<Option<String>>,
+}
+
+impl FileHash {
+    /// Starts hashing `file` (from its start) on a thread of its own.
+    fn start(mut file: File) -> Self {
+        let thread = std::thread::spawn(move || {
+            file.seek(SeekFrom::Start(0)).ok()?;
+            let (mut hasher, mut buffer) = (Sha256::new(), vec![0u8; 1 << 20]);
+            loop {
+                match file.read(&mut buffer) {
+                    Ok(0) => break,
+                    Ok(n) => hasher.update(&buffer[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => return None,
+                }
+            }
+            Some(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+        });
+        Self(Arc::new(HashState { thread: Mutex::new(Some(thread)), hex: OnceLock::new() }))
+    }
+
+    /// The digest in hex, waiting for it if need be; `None` when the file
+    /// could no longer be read (the map that was loaded stays valid).
+    pub fn hex(&self) -> Option<&str> {
+        let join = || {
+            let thread = self.0.thread.lock().map_or(None, |mut t| t.take());
+            thread.and_then(|t| t.join().ok().flatten())
+        };
+        self.0.hex.get_or_init(join).as_deref()
+    }
+}
+
+impl std::fmt::Debug for FileHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.hex.get() {
+            Some(hex) => write!(f, "FileHash({hex:?})"),
+            None => f.write_str("FileHash(pending)"),
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, FloatDType};
 
-pub use file::TensorFile;
+pub use file::{FileHash, TensorFile};
 pub use infer::{DiffusersConfig, PatchSize, infer_config, infer_wan_config, infer_wan_residual_config};
 pub use layout::{Layout, VaeKeys, detect};
 pub use params::{Mismatch, ParamLoader};
@@ -205,8 +205,8 @@ pub struct WeightsInfo {
     pub prefix: Option<&'static str>,
     /// The dtypes of the VAE tensors in the file, e.g. `f16`.
     pub dtype: String,
-    /// SHA-256 of the weights file, hex.
-    pub sha256: String,
+    /// SHA-256 of the weights file.
+    pub sha256: file::FileHash,
     /// Tensors of the file that are not part of the VAE (other checkpoint parts).
     pub ignored: usize,
     /// Parameters of the VAE (elements of its tensors).
@@ -391,7 +391,7 @@ impl WeightsInfo {
             layout: keys.layout,
             prefix: keys.prefix,
             dtype: dtypes.join("+"),
-            sha256: file.sha256_hex(),
+            sha256: file.hash.clone(),
             ignored: keys.ignored + other.map_or(0, |(_, k)| k.ignored),
             parameters: tensors.iter().map(|t| t.shape.iter().product::<usize>() as u64).sum(),
             latent,
