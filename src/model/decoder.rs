@@ -71,7 +71,8 @@ impl UpDecoderBlock2d {
         groups: usize,
         upsample: bool,
     ) -> Self {
-        let resnets = resnet::load_stack(p, name, c_in, c_out, layers, groups);
+        let resnets =
+            resnet::load_stack(name, c_in, c_out, layers, |n, ci, co| ResnetBlock2d::load(p, n, ci, co, groups));
         let upsamplers = upsample.then(|| Upsample2d::load(p, &format!("{name}.upsamplers.0"), c_out));
         Self { resnets, upsamplers }
     }

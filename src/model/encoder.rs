@@ -71,7 +71,8 @@ impl DownEncoderBlock2d {
         groups: usize,
         downsample: bool,
     ) -> Self {
-        let resnets = resnet::load_stack(p, name, c_in, c_out, layers, groups);
+        let resnets =
+            resnet::load_stack(name, c_in, c_out, layers, |n, ci, co| ResnetBlock2d::load(p, n, ci, co, groups));
         let downsamplers = downsample.then(|| Downsample2d::load(p, &format!("{name}.downsamplers.0"), c_out));
         Self { resnets, downsamplers }
     }

@@ -54,36 +54,13 @@ impl ResnetBlock2d {
 /// The `layers` ResNets of one encoder or decoder level: the first changes the
 /// width from `c_in` to `c_out`, the rest keep it.
 pub fn load_stack(
-    p: &mut impl Params,
     name: &str,
     c_in: usize,
     c_out: usize,
     layers: usize,
-    groups: usize,
+    mut load: impl FnMut(&str, usize, usize) -> ResnetBlock2d,
 ) -> Vec<ResnetBlock2d> {
-    (0..layers)
-        .map(|j| {
-            let c = if j == 0 { c_in } else { c_out };
-            ResnetBlock2d::load(p, &format!("{name}.resnets.{j}"), c, c_out, groups)
-        })
-        .collect()
-}
-
-/// [`load_stack`] of Wan-family residual blocks ([`ResnetBlock2d::load_wan`]).
-pub fn load_wan_stack(
-    p: &mut impl Params,
-    name: &str,
-    c_in: usize,
-    c_out: usize,
-    layers: usize,
-    conv3d: bool,
-) -> Vec<ResnetBlock2d> {
-    (0..layers)
-        .map(|j| {
-            let c = if j == 0 { c_in } else { c_out };
-            ResnetBlock2d::load_wan(p, &format!("{name}.resnets.{j}"), c, c_out, conv3d)
-        })
-        .collect()
+    (0..layers).map(|j| load(&format!("{name}.resnets.{j}"), if j == 0 { c_in } else { c_out }, c_out)).collect()
 }
 
 /// A stack of ResNets, in order.

@@ -212,7 +212,9 @@ fn load_decoder(p: &mut impl Params, name: &str, cfg: &WanConfig) -> Decoder {
         .map(|i| {
             let block = format!("{name}.up_blocks.{i}");
             let (c_in, c_out) = (if i == 0 { dims[0] } else { dims[i] / 2 }, dims[i + 1]);
-            let resnets = resnet::load_wan_stack(p, &block, c_in, c_out, cfg.num_res_blocks + 1, true);
+            let resnets = resnet::load_stack(&block, c_in, c_out, cfg.num_res_blocks + 1, |n, ci, co| {
+                ResnetBlock2d::load_wan(p, n, ci, co, true)
+            });
             let upsamplers = (i + 1 < levels).then(|| {
                 let up = format!("{block}.upsamplers.0");
                 // The upsamplings are the downsamplings reversed.

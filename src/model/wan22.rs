@@ -364,7 +364,9 @@ fn load_encoder(p: &mut impl Params, name: &str, cfg: &WanResidualConfig) -> Res
         .map(|i| {
             let block = format!("{name}.down_blocks.{i}");
             let (c_in, c_out) = (dims[i], dims[i + 1]);
-            let resnets = resnet::load_wan_stack(p, &block, c_in, c_out, cfg.num_res_blocks, c3);
+            let resnets = resnet::load_stack(&block, c_in, c_out, cfg.num_res_blocks, |n, ci, co| {
+                ResnetBlock2d::load_wan(p, n, ci, co, c3)
+            });
             let downsampler = (i + 1 < levels).then(|| {
                 let down = format!("{block}.downsampler");
                 if cfg.temporal(i) {
@@ -396,7 +398,9 @@ fn load_decoder(p: &mut impl Params, name: &str, cfg: &WanResidualConfig) -> Res
         .map(|i| {
             let block = format!("{name}.up_blocks.{i}");
             let (c_in, c_out) = (dims[i], dims[i + 1]);
-            let resnets = resnet::load_wan_stack(p, &block, c_in, c_out, cfg.num_res_blocks + 1, c3);
+            let resnets = resnet::load_stack(&block, c_in, c_out, cfg.num_res_blocks + 1, |n, ci, co| {
+                ResnetBlock2d::load_wan(p, n, ci, co, c3)
+            });
             let upsampler = (i + 1 < levels).then(|| {
                 let up = format!("{block}.upsampler");
                 // The upsamplings are the downsamplings reversed.
