@@ -25,8 +25,9 @@ use super::norm::fast_exp;
 /// Most query rows per block: each key block is reused by this many rows, so
 /// `k` and `v` are read from memory `n / QUERY_BLOCK` times in all. (At
 /// `n = 4096, c = 512` on 2 cores, 256 rows ran 10% faster than 128 and 20%
-/// faster than 64; 256 or 512 keys per block the same as 256.)
-pub const QUERY_BLOCK: usize = 256;
+/// faster than 64; 256 or 512 keys per block the same as 256. At
+/// `n = 16384`, 512 rows ran 7-10% faster than 256: BENCHMARKS.md.)
+pub const QUERY_BLOCK: usize = 512;
 
 /// Keys per block: with `c = 512` a block of `k` or `v` is 512 KiB.
 const KEY_BLOCK: usize = 256;
