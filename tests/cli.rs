@@ -802,6 +802,7 @@ fn a_full_checkpoint_is_hashed_without_being_read_into_memory() {
     safetensors::serialize_to_file(tensors, None, &checkpoint).unwrap();
     drop(filler);
 
+    #[allow(clippy::zombie_processes, reason = "reaped by wait4 below, which also gives its resource usage")]
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_vae"))
         .args(["encode", "in.png", "-o", "z.safetensors", "--weights", "checkpoint.safetensors"])
         .current_dir(dir.path())
@@ -810,6 +811,7 @@ fn a_full_checkpoint_is_hashed_without_being_read_into_memory() {
         .spawn()
         .unwrap();
     // The child's own peak resident memory, from wait4 (std's wait gives no usage).
+    // SAFETY: rusage is plain integers and timevals, for which all zeros is a value.
     let (mut status, mut usage) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
     // SAFETY: a child of this process, waited for once; both pointers are valid.
     let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
