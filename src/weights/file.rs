@@ -80,27 +80,23 @@ impl TensorFile {
 pub struct FileHash(Arc<HashState>);
 
 struct HashState {
+    /// The file, until the hashing thread takes it (or `hex` does, where no
+    /// thread could be started).
+    file: Arc<Mutex<Option<File>>>,
     thread: Mutex<Option<JoinHandle<Option<String>>>>,
     hex: OnceLock<Option<String>>,
 }
 
 impl FileHash {
     /// Starts hashing `file` (from its start) on a thread of its own.
-    fn start(mut file: File) -> Self {
-        let thread = std::thread::spawn(move || {
-            file.seek(SeekFrom::Start(0)).ok()?;
-            let (mut hasher, mut buffer) = (Sha256::new(), vec![0u8; 1 << 20]);
-            loop {
-                match file.read(&mut buffer) {
-                    Ok(0) => break,
-                    Ok(n) => hasher.update(&buffer[..n]),
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(_) => return None,
-                }
-            }
-            Some(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
-        });
-        Self(Arc::new(HashState { thread: Mutex::new(Some(thread)), hex: OnceLock::new() }))
+    fn start(file: File) -> Self {
+        let file = Arc::new(Mutex::new(Some(file)));
+        let taken = Arc::clone(&file);
+        let thread = std::thread::Builder::new()
+            .name("vae-sha256".to_owned())
+            .spawn(move || taken.lock().ok()?.take().and_then(sha256))
+            .ok();
+        Self(Arc::new(HashState { file, thread: Mutex::new(thread), hex: OnceLock::new() }))
     }
 
     /// The digest in hex, waiting for it if need be; `None` when the file
@@ -108,10 +104,29 @@ impl FileHash {
     pub fn hex(&self) -> Option<&str> {
         let join = || {
             let thread = self.0.thread.lock().map_or(None, |mut t| t.take());
-            thread.and_then(|t| t.join().ok().flatten())
+            match thread {
+                Some(thread) => thread.join().ok().flatten(),
+                // No thread could be started: hash here.
+                None => self.0.file.lock().map_or(None, |mut f| f.take()).and_then(sha256),
+            }
         };
         self.0.hex.get_or_init(join).as_deref()
     }
+}
+
+/// SHA-256 of `file` from its start, in hex, read 1 MiB at a time.
+fn sha256(mut file: File) -> Option<String> {
+    file.seek(SeekFrom::Start(0)).ok()?;
+    let (mut hasher, mut buffer) = (Sha256::new(), vec![0u8; 1 << 20]);
+    loop {
+        match file.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => hasher.update(&buffer[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    Some(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 impl std::fmt::Debug for FileHash {
