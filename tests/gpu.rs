@@ -276,7 +276,9 @@ fn newer_families_match_diffusers() {
     use vae::latent_space::{LatentForm, LatentSpaceRequest};
     use vae::{Vae, VaeOptions};
 
-    let Some(_) = gpu() else { return };
+    if gpu().is_none() {
+        return;
+    }
     let families = fixtures().join("families");
     let stem = "kodim03_96x64";
     let input = imageio::load(&families.join(format!("images/{stem}.png")), DEFAULT_MAX_PIXELS).unwrap();
@@ -315,10 +317,9 @@ fn newer_families_match_diffusers() {
     }
 }
 
-/// The binary with `--device gpu` on a newer family, in its default
-/// normalised latent form (Qwen-Image: per channel; FLUX.2 can write its
-/// 128-channel patchified form): the latent within the parity tolerance of
-/// `--device cpu`'s, the PNG within one level.
+/// The binary with `--device gpu` on Qwen-Image and Wan 2.2, in their
+/// default latent form (normalised per channel): the latent within the
+/// parity tolerance of `--device cpu`'s, the PNG within one level.
 #[test]
 fn cli_newer_families_gpu_match_cpu() {
     if gpu().is_none() {

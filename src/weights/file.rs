@@ -94,7 +94,11 @@ impl FileHash {
         let taken = Arc::clone(&file);
         let thread = std::thread::Builder::new()
             .name("vae-sha256".to_owned())
-            .spawn(move || taken.lock().ok()?.take().and_then(sha256))
+            .spawn(move || {
+                // Taken out first: the lock is not held while the file is read.
+                let file = taken.lock().ok()?.take();
+                file.and_then(sha256)
+            })
             .ok();
         Self(Arc::new(HashState { file, thread: Mutex::new(thread), hex: OnceLock::new() }))
     }
