@@ -4,10 +4,13 @@
 //! with `--bf16`), same process, same inputs. `--gemm`: the bf16 product
 //! (`kernels::bf16`) against gemm's f32 one on the shapes the model gives them.
 //! `--rates`: how many `vdpbf16ps` and `vfmadd231ps` one core issues per second.
+//! `--winograd`: only the f32 Winograd kernel, on the encoder's and decoder's
+//! shapes, fastest of 5 calls each (for before/after comparisons).
 //! With `--attention`, the mid block's attention kernel (`c = 512`) at growing
 //! numbers of positions instead: time, GFLOP/s and the heap it allocates.
 //!
 //!     cargo run --release --example ops [-- --flex] [-- --bf16] [-- --size 1024] [-- --gemm] [-- --rates]
+//!     cargo run --release --example ops -- --winograd [--size 1024]
 //!     cargo run --release --example ops -- --attention [4096 16384 65536]
 #![allow(clippy::print_stdout, reason = "the table on stdout is the program's output")]
 
@@ -162,6 +165,9 @@ fn main() {
     }
     let size: usize =
         args.iter().position(|a| a == "--size").and_then(|i| args.get(i + 1)?.parse().ok()).unwrap_or(512);
+    if args.iter().any(|a| a == "--winograd") {
+        return winograd(size);
+    }
     let device = Device::flex();
     // (c_in, c_out, input side, upsampled): the 3x3 convolutions of the SD
     // decoder for a `size` x `size` image, then the encoder's first and last.
@@ -230,6 +236,39 @@ fn main() {
             gflop / t_fast,
             t_direct / t_fast
         );
+    }
+}
+
+/// The f32 Winograd kernel alone on the 3x3 shapes of SD's encoder and
+/// decoder for a `size` x `size` image: fastest of 5 calls, and its rate in
+/// direct-convolution FLOPs.
+fn winograd(size: usize) {
+    let s = size / 8;
+    // (c_in, c_out, input side, upsampled)
+    let shapes = [
+        (128, 128, 8 * s, false),
+        (256, 256, 4 * s, false),
+        (512, 512, 2 * s, false),
+        (512, 512, s, false),
+        (512, 512, s, true),
+        (512, 512, 2 * s, true),
+        (256, 256, 4 * s, true),
+        (256, 128, 8 * s, false),
+    ];
+    println!("| conv ci->co @ HxW | winograd ms (min of 5) | direct-equivalent GFLOP/s |");
+    println!("|---|---|---|");
+    for (ci, co, n, upsampled) in shapes {
+        let x: Vec<f32> = (0..ci * n * n).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
+        let w: Vec<f32> = (0..co * ci * 9).map(|i| ((i * 104729) % 1000) as f32 / 30000.0 - 0.016).collect();
+        let b = vec![0.01f32; co];
+        let up = if upsampled { 2 } else { 1 };
+        let fast = ConvWeights::new(&w, &b, (co, ci, 3), Geometry::SAME_3X3, Arithmetic::F32);
+        let t =
+            (0..5).map(|_| time_runs(|| conv::conv2d_upsampled(&x, 1, (n, n), up, &fast), 1)).fold(f64::MAX, f64::min);
+        let out = n * up;
+        let gflop = 2.0 * (ci * co * 9 * out * out) as f64 / 1e9;
+        let name = if upsampled { format!("{ci}->{co} @ {n}->{out} (up x2)") } else { format!("{ci}->{co} @ {n}") };
+        println!("| {name} | {:.0} | {:.0} |", t * 1e3, gflop / t);
     }
 }
 

@@ -492,6 +492,52 @@ struct Scratch {
     zeros: Vec<f32>,
 }
 
+/// Tiles per step of the transforms' loops: fixed-size arrays of this many
+/// lanes, which the compiler turns into whole vectors (a loop over slices
+/// of run-time length kept scalar code with bounds checks).
+const LANES: usize = 16;
+
+/// `out[j][t] = f([ins[0][t], ..., ins[P-1][t]])[j]` for every column `t`
+/// of `out`, [`LANES`] columns at a time.
+#[inline(always)]
+fn columns<const P: usize, const N: usize>(
+    ins: [&[f32]; P],
+    mut out: [&mut [f32]; N],
+    f: impl Fn([f32; P]) -> [f32; N],
+) {
+    let n = out[0].len();
+    let mut t0 = 0;
+    while t0 + LANES <= n {
+        let mut x = [[0.0f32; LANES]; P];
+        for (x, ins) in x.iter_mut().zip(&ins) {
+            x.copy_from_slice(&ins[t0..t0 + LANES]);
+        }
+        let mut y = [[0.0f32; LANES]; N];
+        for l in 0..LANES {
+            let mut xl = [0.0f32; P];
+            for (xl, x) in xl.iter_mut().zip(&x) {
+                *xl = x[l];
+            }
+            for (y, v) in y.iter_mut().zip(f(xl)) {
+                y[l] = v;
+            }
+        }
+        for (out, y) in out.iter_mut().zip(&y) {
+            out[t0..t0 + LANES].copy_from_slice(y);
+        }
+        t0 += LANES;
+    }
+    for t in t0..n {
+        let mut xl = [0.0f32; P];
+        for (xl, ins) in xl.iter_mut().zip(&ins) {
+            *xl = ins[t];
+        }
+        for (out, v) in out.iter_mut().zip(f(xl)) {
+            out[t] = v;
+        }
+    }
+}
+
 /// Tile rows `[ty0, ty1)` of one image.
 struct Chunk {
     ty0: usize,
@@ -645,13 +691,9 @@ impl Chunk {
                 for i in 0..P {
                     let q: [&[f32]; T] = strided(&scratch.rows[i * row_len..], half, half);
                     let at = ((P * i * ci + c) * nt) + r * tx;
-                    let mut v: [&mut [f32]; P] = strided_mut(&mut scratch.v[at..], ci * nt, tx);
-                    for t in 0..tx {
-                        let d = std::array::from_fn(|j| if j < T { q[j][t] } else { q[j - T][t + 1] });
-                        for (v, x) in v.iter_mut().zip(A::input(d)) {
-                            v[t] = x;
-                        }
-                    }
+                    let v: [&mut [f32]; P] = strided_mut(&mut scratch.v[at..], ci * nt, tx);
+                    let d = std::array::from_fn(|j| if j < T { &q[j][..tx] } else { &q[j - T][1..] });
+                    columns(d, v, A::input);
                 }
             }
         }
