@@ -11,9 +11,9 @@
 //!
 //! Speed: one `vdpbf16ps` does 32 multiply-adds where an f32 FMA does 16,
 //! but on the Xeon this was written on (family 6 model 207, AVX512_BF16
-//! without AMX) it issues about once per 4 to 5 cycles against the FMA's
-//! one or two per cycle (measured: 0.65 G `vdpbf16ps`/s against 2.8 G
-//! `vfmadd231ps`/s on one core, `examples/ops.rs --rates`), so these products run at about half of
+//! without AMX) it issues at under half the FMA's rate (measured on one
+//! quiet core: 1.31-1.37 G `vdpbf16ps`/s against 3.4-3.6 G `vfmadd231ps`/s,
+//! `examples/ops.rs --rates`), so these products run at about half of
 //! gemm's f32 rate there (`examples/ops.rs --gemm`): the microkernel is
 //! bound by that instruction alone. AMX-BF16 (tile multiplies, Sapphire
 //! Rapids and later) is the unit that would make bf16 faster than f32, but
