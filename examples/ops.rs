@@ -194,9 +194,7 @@ fn main() {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for (ci, co, n, upsampled) in shapes {
-        let x: Vec<f32> = (0..ci * n * n).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
-        let w: Vec<f32> = (0..co * ci * 9).map(|i| ((i * 104729) % 1000) as f32 / 30000.0 - 0.016).collect();
-        let b = vec![0.01f32; co];
+        let (x, w, b) = conv_inputs(ci, co, n);
         let g = Geometry::SAME_3X3;
         let up = if upsampled { 2 } else { 1 };
         let direct = ConvWeights::direct(&w, &b, (co, ci, 3), g);
@@ -227,7 +225,7 @@ fn main() {
         };
         let out = n * up;
         let gflop = 2.0 * (ci * co * 9 * out * out) as f64 / 1e9;
-        let name = if upsampled { format!("{ci}->{co} @ {n}->{out} (up x2)") } else { format!("{ci}->{co} @ {n}") };
+        let name = conv_name(ci, co, n, upsampled);
         println!(
             "| {name} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2}x | {diff:.1e} | {flex} | {bf16} |",
             t_direct * 1e3,
@@ -237,6 +235,19 @@ fn main() {
             t_direct / t_fast
         );
     }
+}
+
+/// A 3x3 convolution's input `[ci, n, n]`, weight `[co, ci, 3, 3]` and bias:
+/// fixed values in the ranges of a trained model's.
+fn conv_inputs(ci: usize, co: usize, n: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let x = (0..ci * n * n).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
+    let w = (0..co * ci * 9).map(|i| ((i * 104729) % 1000) as f32 / 30000.0 - 0.016).collect();
+    (x, w, vec![0.01f32; co])
+}
+
+/// A table row's name for a convolution on an `n` x `n` input.
+fn conv_name(ci: usize, co: usize, n: usize, upsampled: bool) -> String {
+    if upsampled { format!("{ci}->{co} @ {n}->{} (up x2)", 2 * n) } else { format!("{ci}->{co} @ {n}") }
 }
 
 /// The f32 Winograd kernel alone on the 3x3 shapes of SD's encoder and
@@ -258,16 +269,14 @@ fn winograd(size: usize) {
     println!("| conv ci->co @ HxW | winograd ms (min of 5) | direct-equivalent GFLOP/s |");
     println!("|---|---|---|");
     for (ci, co, n, upsampled) in shapes {
-        let x: Vec<f32> = (0..ci * n * n).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
-        let w: Vec<f32> = (0..co * ci * 9).map(|i| ((i * 104729) % 1000) as f32 / 30000.0 - 0.016).collect();
-        let b = vec![0.01f32; co];
+        let (x, w, b) = conv_inputs(ci, co, n);
         let up = if upsampled { 2 } else { 1 };
         let fast = ConvWeights::new(&w, &b, (co, ci, 3), Geometry::SAME_3X3, Arithmetic::F32);
         let t =
             (0..5).map(|_| time_runs(|| conv::conv2d_upsampled(&x, 1, (n, n), up, &fast), 1)).fold(f64::MAX, f64::min);
         let out = n * up;
         let gflop = 2.0 * (ci * co * 9 * out * out) as f64 / 1e9;
-        let name = if upsampled { format!("{ci}->{co} @ {n}->{out} (up x2)") } else { format!("{ci}->{co} @ {n}") };
+        let name = conv_name(ci, co, n, upsampled);
         println!("| {name} | {:.0} | {:.0} |", t * 1e3, gflop / t);
     }
 }
