@@ -15,7 +15,7 @@ use rayon::prelude::*;
 
 use super::Arithmetic;
 use super::bf16::{self, Matrix, PackedA};
-use super::winograd::{self, WinogradWeights};
+use super::winograd::{self, ScratchBytes, WinogradWeights};
 
 /// A convolution's weights, laid out once for the algorithm that suits its
 /// shape: Winograd ([`winograd`]) for the "same" 3x3 convolutions (all but
@@ -139,6 +139,16 @@ impl ConvWeights {
             Algorithm::TapsBf16(taps) => How::Taps(Taps::Bf16(taps)),
         };
         Prepared { wts: self, up, how }
+    }
+
+    /// What one thread's Winograd scratch holds after a call whose output
+    /// is `w` pixels wide (nothing for the other algorithms, whose buffers
+    /// live for the call).
+    pub fn scratch_bytes(&self, w: usize) -> ScratchBytes {
+        match &self.algorithm {
+            Algorithm::Winograd(wts) => wts.scratch_bytes(w),
+            Algorithm::Taps(_) | Algorithm::TapsBf16(_) => ScratchBytes::default(),
+        }
     }
 
     /// Bytes that [`ConvWeights::prepare`] allocates.

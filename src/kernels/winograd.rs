@@ -270,6 +270,16 @@ impl WinogradWeights {
         Prepared { wts: self, up, u }
     }
 
+    /// The most that one thread's scratch holds after a call whose output
+    /// is `w` pixels wide (any height).
+    pub fn scratch_bytes(&self, w: usize) -> ScratchBytes {
+        let shape = (self.c_in, self.c_out);
+        match &self.form {
+            Form::F32(_) => ScratchBytes::of::<4, 6>(shape, w),
+            Form::Bf16(_) => ScratchBytes::of::<2, 4>(shape, w),
+        }
+    }
+
     /// Bytes that [`WinogradWeights::prepare`] allocates: F(4x4)'s 36
     /// planes of `U`, upsampled or not (the skipped ones stay zero).
     pub fn prepared_bytes(&self) -> u64 {
@@ -356,6 +366,13 @@ enum Products<'a> {
     Bf16(&'a [PackedA]),
 }
 
+/// Tile rows per chunk of a call on `ci` input and `co` output channels
+/// whose output is `tiles_x` tiles wide, before the image's height caps it.
+fn rows_per_chunk<const P: usize>((ci, co): (usize, usize), tiles_x: usize) -> usize {
+    let chunk_tiles = (CHUNK_FLOATS / (P * P * (ci + co))).max(MIN_CHUNK_TILES);
+    (chunk_tiles / tiles_x.max(1)).max(1)
+}
+
 /// One call's shapes.
 struct Call<'a> {
     batch: usize,
@@ -373,8 +390,7 @@ impl Call<'_> {
         let Call { batch, h0, w0, up, ci, co, .. } = *self;
         let (h, w) = (self.rows.len(), w0 * up);
         let (tiles_y, tiles_x) = (h.div_ceil(T), w.div_ceil(T));
-        let chunk_tiles = (CHUNK_FLOATS / (P * P * (ci + co))).max(MIN_CHUNK_TILES);
-        let rows_per_chunk = (chunk_tiles / tiles_x).clamp(1, tiles_y.max(1));
+        let rows_per_chunk = rows_per_chunk::<P>((ci, co), tiles_x).min(tiles_y.max(1));
         // Every element is written exactly once below, so the buffer is not
         // zeroed first (that would be one more pass over the whole output).
         let len = batch * co * h * w;
@@ -490,6 +506,49 @@ struct Scratch {
     /// A row of zeros standing for the products that vanish with an
     /// upsampled input.
     zeros: Vec<f32>,
+}
+
+/// Makes `v` at least `n` long (new values zero) in exactly that much
+/// memory: never shorter, so that no call zeroes what an earlier one
+/// already had, and not doubled as a growing `Vec` would be, so that
+/// [`ScratchBytes`] is what it holds.
+fn grow(v: &mut Vec<f32>, n: usize) {
+    if v.len() < n {
+        v.reserve_exact(n - v.len());
+        v.resize(n, 0.0);
+    }
+}
+
+/// Bytes of one thread's [`Scratch`], buffer by buffer. Each buffer is
+/// kept and only grown, so after several calls it holds the largest size
+/// any of them needed: a run's scratch is the [`ScratchBytes::max`] of its
+/// calls', per thread that ran a chunk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScratchBytes {
+    v: u64,
+    m: u64,
+    rest: u64,
+}
+
+impl ScratchBytes {
+    /// After a call of F(T x T) on `ci` and `co` channels, `w` pixels wide:
+    /// its widest chunk is a whole number of tile rows (one at least).
+    fn of<const T: usize, const P: usize>((ci, co): (usize, usize), w: usize) -> Self {
+        let tx = w.div_ceil(T);
+        let nt = (rows_per_chunk::<P>((ci, co), tx) * tx).max(2);
+        let f32s = |n: usize| 4 * n as u64;
+        let (rows, s, zeros) = (P * T * (tx + 1), T * P * tx, tx);
+        Self { v: f32s(P * P * ci * nt), m: f32s(P * P * co * nt), rest: f32s(rows + s + zeros) }
+    }
+
+    /// What the buffers hold after the calls of `self` and of `other`.
+    pub fn max(self, other: Self) -> Self {
+        Self { v: self.v.max(other.v), m: self.m.max(other.m), rest: self.rest.max(other.rest) }
+    }
+
+    pub fn total(self) -> u64 {
+        self.v + self.m + self.rest
+    }
 }
 
 /// Tiles per step of the transforms' loops: fixed-size arrays of this many
@@ -625,8 +684,8 @@ impl Chunk {
         // tile is given a second column, and its values do not depend on
         // the chunk that holds it.
         let nt = ((self.ty1 - self.ty0) * self.tiles_x).max(2);
-        scratch.v.resize(P * P * ci * nt, 0.0);
-        scratch.m.resize(P * P * co * nt, 0.0);
+        grow(&mut scratch.v, P * P * ci * nt);
+        grow(&mut scratch.m, P * P * co * nt);
         self.transform_input::<A, T, P>(src, ci, nt, scratch);
         let skip = skipped::<P>(A::VANISHING, src.up);
         for k in (0..P * P).filter(|&k| !skip(k)) {
@@ -671,7 +730,7 @@ impl Chunk {
         let tx = self.tiles_x;
         let half = tx + 1;
         let row_len = T * half;
-        scratch.rows.resize(P * row_len, 0.0);
+        grow(&mut scratch.rows, P * row_len);
         for c in 0..ci {
             for (r, ty) in (self.ty0..self.ty1).enumerate() {
                 // Padded rows T ty .. T ty + P, each as T column phases.
@@ -714,12 +773,12 @@ impl Chunk {
         dst: &SharedOut,
     ) {
         let (tx, w) = (self.tiles_x, self.w);
-        scratch.s.resize(T * P * tx, 0.0);
-        scratch.zeros.resize(tx, 0.0);
+        grow(&mut scratch.s, T * P * tx);
+        grow(&mut scratch.zeros, tx);
         let (m, zeros) = (&scratch.m, &scratch.zeros);
         for (o, &bias) in bias.iter().enumerate().take(co) {
             for (r, ty) in (self.ty0..self.ty1).enumerate() {
-                let mk = |k: usize| if skip(k) { &zeros[..] } else { &m[(k * co + o) * nt + r * tx..][..tx] };
+                let mk = |k: usize| if skip(k) { &zeros[..tx] } else { &m[(k * co + o) * nt + r * tx..][..tx] };
                 // Vertical: s[dy][j] = A^T[dy] (m[0][j], ..., m[P-1][j]).
                 for j in 0..P {
                     let col: [&[f32]; P] = std::array::from_fn(|i| mk(P * i + j));
@@ -906,5 +965,38 @@ mod tests {
             let one = conv3x3(&x[b * ci * h * w..][..ci * h * w], 1, (h, w), 0..h, &u, &bias);
             assert_eq!(&both[b * co * h * w..][..co * h * w], &one[..]);
         }
+    }
+
+    /// What a thread's scratch holds, as [`ScratchBytes`] counts it.
+    fn held() -> ScratchBytes {
+        SCRATCH.with_borrow(|s| {
+            let bytes = |v: &Vec<f32>| 4 * v.capacity() as u64;
+            ScratchBytes { v: bytes(&s.v), m: bytes(&s.m), rest: bytes(&s.rows) + bytes(&s.s) + bytes(&s.zeros) }
+        })
+    }
+
+    #[test]
+    fn scratch_holds_what_the_estimate_says() {
+        // One fresh pool thread runs every chunk, so its scratch is the only
+        // one, and grows call after call.
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("a thread");
+        pool.install(|| {
+            let mut expected = ScratchBytes::default();
+            // The first two tall enough for their widest chunk (269 and 36
+            // tile rows), the last shorter than one chunk: its estimate is
+            // an upper bound.
+            let calls = [(8, 16, (1076, 36), 1, true), (40, 24, (72, 50), 2, true), (16, 16, (8, 300), 1, false)];
+            for (ci, co, (h0, w0), up, tall) in calls {
+                let wts = WinogradWeights::new(&random(co * ci * 9, 5), co, ci, Arithmetic::F32);
+                let bias = random(co, 9);
+                conv3x3(&random(ci * h0 * w0, 3), 1, (h0, w0), 0..h0 * up, &wts.prepare(up), &bias);
+                expected = expected.max(wts.scratch_bytes(w0 * up));
+                let held = held();
+                match tall {
+                    true => assert_eq!(held, expected, "after {ci} -> {co} at {h0}x{w0} up {up}"),
+                    false => assert!(held.total() <= expected.total(), "{held:?} over {expected:?}"),
+                }
+            }
+        });
     }
 }

@@ -507,6 +507,20 @@ mod tests {
         let Plan::Banded { storage: Storage::F16, spill: Some(spill), .. } = &plan else { panic!("{plan:?}") };
         assert_eq!((spill.above, spill.dir.as_path()), (0, tmp.path()));
         assert!(spill.disk >= (16 * h * w * 2) as u64, "{spill:?}");
+        // Whatever the budget, the plan's estimate (of a large image, the
+        // weights' 40 MiB resident) stays within it, unless even every
+        // activation on disk and the narrowest bands would not.
+        let (size, resident) = (2048, 40 << 20);
+        const MIN_BAND: u64 = 32 << 20;
+        for budget_mib in [48, 64, 100, 150, 200, 300, 450, 700, 1000, 1500, 2500] {
+            let budget = budget_mib << 20;
+            let options = TileOptions { max_memory: budget, tmp_dir: tmp.path().to_owned(), ..TileOptions::default() };
+            match options.plan(&graph, (3, size, size), size, resident) {
+                Plan::Whole { estimate } | Plan::Banded { estimate, .. } if estimate <= budget => {}
+                Plan::Banded { spill: Some(Spill { above: 0, .. }), rows: Rows::Budget(MIN_BAND), .. } => {}
+                plan => panic!("{budget_mib} MiB: {plan:?}"),
+            }
+        }
         // Spilled activations hold the same values as those in memory, in
         // both storages: the results are identical, and leave no file behind.
         for storage in [Storage::F32, Storage::F16] {

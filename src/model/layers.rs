@@ -6,7 +6,9 @@ use burn::tensor::{DType, FloatDType, Tensor};
 use std::ops::Range;
 use std::sync::Arc;
 
-use crate::kernels::{self, Arithmetic, conv::ConvWeights, conv::Geometry, norm::GroupNormParams};
+use crate::kernels::{
+    self, Arithmetic, conv::ConvWeights, conv::Geometry, norm::GroupNormParams, winograd::ScratchBytes,
+};
 use burn::tensor::module::{conv2d, interpolate};
 use burn::tensor::ops::{ConvOptions, InterpolateMode, InterpolateOptions};
 
@@ -162,6 +164,15 @@ impl Conv2d {
             ConvParams::Burn(_) => None,
         };
         ConvBands { conv: self, up, cpu }
+    }
+
+    /// What one thread's kernel scratch holds after a call whose output is
+    /// `w` pixels wide.
+    pub fn scratch_bytes(&self, w: usize) -> ScratchBytes {
+        match &self.params {
+            ConvParams::Cpu(weights) => weights.scratch_bytes(w),
+            ConvParams::Burn(_) => ScratchBytes::default(),
+        }
     }
 
     /// Bytes that [`Conv2d::prepare`] allocates.

@@ -284,11 +284,21 @@ impl TileOptions {
             Plan::Banded { storage, rows, estimate: resident + peak.banded(), spill }
         };
         let budget = self.max_memory;
-        // Band temporaries' share when activations over `above` bytes spill.
+        // The widest bands (MIN_BAND_BYTES to MAX_BAND_BYTES of temporaries,
+        // to the MiB) whose estimate fits the budget when activations over
+        // `above` bytes spill; none when even the narrowest do not fit.
         let fits = |storage, above| {
-            let stored = resident + peak(storage, Rows::Budget(0), above).stored;
-            (stored + MIN_BAND_BYTES <= budget)
-                .then(|| Rows::Budget((budget - stored).clamp(MIN_BAND_BYTES, MAX_BAND_BYTES)))
+            let fit = |band_mib: u64| resident + peak(storage, Rows::Budget(band_mib * MIB), above).banded() <= budget;
+            let (mut lo, mut hi) = (MIN_BAND_BYTES / MIB, MAX_BAND_BYTES / MIB);
+            if !fit(lo) {
+                return None;
+            }
+            // The estimate only grows with the bands.
+            while lo < hi {
+                let mid = (lo + hi).div_ceil(2);
+                if fit(mid) { lo = mid } else { hi = mid - 1 }
+            }
+            Some(Rows::Budget(lo * MIB))
         };
         // The fewest spilled: every size of activation, largest first, is
         // tried as the line above which they spill, until the estimate with
@@ -299,14 +309,8 @@ impl TileOptions {
             sizes.push(0);
             sizes.sort_unstable_by(|a, b| b.cmp(a));
             sizes.dedup();
-            let least = |above| resident + peak(Storage::F16, Rows::Budget(MIN_BAND_BYTES), above).banded();
-            match sizes.into_iter().find(|&above| least(above) <= budget) {
-                Some(above) => {
-                    let stored = resident + peak(Storage::F16, Rows::Budget(0), above).stored;
-                    (above, Rows::Budget((budget - stored).clamp(MIN_BAND_BYTES, MAX_BAND_BYTES)))
-                }
-                None => (0, Rows::Budget(MIN_BAND_BYTES)),
-            }
+            let fitting = sizes.into_iter().find_map(|above| Some((above, fits(Storage::F16, above)?)));
+            fitting.unwrap_or((0, Rows::Budget(MIN_BAND_BYTES)))
         };
         let all = u64::MAX;
         match self.tile {

@@ -26,7 +26,7 @@ use super::store::{Activation, Place, Storage};
 use super::{Rows, Spill, TilingError};
 use crate::kernels;
 use crate::kernels::isa::multiversion;
-use crate::kernels::winograd::TILE;
+use crate::kernels::winograd::{ScratchBytes, TILE};
 use crate::model::{ConvOp, Graph, Op, Resample, Residual, ShuffleOp, Step};
 
 /// The rows a band of output rows `[o0, o1)` of a `resample` convolution
@@ -134,6 +134,7 @@ pub fn peak(graph: &Graph, (c, h, w): (usize, usize, usize), storage: Storage, r
     let at = |bytes: u64| usize::from(bytes > spill_above);
     live[at(bytes[0])] += bytes[0];
     let mut peak = Peak::default();
+    let (threads, mut scratch) = (rayon::current_num_threads() as u64, ScratchBytes::default());
     for (i, step) in graph.steps().iter().enumerate() {
         let (input, out) = (step.input.index(), step.output.index());
         // Bytes in memory and on disk of the step's own arrays.
@@ -145,6 +146,7 @@ pub fn peak(graph: &Graph, (c, h, w): (usize, usize, usize), storage: Storage, r
                 let c_res = residual.map_or(0, |r| shapes[r.buffer.index()].0);
                 let per_row = band_bytes_per_row((c_in, w_in), (conv.c_out(), w), c_res, resample);
                 let prepared = conv.prepared_bytes();
+                scratch = scratch.max(conv.scratch_bytes(w));
                 ((conv.c_out(), h, w), prepared + per_row * rows.for_pass(per_row, h) as u64)
             }
             // Attention stores its keys and values, each of its input's size
@@ -169,7 +171,8 @@ pub fn peak(graph: &Graph, (c, h, w): (usize, usize, usize), storage: Storage, r
         peak.stored = peak.stored.max(live[0] + own[0]);
         peak.disk = peak.disk.max(live[1] + own[1]);
         peak.temporaries = peak.temporaries.max(temporaries);
-        peak.together = peak.together.max(live[0] + own[0] + temporaries);
+        peak.scratch = threads * scratch.total();
+        peak.together = peak.together.max(live[0] + own[0] + temporaries + peak.scratch);
         // A step may add its own input: that buffer is freed once.
         let residual = step.residual().map(|r| r.index()).filter(|&r| r != input);
         let freed = [(!in_place).then_some(input), residual];
@@ -214,8 +217,22 @@ pub fn run(
                 buffers[buf.index()] = None;
             }
         }
+        release_free_heap();
     }
     Ok(buffers[graph.output().index()].take().expect("the last step writes the output"))
+}
+
+/// Gives the heap's free pages back to the system. `main` has glibc keep
+/// freed blocks for reuse, which suits bands of one step (the same sizes
+/// over and over), but across steps the bands change shape and the kept
+/// blocks add up beyond what any one step needs: a 2048x2048 decode ended
+/// up holding 0.3 GiB of them, over `--max-memory`.
+fn release_free_heap() {
+    // SAFETY: malloc_trim only unmaps or discards pages of free blocks.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// How a step stores its output: as `storage`, on disk when `spill` says.
@@ -241,15 +258,18 @@ pub struct Peak {
     pub disk: u64,
     /// Band temporaries, at the step that needs the most.
     pub temporaries: u64,
-    /// Both, at the step where their sum is largest.
+    /// The kernels' scratch, which every thread keeps from call to call.
+    pub scratch: u64,
+    /// All three, at the step where their sum is largest.
     pub together: u64,
 }
 
 impl Peak {
     /// Banded: activations live in their own memory maps, temporaries on the
-    /// heap, which keeps its largest size; the two peaks add up.
+    /// heap, which is given back after each step (see [`run`]) but keeps
+    /// its largest size within one; the peaks add up.
     pub fn banded(self) -> u64 {
-        self.stored + self.temporaries
+        self.stored + self.temporaries + self.scratch
     }
 }
 
