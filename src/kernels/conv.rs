@@ -15,7 +15,7 @@ use rayon::prelude::*;
 
 use super::Arithmetic;
 use super::bf16::{self, Matrix, PackedA};
-use super::winograd::{self, ScratchBytes, WinogradWeights};
+use super::winograd::{self, WinogradWeights};
 
 /// A convolution's weights, laid out once for the algorithm that suits its
 /// shape: Winograd ([`winograd`]) for the "same" 3x3 convolutions (all but
@@ -141,13 +141,13 @@ impl ConvWeights {
         Prepared { wts: self, up, how }
     }
 
-    /// What one thread's Winograd scratch holds after a call whose output
-    /// is `w` pixels wide (nothing for the other algorithms, whose buffers
-    /// live for the call).
-    pub fn scratch_bytes(&self, w: usize) -> ScratchBytes {
+    /// The most that the buffers kept by [`ConvWeights::prepare`]'s result
+    /// hold after calls of up to `rows` output rows `w` wide on `threads`
+    /// threads (Winograd's; the other algorithms keep none).
+    pub fn scratch_bytes(&self, (rows, w): (usize, usize), threads: usize) -> u64 {
         match &self.algorithm {
-            Algorithm::Winograd(wts) => wts.scratch_bytes(w),
-            Algorithm::Taps(_) | Algorithm::TapsBf16(_) => ScratchBytes::default(),
+            Algorithm::Winograd(wts) => wts.scratch_bytes((rows, w), threads),
+            Algorithm::Taps(_) | Algorithm::TapsBf16(_) => 0,
         }
     }
 

@@ -39,8 +39,8 @@
 //! chunk's transformed input and products stay near the cores; chunks run in
 //! parallel, each with single-threaded GEMMs.
 
-use std::cell::RefCell;
 use std::ops::Range;
+use std::sync::{Mutex, PoisonError};
 
 use rayon::prelude::*;
 
@@ -211,11 +211,16 @@ enum Form {
 }
 
 /// A convolution of inputs upsampled `up` times, ready for [`conv3x3`]:
-/// its transformed weights `U` `[P*P][co][ci]`.
+/// its transformed weights `U` `[P*P][co][ci]`, and the buffers its calls'
+/// chunks ran with, kept for the next ones (a chunk's transformed input and
+/// products are megabytes, which a fresh buffer per chunk would allocate
+/// and zero again each time): as many as ran at once, one per thread at
+/// most, given back with the weights.
 pub struct Prepared<'a> {
     wts: &'a WinogradWeights,
     up: usize,
     u: Transformed<'a>,
+    scratch: Mutex<Vec<Scratch>>,
 }
 
 enum Transformed<'a> {
@@ -267,16 +272,16 @@ impl WinogradWeights {
             }
             (Form::Bf16(u), _) => Transformed::Bf16(u),
         };
-        Prepared { wts: self, up, u }
+        Prepared { wts: self, up, u, scratch: Mutex::default() }
     }
 
-    /// The most that one thread's scratch holds after a call whose output
-    /// is `w` pixels wide (any height).
-    pub fn scratch_bytes(&self, w: usize) -> ScratchBytes {
+    /// The most that the buffers of [`Prepared`] hold after calls of up to
+    /// `rows` output rows `w` wide on `threads` threads.
+    pub fn scratch_bytes(&self, (rows, w): (usize, usize), threads: usize) -> u64 {
         let shape = (self.c_in, self.c_out);
         match &self.form {
-            Form::F32(_) => ScratchBytes::of::<4, 6>(shape, w),
-            Form::Bf16(_) => ScratchBytes::of::<2, 4>(shape, w),
+            Form::F32(_) => Scratch::bytes::<4, 6>(shape, (rows, w), threads),
+            Form::Bf16(_) => Scratch::bytes::<2, 4>(shape, (rows, w), threads),
         }
     }
 
@@ -352,10 +357,11 @@ pub fn conv3x3(
     assert!(rows.end <= h0 * up, "rows {rows:?} of {}", h0 * up);
     let (ci, co) = (wts.c_in, wts.c_out);
     let call = Call { batch, h0, w0, up, rows, ci, co, bias };
+    let pool = &conv.scratch;
     match &conv.u {
-        Transformed::F4(u) => call.run::<F4, 4, 6>(x, Products::F32(u)),
-        Transformed::F4Upsampled(u) => call.run::<F4Upsampled, 4, 6>(x, Products::F32(u)),
-        Transformed::Bf16(u) => call.run::<F2, 2, 4>(x, Products::Bf16(u)),
+        Transformed::F4(u) => call.run::<F4, 4, 6>(x, Products::F32(u), pool),
+        Transformed::F4Upsampled(u) => call.run::<F4Upsampled, 4, 6>(x, Products::F32(u), pool),
+        Transformed::Bf16(u) => call.run::<F2, 2, 4>(x, Products::Bf16(u), pool),
     }
 }
 
@@ -386,7 +392,12 @@ struct Call<'a> {
 }
 
 impl Call<'_> {
-    fn run<A: Tiles<T, P>, const T: usize, const P: usize>(&self, x: &[f32], u: Products) -> Vec<f32> {
+    fn run<A: Tiles<T, P>, const T: usize, const P: usize>(
+        &self,
+        x: &[f32],
+        u: Products,
+        pool: &Mutex<Vec<Scratch>>,
+    ) -> Vec<f32> {
         let Call { batch, h0, w0, up, ci, co, .. } = *self;
         let (h, w) = (self.rows.len(), w0 * up);
         let (tiles_y, tiles_x) = (h.div_ceil(T), w.div_ceil(T));
@@ -403,12 +414,13 @@ impl Call<'_> {
             chunks.into_par_iter().for_each(|ty0| {
                 let ty1 = (ty0 + rows_per_chunk).min(tiles_y);
                 let chunk = Chunk { ty0, ty1, tiles_x, h, w };
-                SCRATCH.with_borrow_mut(|scratch| {
-                    // SAFETY: chunks cover disjoint output rows [T*ty0, T*ty1)
-                    // of each channel plane, so no two threads write the same
-                    // element, and `out` outlives the parallel loop.
-                    unsafe { chunk.run::<A, T, P>(&src, (ci, co), u, self.bias, scratch, &dst) };
-                });
+                let taken = pool.lock().unwrap_or_else(PoisonError::into_inner).pop();
+                let mut scratch = taken.unwrap_or_default();
+                // SAFETY: chunks cover disjoint output rows [T*ty0, T*ty1) of
+                // each channel plane, so no two threads write the same
+                // element, and `out` outlives the parallel loop.
+                unsafe { chunk.run::<A, T, P>(&src, (ci, co), u, self.bias, &mut scratch, &dst) };
+                pool.lock().unwrap_or_else(PoisonError::into_inner).push(scratch);
             });
         }
         // SAFETY: the chunks of every image wrote all `co * h * w` of its
@@ -481,18 +493,9 @@ impl SharedOut {
     }
 }
 
-thread_local! {
-    /// Each thread's buffers, kept from chunk to chunk and call to call: a
-    /// chunk's transformed input and products are megabytes, which a fresh
-    /// buffer per parallel job would allocate and zero again each time.
-    /// Nothing in a chunk runs parallel work that could borrow it twice
-    /// (its GEMMs are single-threaded).
-    static SCRATCH: RefCell<Scratch> = RefCell::default();
-}
-
-/// Per-thread buffers, reused across chunks. Only grown: every value a
-/// chunk reads it wrote first (`V`'s second column of a one-tile chunk
-/// excepted, whose products are never read).
+/// One chunk's buffers, reused by the chunks after it. Only grown: every
+/// value a chunk reads it wrote first (`V`'s second column of a one-tile
+/// chunk excepted, whose products are never read).
 #[derive(Default)]
 struct Scratch {
     /// Transformed input `V`, `[P*P][ci][tiles]`.
@@ -508,46 +511,39 @@ struct Scratch {
     zeros: Vec<f32>,
 }
 
+impl Scratch {
+    /// The most that the buffers of calls of F(T x T) on `ci` and `co`
+    /// channels, up to `rows` output rows `w` wide, hold on `threads`
+    /// threads: one chunk's (a whole number of tile rows) per chunk running
+    /// at once.
+    fn bytes<const T: usize, const P: usize>(
+        (ci, co): (usize, usize),
+        (rows, w): (usize, usize),
+        threads: usize,
+    ) -> u64 {
+        let (tiles_y, tx) = (rows.div_ceil(T), w.div_ceil(T));
+        let rows_per_chunk = rows_per_chunk::<P>((ci, co), tx).min(tiles_y.max(1));
+        let nt = (rows_per_chunk * tx).max(2);
+        let floats = P * P * (ci + co) * nt + P * T * (tx + 1) + T * P * tx + tx;
+        let at_once = threads.min(tiles_y.div_ceil(rows_per_chunk)).max(1);
+        (at_once * 4 * floats) as u64
+    }
+
+    /// Bytes held.
+    #[cfg(test)]
+    fn held(&self) -> u64 {
+        [&self.v, &self.m, &self.rows, &self.s, &self.zeros].iter().map(|v| 4 * v.capacity() as u64).sum()
+    }
+}
+
 /// Makes `v` at least `n` long (new values zero) in exactly that much
-/// memory: never shorter, so that no call zeroes what an earlier one
+/// memory: never shorter, so that no chunk zeroes what an earlier one
 /// already had, and not doubled as a growing `Vec` would be, so that
-/// [`ScratchBytes`] is what it holds.
+/// [`Scratch::bytes`] is what it holds.
 fn grow(v: &mut Vec<f32>, n: usize) {
     if v.len() < n {
         v.reserve_exact(n - v.len());
         v.resize(n, 0.0);
-    }
-}
-
-/// Bytes of one thread's [`Scratch`], buffer by buffer. Each buffer is
-/// kept and only grown, so after several calls it holds the largest size
-/// any of them needed: a run's scratch is the [`ScratchBytes::max`] of its
-/// calls', per thread that ran a chunk.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ScratchBytes {
-    v: u64,
-    m: u64,
-    rest: u64,
-}
-
-impl ScratchBytes {
-    /// After a call of F(T x T) on `ci` and `co` channels, `w` pixels wide:
-    /// its widest chunk is a whole number of tile rows (one at least).
-    fn of<const T: usize, const P: usize>((ci, co): (usize, usize), w: usize) -> Self {
-        let tx = w.div_ceil(T);
-        let nt = (rows_per_chunk::<P>((ci, co), tx) * tx).max(2);
-        let f32s = |n: usize| 4 * n as u64;
-        let (rows, s, zeros) = (P * T * (tx + 1), T * P * tx, tx);
-        Self { v: f32s(P * P * ci * nt), m: f32s(P * P * co * nt), rest: f32s(rows + s + zeros) }
-    }
-
-    /// What the buffers hold after the calls of `self` and of `other`.
-    pub fn max(self, other: Self) -> Self {
-        Self { v: self.v.max(other.v), m: self.m.max(other.m), rest: self.rest.max(other.rest) }
-    }
-
-    pub fn total(self) -> u64 {
-        self.v + self.m + self.rest
     }
 }
 
@@ -967,36 +963,26 @@ mod tests {
         }
     }
 
-    /// What a thread's scratch holds, as [`ScratchBytes`] counts it.
-    fn held() -> ScratchBytes {
-        SCRATCH.with_borrow(|s| {
-            let bytes = |v: &Vec<f32>| 4 * v.capacity() as u64;
-            ScratchBytes { v: bytes(&s.v), m: bytes(&s.m), rest: bytes(&s.rows) + bytes(&s.s) + bytes(&s.zeros) }
-        })
-    }
-
     #[test]
     fn scratch_holds_what_the_estimate_says() {
-        // One fresh pool thread runs every chunk, so its scratch is the only
-        // one, and grows call after call.
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("a thread");
-        pool.install(|| {
-            let mut expected = ScratchBytes::default();
-            // The first two tall enough for their widest chunk (269 and 36
-            // tile rows), the last shorter than one chunk: its estimate is
-            // an upper bound.
-            let calls = [(8, 16, (1076, 36), 1, true), (40, 24, (72, 50), 2, true), (16, 16, (8, 300), 1, false)];
-            for (ci, co, (h0, w0), up, tall) in calls {
+        // The first two tall enough for their widest chunk (269 and 36 tile
+        // rows), the last shorter than one chunk.
+        let calls = [(8, 16, (1076, 36), 1), (40, 24, (72, 50), 2), (16, 16, (8, 300), 1)];
+        for threads in [1, 2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("threads");
+            for (ci, co, (h0, w0), up) in calls {
                 let wts = WinogradWeights::new(&random(co * ci * 9, 5), co, ci, Arithmetic::F32);
-                let bias = random(co, 9);
-                conv3x3(&random(ci * h0 * w0, 3), 1, (h0, w0), 0..h0 * up, &wts.prepare(up), &bias);
-                expected = expected.max(wts.scratch_bytes(w0 * up));
-                let held = held();
-                match tall {
-                    true => assert_eq!(held, expected, "after {ci} -> {co} at {h0}x{w0} up {up}"),
-                    false => assert!(held.total() <= expected.total(), "{held:?} over {expected:?}"),
+                let prepared = wts.prepare(up);
+                let (h, w) = (h0 * up, w0 * up);
+                pool.install(|| conv3x3(&random(ci * h0 * w0, 3), 1, (h0, w0), 0..h, &prepared, &random(co, 9)));
+                let held: u64 = prepared.scratch.lock().unwrap().iter().map(Scratch::held).sum();
+                let estimate = wts.scratch_bytes((h, w), threads);
+                // One thread ran every chunk: exactly one chunk's buffers.
+                match threads {
+                    1 => assert_eq!(held, estimate, "{ci} -> {co} at {h0}x{w0} up {up}"),
+                    _ => assert!(held <= estimate, "{ci} -> {co} at {h0}x{w0} up {up}: {held} over {estimate}"),
                 }
             }
-        });
+        }
     }
 }

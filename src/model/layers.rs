@@ -6,9 +6,7 @@ use burn::tensor::{DType, FloatDType, Tensor};
 use std::ops::Range;
 use std::sync::Arc;
 
-use crate::kernels::{
-    self, Arithmetic, conv::ConvWeights, conv::Geometry, norm::GroupNormParams, winograd::ScratchBytes,
-};
+use crate::kernels::{self, Arithmetic, conv::ConvWeights, conv::Geometry, norm::GroupNormParams};
 use burn::tensor::module::{conv2d, interpolate};
 use burn::tensor::ops::{ConvOptions, InterpolateMode, InterpolateOptions};
 
@@ -166,12 +164,12 @@ impl Conv2d {
         ConvBands { conv: self, up, cpu }
     }
 
-    /// What one thread's kernel scratch holds after a call whose output is
-    /// `w` pixels wide.
-    pub fn scratch_bytes(&self, w: usize) -> ScratchBytes {
+    /// The most that the buffers kept by [`Conv2d::prepare`]'s result hold
+    /// after calls of up to `rows` output rows `w` wide on `threads` threads.
+    pub fn scratch_bytes(&self, (rows, w): (usize, usize), threads: usize) -> u64 {
         match &self.params {
-            ConvParams::Cpu(weights) => weights.scratch_bytes(w),
-            ConvParams::Burn(_) => ScratchBytes::default(),
+            ConvParams::Cpu(weights) => weights.scratch_bytes((rows, w), threads),
+            ConvParams::Burn(_) => 0,
         }
     }
 

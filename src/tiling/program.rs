@@ -26,7 +26,7 @@ use super::store::{Activation, Place, Storage};
 use super::{Rows, Spill, TilingError};
 use crate::kernels;
 use crate::kernels::isa::multiversion;
-use crate::kernels::winograd::{ScratchBytes, TILE};
+use crate::kernels::winograd::TILE;
 use crate::model::{ConvOp, Graph, Op, Resample, Residual, ShuffleOp, Step};
 
 /// The rows a band of output rows `[o0, o1)` of a `resample` convolution
@@ -134,7 +134,7 @@ pub fn peak(graph: &Graph, (c, h, w): (usize, usize, usize), storage: Storage, r
     let at = |bytes: u64| usize::from(bytes > spill_above);
     live[at(bytes[0])] += bytes[0];
     let mut peak = Peak::default();
-    let (threads, mut scratch) = (rayon::current_num_threads() as u64, ScratchBytes::default());
+    let threads = rayon::current_num_threads();
     for (i, step) in graph.steps().iter().enumerate() {
         let (input, out) = (step.input.index(), step.output.index());
         // Bytes in memory and on disk of the step's own arrays.
@@ -145,9 +145,11 @@ pub fn peak(graph: &Graph, (c, h, w): (usize, usize, usize), storage: Storage, r
                 let (h, w) = resample.output_size(h_in, w_in);
                 let c_res = residual.map_or(0, |r| shapes[r.buffer.index()].0);
                 let per_row = band_bytes_per_row((c_in, w_in), (conv.c_out(), w), c_res, resample);
-                let prepared = conv.prepared_bytes();
-                scratch = scratch.max(conv.scratch_bytes(w));
-                ((conv.c_out(), h, w), prepared + per_row * rows.for_pass(per_row, h) as u64)
+                // The step's prepared weights keep their transform and
+                // Winograd's buffers from band to band.
+                let band = rows.for_pass(per_row, h);
+                let kept = conv.prepared_bytes() + conv.scratch_bytes((band, w), threads);
+                ((conv.c_out(), h, w), kept + per_row * band as u64)
             }
             // Attention stores its keys and values, each of its input's size
             // in f32, for the length of the step.
@@ -171,8 +173,7 @@ pub fn peak(graph: &Graph, (c, h, w): (usize, usize, usize), storage: Storage, r
         peak.stored = peak.stored.max(live[0] + own[0]);
         peak.disk = peak.disk.max(live[1] + own[1]);
         peak.temporaries = peak.temporaries.max(temporaries);
-        peak.scratch = threads * scratch.total();
-        peak.together = peak.together.max(live[0] + own[0] + temporaries + peak.scratch);
+        peak.together = peak.together.max(live[0] + own[0] + temporaries);
         // A step may add its own input: that buffer is freed once.
         let residual = step.residual().map(|r| r.index()).filter(|&r| r != input);
         let freed = [(!in_place).then_some(input), residual];
@@ -258,9 +259,7 @@ pub struct Peak {
     pub disk: u64,
     /// Band temporaries, at the step that needs the most.
     pub temporaries: u64,
-    /// The kernels' scratch, which every thread keeps from call to call.
-    pub scratch: u64,
-    /// All three, at the step where their sum is largest.
+    /// Both, at the step where their sum is largest.
     pub together: u64,
 }
 
@@ -269,7 +268,7 @@ impl Peak {
     /// heap, which is given back after each step (see [`run`]) but keeps
     /// its largest size within one; the peaks add up.
     pub fn banded(self) -> u64 {
-        self.stored + self.temporaries + self.scratch
+        self.stored + self.temporaries
     }
 }
 
