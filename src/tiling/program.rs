@@ -265,7 +265,7 @@ pub struct Peak {
 
 impl Peak {
     /// Banded: activations live in their own memory maps, temporaries on the
-    /// heap, which is given back after each step (see [`run`]) but keeps
+    /// heap, which is given back after each step (see `run`) but keeps
     /// its largest size within one; the peaks add up.
     pub fn banded(self) -> u64 {
         self.stored + self.temporaries
