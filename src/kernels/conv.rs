@@ -141,20 +141,11 @@ impl ConvWeights {
         Prepared { wts: self, up, how }
     }
 
-    /// The most that the buffers kept by [`ConvWeights::prepare`]'s result
-    /// hold after calls of up to `rows` output rows `w` wide on `threads`
-    /// threads (Winograd's; the other algorithms keep none).
-    pub fn scratch_bytes(&self, (rows, w): (usize, usize), threads: usize) -> u64 {
+    /// The most that [`ConvWeights::prepare`]'s result holds after calls of
+    /// up to `rows` output rows `w` wide on `threads` threads.
+    pub fn prepared_bytes(&self, (rows, w): (usize, usize), threads: usize) -> u64 {
         match &self.algorithm {
-            Algorithm::Winograd(wts) => wts.scratch_bytes((rows, w), threads),
-            Algorithm::Taps(_) | Algorithm::TapsBf16(_) => 0,
-        }
-    }
-
-    /// Bytes that [`ConvWeights::prepare`] allocates.
-    pub fn prepared_bytes(&self) -> u64 {
-        match &self.algorithm {
-            Algorithm::Winograd(w) => w.prepared_bytes(),
+            Algorithm::Winograd(wts) => wts.prepared_bytes((rows, w), threads),
             Algorithm::Taps(_) | Algorithm::TapsBf16(_) => 0,
         }
     }

@@ -275,23 +275,17 @@ impl WinogradWeights {
         Prepared { wts: self, up, u, scratch: Mutex::default() }
     }
 
-    /// The most that the buffers of [`Prepared`] hold after calls of up to
-    /// `rows` output rows `w` wide on `threads` threads.
-    pub fn scratch_bytes(&self, (rows, w): (usize, usize), threads: usize) -> u64 {
+    /// The most that [`WinogradWeights::prepare`]'s result holds after
+    /// calls of up to `rows` output rows `w` wide on `threads` threads:
+    /// F(4x4)'s 36 planes of `U`, upsampled or not (the skipped ones stay
+    /// zero), and its chunks' buffers.
+    pub fn prepared_bytes(&self, (rows, w): (usize, usize), threads: usize) -> u64 {
         let shape = (self.c_in, self.c_out);
         match &self.form {
-            Form::F32(_) => Scratch::bytes::<4, 6>(shape, (rows, w), threads),
+            Form::F32(_) => {
+                36 * (self.c_out * self.c_in) as u64 * 4 + Scratch::bytes::<4, 6>(shape, (rows, w), threads)
+            }
             Form::Bf16(_) => Scratch::bytes::<2, 4>(shape, (rows, w), threads),
-        }
-    }
-
-    /// Bytes that [`WinogradWeights::prepare`] allocates: F(4x4)'s 36
-    /// planes of `U`, upsampled or not (the skipped ones stay zero).
-    pub fn prepared_bytes(&self) -> u64 {
-        let n = (self.c_out * self.c_in) as u64;
-        match &self.form {
-            Form::F32(_) => 36 * n * 4,
-            Form::Bf16(_) => 0,
         }
     }
 }
@@ -373,10 +367,10 @@ enum Products<'a> {
 }
 
 /// Tile rows per chunk of a call on `ci` input and `co` output channels
-/// whose output is `tiles_x` tiles wide, before the image's height caps it.
-fn rows_per_chunk<const P: usize>((ci, co): (usize, usize), tiles_x: usize) -> usize {
+/// whose output is `tiles_y` x `tiles_x` tiles.
+fn rows_per_chunk<const P: usize>((ci, co): (usize, usize), (tiles_y, tiles_x): (usize, usize)) -> usize {
     let chunk_tiles = (CHUNK_FLOATS / (P * P * (ci + co))).max(MIN_CHUNK_TILES);
-    (chunk_tiles / tiles_x.max(1)).max(1)
+    (chunk_tiles / tiles_x.max(1)).clamp(1, tiles_y.max(1))
 }
 
 /// One call's shapes.
@@ -401,7 +395,7 @@ impl Call<'_> {
         let Call { batch, h0, w0, up, ci, co, .. } = *self;
         let (h, w) = (self.rows.len(), w0 * up);
         let (tiles_y, tiles_x) = (h.div_ceil(T), w.div_ceil(T));
-        let rows_per_chunk = rows_per_chunk::<P>((ci, co), tiles_x).min(tiles_y.max(1));
+        let rows_per_chunk = rows_per_chunk::<P>((ci, co), (tiles_y, tiles_x));
         // Every element is written exactly once below, so the buffer is not
         // zeroed first (that would be one more pass over the whole output).
         let len = batch * co * h * w;
@@ -522,11 +516,25 @@ impl Scratch {
         threads: usize,
     ) -> u64 {
         let (tiles_y, tx) = (rows.div_ceil(T), w.div_ceil(T));
-        let rows_per_chunk = rows_per_chunk::<P>((ci, co), tx).min(tiles_y.max(1));
-        let nt = (rows_per_chunk * tx).max(2);
-        let floats = P * P * (ci + co) * nt + P * T * (tx + 1) + T * P * tx + tx;
+        let rows_per_chunk = rows_per_chunk::<P>((ci, co), (tiles_y, tx));
+        let floats: usize = Self::lens::<T, P>((ci, co), tx, Chunk::columns(rows_per_chunk, tx)).iter().sum();
         let at_once = threads.min(tiles_y.div_ceil(rows_per_chunk)).max(1);
         (at_once * 4 * floats) as u64
+    }
+
+    /// The buffers' lengths for a chunk of `nt` tiles, `tx` to a row:
+    /// `v`, `m`, `rows` (`P` padded rows of `T` phases, `tx + 1` each),
+    /// `s` and `zeros`.
+    fn lens<const T: usize, const P: usize>((ci, co): (usize, usize), tx: usize, nt: usize) -> [usize; 5] {
+        [P * P * ci * nt, P * P * co * nt, P * T * (tx + 1), T * P * tx, tx]
+    }
+
+    /// Grows the buffers to a chunk's lengths ([`Scratch::lens`]).
+    fn fit<const T: usize, const P: usize>(&mut self, shape: (usize, usize), tx: usize, nt: usize) {
+        let buffers = [&mut self.v, &mut self.m, &mut self.rows, &mut self.s, &mut self.zeros];
+        for (v, n) in buffers.into_iter().zip(Self::lens::<T, P>(shape, tx, nt)) {
+            grow(v, n);
+        }
     }
 
     /// Bytes held.
@@ -603,6 +611,14 @@ struct Chunk {
 }
 
 impl Chunk {
+    /// Tiles, and columns of `V` and `M`, of a chunk of `rows` tile rows
+    /// `tiles_x` wide: gemm multiplies a single column by another routine
+    /// (gemv), whose sums round differently, so one tile is given a second
+    /// column, and its values do not depend on the chunk that holds it.
+    fn columns(rows: usize, tiles_x: usize) -> usize {
+        (rows * tiles_x).max(2)
+    }
+
     /// [`Chunk::run_portable`] compiled for this CPU's instruction set (see
     /// [`isa`](super::isa): the transforms vectorise over tiles).
     ///
@@ -675,13 +691,8 @@ impl Chunk {
         scratch: &mut Scratch,
         dst: &SharedOut,
     ) {
-        // Tiles, and columns of `V` and `M`: gemm multiplies a single column
-        // by another routine (gemv), whose sums round differently, so one
-        // tile is given a second column, and its values do not depend on
-        // the chunk that holds it.
-        let nt = ((self.ty1 - self.ty0) * self.tiles_x).max(2);
-        grow(&mut scratch.v, P * P * ci * nt);
-        grow(&mut scratch.m, P * P * co * nt);
+        let nt = Self::columns(self.ty1 - self.ty0, self.tiles_x);
+        scratch.fit::<T, P>((ci, co), self.tiles_x, nt);
         self.transform_input::<A, T, P>(src, ci, nt, scratch);
         let skip = skipped::<P>(A::VANISHING, src.up);
         for k in (0..P * P).filter(|&k| !skip(k)) {
@@ -726,7 +737,6 @@ impl Chunk {
         let tx = self.tiles_x;
         let half = tx + 1;
         let row_len = T * half;
-        grow(&mut scratch.rows, P * row_len);
         for c in 0..ci {
             for (r, ty) in (self.ty0..self.ty1).enumerate() {
                 // Padded rows T ty .. T ty + P, each as T column phases.
@@ -769,8 +779,6 @@ impl Chunk {
         dst: &SharedOut,
     ) {
         let (tx, w) = (self.tiles_x, self.w);
-        grow(&mut scratch.s, T * P * tx);
-        grow(&mut scratch.zeros, tx);
         let (m, zeros) = (&scratch.m, &scratch.zeros);
         for (o, &bias) in bias.iter().enumerate().take(co) {
             for (r, ty) in (self.ty0..self.ty1).enumerate() {
@@ -976,7 +984,7 @@ mod tests {
                 let (h, w) = (h0 * up, w0 * up);
                 pool.install(|| conv3x3(&random(ci * h0 * w0, 3), 1, (h0, w0), 0..h, &prepared, &random(co, 9)));
                 let held: u64 = prepared.scratch.lock().unwrap().iter().map(Scratch::held).sum();
-                let estimate = wts.scratch_bytes((h, w), threads);
+                let estimate = Scratch::bytes::<4, 6>((ci, co), (h, w), threads);
                 // One thread ran every chunk: exactly one chunk's buffers.
                 match threads {
                     1 => assert_eq!(held, estimate, "{ci} -> {co} at {h0}x{w0} up {up}"),

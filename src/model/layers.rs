@@ -164,19 +164,11 @@ impl Conv2d {
         ConvBands { conv: self, up, cpu }
     }
 
-    /// The most that the buffers kept by [`Conv2d::prepare`]'s result hold
-    /// after calls of up to `rows` output rows `w` wide on `threads` threads.
-    pub fn scratch_bytes(&self, (rows, w): (usize, usize), threads: usize) -> u64 {
+    /// The most that [`Conv2d::prepare`]'s result holds after calls of up
+    /// to `rows` output rows `w` wide on `threads` threads.
+    pub fn prepared_bytes(&self, (rows, w): (usize, usize), threads: usize) -> u64 {
         match &self.params {
-            ConvParams::Cpu(weights) => weights.scratch_bytes((rows, w), threads),
-            ConvParams::Burn(_) => 0,
-        }
-    }
-
-    /// Bytes that [`Conv2d::prepare`] allocates.
-    pub fn prepared_bytes(&self) -> u64 {
-        match &self.params {
-            ConvParams::Cpu(weights) => weights.prepared_bytes(),
+            ConvParams::Cpu(weights) => weights.prepared_bytes((rows, w), threads),
             ConvParams::Burn(_) => 0,
         }
     }

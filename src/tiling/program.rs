@@ -148,7 +148,7 @@ pub fn peak(graph: &Graph, (c, h, w): (usize, usize, usize), storage: Storage, r
                 // The step's prepared weights keep their transform and
                 // Winograd's buffers from band to band.
                 let band = rows.for_pass(per_row, h);
-                let kept = conv.prepared_bytes() + conv.scratch_bytes((band, w), threads);
+                let kept = conv.prepared_bytes((band, w), threads);
                 ((conv.c_out(), h, w), kept + per_row * band as u64)
             }
             // Attention stores its keys and values, each of its input's size
